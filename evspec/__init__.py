@@ -1,0 +1,3 @@
+"""evspec: event-camera drafters for video-language models, and honest stage timing."""
+
+__version__ = "0.1.0"

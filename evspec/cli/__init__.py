@@ -1,0 +1,85 @@
+"""The ``evspec`` command line: a thin typer app over the library.
+
+Every command parses its options, calls library functions and prints with rich. Errors that
+evspec raises on purpose (``EvspecError``) become one red line and exit code 1; anything else
+is a bug and says so in one line too. ``--debug`` anywhere on the line shows the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from evspec.errors import EvspecError
+
+app = typer.Typer(
+    name="evspec",
+    help="Event-camera drafters for video-language models, and honest stage timing.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    """evspec: event-camera drafters for video-language models."""
+
+
+def _register() -> None:
+    # Sub-apps import heavy libraries (torch, transformers) only inside their commands,
+    # so `evspec --help` and `evspec data ...` start fast.
+    from evspec.cli import data
+
+    app.add_typer(data.app, name="data")
+    for module_name in ("evspec.cli.models", "evspec.cli.spec"):
+        try:
+            module = __import__(module_name, fromlist=["register"])
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue
+        module.register(app)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` and return the exit code (used by tests and ``run``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        result = app(args=argv, prog_name="evspec", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Exit as stop:
+        return stop.exit_code
+    except click.ClickException as usage:
+        usage.show()
+        return usage.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err_console.print("[red]interrupted[/]")
+        return 130
+    except EvspecError as error:
+        if debug:
+            raise
+        err_console.print(f"[red]error:[/] {error}")
+        return 1
+    except Exception as error:  # noqa: BLE001 - a bug, but the user still gets one line
+        if debug:
+            raise
+        err_console.print(
+            f"[red]internal error:[/] {type(error).__name__}: {error} (rerun with --debug for the traceback)"
+        )
+        return 2
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
