@@ -38,7 +38,7 @@ def _register() -> None:
     from evspec.cli import data
 
     app.add_typer(data.app, name="data")
-    for module_name in ("evspec.cli.models", "evspec.cli.spec"):
+    for module_name in ("evspec.cli.models", "evspec.cli.bench", "evspec.cli.spec"):
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as error:

@@ -1,0 +1,261 @@
+"""Prefill, the decode loop and sampling, over a language model's KV cache.
+
+One seam serves plain generation, the benchmark and speculative decoding: a ``DecodeState``
+holds one sequence's KV cache; ``extend`` appends embeddings or token ids and returns logits and
+final hidden states for the appended positions; ``rollback`` drops positions (rejected drafts).
+
+``EagerState`` runs transformers' own modules with their ``DynamicCache``, so greedy output is
+bit-identical to the family's own ``generate()``: the same kernels see the same shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from evspec.errors import ConfigError
+
+
+@dataclass
+class LanguageModel:
+    """The text half of a VLM: decoder body (a ``LlamaModel``), input embeddings and LM head.
+
+    ``body`` must accept ``inputs_embeds``/``input_ids``, ``past_key_values``, ``cache_position``,
+    ``position_ids`` and ``attention_mask`` and return ``last_hidden_state`` (after the final norm).
+    """
+
+    body: nn.Module
+    embed_tokens: nn.Embedding
+    lm_head: nn.Module
+    context_length: int
+
+    @classmethod
+    def from_causal_lm(cls, model: nn.Module, context_length: int | None = None) -> LanguageModel:
+        """Take the parts from any transformers causal LM or VLM (``get_decoder`` et al.)."""
+        config = model.config.get_text_config(decoder=True)
+        length = context_length or getattr(config, "max_position_embeddings", None) or 2048
+        return cls(model.get_decoder(), model.get_input_embeddings(), model.get_output_embeddings(), int(length))
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.lm_head.weight.shape[0])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.lm_head.weight.shape[1])
+
+
+@dataclass
+class StepOutput:
+    """Logits (float32) and final hidden states for the positions just appended."""
+
+    logits: torch.Tensor  # [k, vocab]
+    hidden: torch.Tensor  # [k, hidden]
+
+
+class DecodeState(Protocol):
+    """One sequence's KV cache. Lengths count tokens (positions) in the cache."""
+
+    lm: LanguageModel
+
+    @property
+    def length(self) -> int: ...
+
+    def extend(
+        self, *, embeds: torch.Tensor | None = None, token_ids: Sequence[int] | torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> StepOutput: ...
+
+    def rollback(self, length: int) -> None: ...
+
+
+class EagerState:
+    """transformers modules + ``DynamicCache``: bit-identical to the family's ``generate()``."""
+
+    def __init__(self, lm: LanguageModel) -> None:
+        from transformers import DynamicCache
+
+        self.lm = lm
+        self.cache = DynamicCache()
+        self._length = 0
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    @torch.inference_mode()
+    def extend(
+        self, *, embeds: torch.Tensor | None = None, token_ids: Sequence[int] | torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> StepOutput:
+        if (embeds is None) == (token_ids is None):
+            raise ValueError("extend takes exactly one of embeds or token_ids")
+        if embeds is not None:
+            embeds = embeds if embeds.dim() == 3 else embeds.unsqueeze(0)
+            k = embeds.shape[1]
+            ids = None
+        else:
+            ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.lm.device).reshape(1, -1)
+            k = ids.shape[1]
+        if k == 0:
+            raise ValueError("extend needs at least one position")
+        if self._length + k > self.lm.context_length:
+            raise ConfigError(
+                f"sequence of {self._length + k} tokens exceeds the model's context of {self.lm.context_length}"
+            )
+        device = self.lm.device
+        positions = torch.arange(self._length, self._length + k, device=device)
+        # generate() passes an all-ones mask for one unpadded sequence; do the same so the
+        # attention implementation takes the same path.
+        mask = torch.ones(1, self._length + k, dtype=torch.long, device=device)
+        out = self.lm.body(
+            input_ids=ids, inputs_embeds=embeds, past_key_values=self.cache, use_cache=True,
+            cache_position=positions, position_ids=positions.unsqueeze(0), attention_mask=mask,
+        )
+        hidden = out.last_hidden_state[0]
+        if last_only:
+            hidden = hidden[-1:]
+        logits = self.lm.lm_head(hidden).float()
+        self._length += k
+        return StepOutput(logits=logits, hidden=hidden)
+
+    def rollback(self, length: int) -> None:
+        if not 0 <= length <= self._length:
+            raise ValueError(f"cannot roll back to {length}: cache holds {self._length}")
+        if length < self._length:
+            # A negative count removes that many tokens in every transformers 5.x release.
+            self.cache.crop(length - self._length)
+            self._length = length
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """temperature 0 means greedy. ``seed`` drives a private generator: runs are repeatable."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def generator(self, device: torch.device | str = "cpu") -> torch.Generator:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(self.seed)
+        return gen
+
+
+def probabilities(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+    """The distribution sampling draws from: softmax(logits / T), then top-p (nucleus) renormalised.
+
+    Greedy is the limit T -> 0: a one-hot on the argmax. Works on [..., vocab].
+    """
+    logits = logits.float()
+    if sampling.greedy:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        before = sorted_probs.cumsum(-1) - sorted_probs  # mass strictly before each token
+        sorted_probs = torch.where(before < sampling.top_p, sorted_probs, torch.zeros_like(sorted_probs))
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def select_token(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None) -> int:
+    """Next token from one position's logits [vocab]."""
+    if sampling.greedy:
+        return int(logits.argmax(-1))
+    probs = probabilities(logits, sampling)
+    return int(torch.multinomial(probs.to(generator.device if generator else probs.device), 1, generator=generator))
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@dataclass
+class Prefilled:
+    """A sequence after prefill: its cache, and the last position's logits and hidden state."""
+
+    state: DecodeState
+    logits: torch.Tensor  # [vocab]
+    hidden: torch.Tensor  # [hidden]
+    n_prompt_tokens: int
+
+
+def prefill(lm: LanguageModel, embeds: torch.Tensor, state_factory: Callable[[LanguageModel], DecodeState] = EagerState) -> Prefilled:
+    """Run the prompt (text embeddings with visual features spliced in) through the model once."""
+    n = embeds.shape[-2]
+    if n >= lm.context_length:
+        raise ConfigError(f"prompt of {n} tokens leaves no room in the model's context of {lm.context_length}")
+    state = state_factory(lm)
+    step = state.extend(embeds=embeds, last_only=True)
+    return Prefilled(state=state, logits=step.logits[-1], hidden=step.hidden[-1], n_prompt_tokens=n)
+
+
+@dataclass
+class DecodeResult:
+    token_ids: list[int] = field(default_factory=list)
+    stopped_on_eos: bool = False
+
+
+def decode(
+    prefilled: Prefilled,
+    *,
+    max_new_tokens: int,
+    eos_token_ids: Sequence[int] = (),
+    min_new_tokens: int = 0,
+    sampling: SamplingConfig = SamplingConfig(),
+    on_token: Callable[[int], None] | None = None,
+) -> DecodeResult:
+    """One token per target pass, from a prefilled state. EOS is kept in the output, like generate().
+
+    ``min_new_tokens`` masks EOS until that many tokens exist (fixed-length timing runs).
+    ``on_token(i)`` is called after token i is chosen (the benchmark records per-token times there).
+    """
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    state, logits = prefilled.state, prefilled.logits
+    room = state.lm.context_length - state.length
+    if max_new_tokens > room + 1:
+        max_new_tokens = room + 1  # the last token needs no cache slot of its own
+    generator = None if sampling.greedy else sampling.generator()
+    eos = list(eos_token_ids)
+    result = DecodeResult()
+    for i in range(max_new_tokens):
+        if i < min_new_tokens and eos:
+            logits = logits.clone()
+            logits[eos] = float("-inf")
+        token = select_token(logits, sampling, generator)
+        result.token_ids.append(token)
+        if on_token is not None:
+            on_token(i)
+        if token in eos:
+            result.stopped_on_eos = True
+            break
+        if i + 1 < max_new_tokens:
+            logits = state.extend(token_ids=[token]).logits[-1]
+    return result
