@@ -1,0 +1,142 @@
+"""The fast path: a static KV cache and a CUDA-graph-compiled forward over a LLaMA body's weights.
+
+gpt-fast's recipe (pytorch-labs/gpt-fast ``generate.py``): preallocate K/V for the whole sequence,
+write new positions in place, attend over the full buffer with a position mask, and compile the
+fixed-shape step with ``mode="reduce-overhead"`` so a decode step is one graph replay. We reuse the
+transformers LLaMA modules (norms, projections, MLP, rotary table) and own only the attention and the
+cache, because transformers' cache internals differ between 5.x releases and roll-back (rejected
+drafts) must be a length change, not a copy.
+
+Numerics differ from transformers' eager path in the last bits (another attention call), so
+speculative decoding with ``StaticDecoder`` is lossless relative to ``StaticDecoder`` target-only
+decoding; ``EagerState`` stays the reference for equality with ``generate()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from evspec.errors import ConfigError
+from evspec.runtime.decode import LanguageModel, StepOutput
+
+
+def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class StaticDecoder:
+    """Owns one preallocated KV cache and the compiled step; hands out one ``StaticState`` at a time.
+
+    Use it as the ``state_factory`` of ``prefill``/the speculative engine: ``prefill(lm, embeds, decoder)``.
+    ``compile=True`` compiles the step for each query length it sees (1 for decoding, gamma+1 for
+    verification); prefill runs eagerly because its length varies per sample.
+    """
+
+    def __init__(self, lm: LanguageModel, max_length: int, *, compile: bool = False) -> None:
+        if max_length > lm.context_length:
+            raise ConfigError(f"max_length {max_length} exceeds the model's context of {lm.context_length}")
+        self.lm = lm
+        self.max_length = max_length
+        body = lm.body
+        self.layers = list(body.layers)
+        attn = self.layers[0].self_attn
+        self.head_dim = int(attn.head_dim)
+        self.scaling = float(attn.scaling)
+        n_kv = attn.k_proj.out_features // self.head_dim
+        shape = (1, n_kv, max_length, self.head_dim)
+        device, dtype = lm.device, lm.dtype
+        self.k_cache = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
+        self.v_cache = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
+        # mask[i, j]: query at position i may attend key j (j <= i); rows are picked per step.
+        self.causal = torch.ones(max_length, max_length, device=device, dtype=torch.bool).tril()
+        for tensor in (*self.k_cache, *self.v_cache, self.causal):
+            torch._dynamo.mark_static_address(tensor)
+        self._step = (
+            torch.compile(self._forward_ids, mode="reduce-overhead", fullgraph=True) if compile else self._forward_ids
+        )
+        self._active: StaticState | None = None
+
+    def __call__(self, lm: LanguageModel) -> StaticState:
+        if lm is not self.lm:
+            raise ValueError("this StaticDecoder was built for another language model")
+        self._active = StaticState(self)
+        return self._active
+
+    def _forward_ids(self, ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._forward(self.lm.embed_tokens(ids), positions)
+
+    def _forward(self, embeds: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        body, k = self.lm.body, embeds.shape[1]
+        cos, sin = body.rotary_emb(embeds, positions.unsqueeze(0))
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        mask = self.causal[positions].unsqueeze(0).unsqueeze(0)
+        x = embeds
+        for layer, k_cache, v_cache in zip(self.layers, self.k_cache, self.v_cache):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(1, k, -1, self.head_dim).transpose(1, 2)
+            key = attn.k_proj(h).view(1, k, -1, self.head_dim).transpose(1, 2)
+            value = attn.v_proj(h).view(1, k, -1, self.head_dim).transpose(1, 2)
+            q, key = _apply_rotary(q, cos, sin), _apply_rotary(key, cos, sin)
+            k_cache.index_copy_(2, positions, key)
+            v_cache.index_copy_(2, positions, value)
+            out = F.scaled_dot_product_attention(
+                q, k_cache, v_cache, attn_mask=mask, scale=self.scaling, enable_gqa=True
+            )
+            x = x + attn.o_proj(out.transpose(1, 2).reshape(1, k, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        hidden = body.norm(x)[0]
+        return hidden, self.lm.lm_head(hidden).float()
+
+
+class StaticState:
+    """One sequence in a ``StaticDecoder``'s cache. Rolling back only moves the length."""
+
+    def __init__(self, decoder: StaticDecoder) -> None:
+        self.decoder = decoder
+        self.lm = decoder.lm
+        self._length = 0
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    @torch.inference_mode()
+    def extend(
+        self, *, embeds: torch.Tensor | None = None, token_ids: Sequence[int] | torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> StepOutput:
+        decoder = self.decoder
+        if decoder._active is not self:
+            raise RuntimeError("this StaticState's cache was handed to a newer sequence")
+        if (embeds is None) == (token_ids is None):
+            raise ValueError("extend takes exactly one of embeds or token_ids")
+        device = self.lm.device
+        if embeds is None:
+            inputs = torch.as_tensor(token_ids, dtype=torch.long, device=device).reshape(1, -1)
+            step = decoder._step
+        else:
+            inputs = embeds if embeds.dim() == 3 else embeds.unsqueeze(0)
+            step = decoder._forward  # prefill: variable length, not worth a graph per prompt
+        k = inputs.shape[1]
+        if self._length + k > decoder.max_length:
+            raise ConfigError(f"sequence of {self._length + k} tokens exceeds the static cache of {decoder.max_length}")
+        positions = torch.arange(self._length, self._length + k, device=device)
+        hidden, logits = step(inputs, positions)
+        # Graph outputs live in memory the next replay overwrites: keep copies.
+        hidden, logits = hidden.clone(), logits.clone()
+        self._length += k
+        if last_only:
+            hidden, logits = hidden[-1:], logits[-1:]
+        return StepOutput(logits=logits, hidden=hidden)
+
+    def rollback(self, length: int) -> None:
+        if not 0 <= length <= self._length:
+            raise ValueError(f"cannot roll back to {length}: cache holds {self._length}")
+        # Stale K/V past `length` are masked by position and overwritten by the next extend.
+        self._length = length
