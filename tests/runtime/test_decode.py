@@ -1,0 +1,149 @@
+"""The decode seam: equality with transformers' generate(), roll-back, the static cache, sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from evspec.errors import ConfigError
+from evspec.runtime.decode import (
+    EagerState,
+    LanguageModel,
+    SamplingConfig,
+    decode,
+    prefill,
+    probabilities,
+)
+from evspec.runtime.static import StaticDecoder
+
+VOCAB = 300
+
+
+@pytest.fixture(scope="module")
+def causal_lm() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def _prompt(seed: int, length: int = 17) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_decoupled_decode_equals_generate(causal_lm: LlamaForCausalLM, seed: int) -> None:
+    ids = _prompt(seed)
+    reference = causal_lm.generate(ids, max_new_tokens=30, do_sample=False, pad_token_id=0)[0, ids.shape[1]:]
+    lm = LanguageModel.from_causal_lm(causal_lm)
+    ours = decode(prefill(lm, causal_lm.get_input_embeddings()(ids)), max_new_tokens=30).token_ids
+    assert ours == reference.tolist()
+
+
+def test_rollback_then_extend_reproduces_logits(causal_lm: LlamaForCausalLM) -> None:
+    lm = LanguageModel.from_causal_lm(causal_lm)
+    ids = _prompt(1, 20)[0]
+    state = EagerState(lm)
+    state.extend(token_ids=ids[:12])
+    first = state.extend(token_ids=ids[12:]).logits
+    state.rollback(12)
+    assert state.length == 12
+    again = state.extend(token_ids=ids[12:]).logits
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    with pytest.raises(ValueError):
+        state.rollback(state.length + 1)
+
+
+def test_static_cache_matches_eager(causal_lm: LlamaForCausalLM) -> None:
+    model = LlamaForCausalLM(causal_lm.config).eval().double()
+    model.load_state_dict(causal_lm.state_dict())
+    lm = LanguageModel.from_causal_lm(model)
+    decoder = StaticDecoder(lm, max_length=96)
+    for seed in range(3):
+        embeds = model.get_input_embeddings()(_prompt(seed))
+        eager = decode(prefill(lm, embeds), max_new_tokens=40).token_ids
+        static = decode(prefill(lm, embeds, decoder), max_new_tokens=40).token_ids
+        assert eager == static
+    state = decoder(lm)
+    ids = _prompt(7, 30)[0]
+    full = state.extend(token_ids=ids).logits
+    state.rollback(10)
+    part = state.extend(token_ids=ids[10:]).logits
+    torch.testing.assert_close(full[10:], part, rtol=1e-9, atol=1e-9)
+
+
+def test_static_state_is_invalidated_by_a_newer_sequence(causal_lm: LlamaForCausalLM) -> None:
+    lm = LanguageModel.from_causal_lm(causal_lm)
+    decoder = StaticDecoder(lm, max_length=64)
+    old = decoder(lm)
+    decoder(lm)
+    with pytest.raises(RuntimeError, match="newer sequence"):
+        old.extend(token_ids=[1, 2])
+
+
+def test_context_limit_is_a_clear_error(causal_lm: LlamaForCausalLM) -> None:
+    lm = LanguageModel.from_causal_lm(causal_lm)
+    too_long = causal_lm.get_input_embeddings()(_prompt(0, lm.context_length))
+    with pytest.raises(ConfigError, match="context"):
+        prefill(lm, too_long)
+    with pytest.raises(ConfigError, match="exceeds"):
+        StaticDecoder(lm, max_length=lm.context_length + 1)
+
+
+def test_decode_stops_at_context_limit(causal_lm: LlamaForCausalLM) -> None:
+    lm = LanguageModel.from_causal_lm(causal_lm)
+    embeds = causal_lm.get_input_embeddings()(_prompt(0, lm.context_length - 5))
+    out = decode(prefill(lm, embeds), max_new_tokens=50)
+    assert len(out.token_ids) == 6  # 5 free cache slots + the last token, which needs none
+
+
+def test_min_new_tokens_masks_eos(causal_lm: LlamaForCausalLM) -> None:
+    lm = LanguageModel.from_causal_lm(causal_lm)
+    embeds = causal_lm.get_input_embeddings()(_prompt(2))
+    free = decode(prefill(lm, embeds), max_new_tokens=12).token_ids
+    eos = free[3]  # pretend the 4th greedy token is EOS
+    stopped = decode(prefill(lm, embeds), max_new_tokens=12, eos_token_ids=[eos])
+    assert stopped.stopped_on_eos and stopped.token_ids[-1] == eos and len(stopped.token_ids) <= 4
+    forced = decode(prefill(lm, embeds), max_new_tokens=12, eos_token_ids=[eos], min_new_tokens=12)
+    assert len(forced.token_ids) == 12 and eos not in forced.token_ids
+
+
+def test_sampling_is_seeded(causal_lm: LlamaForCausalLM) -> None:
+    lm = LanguageModel.from_causal_lm(causal_lm)
+    embeds = causal_lm.get_input_embeddings()(_prompt(3))
+    runs = [
+        decode(prefill(lm, embeds), max_new_tokens=20, sampling=SamplingConfig(temperature=1.0, seed=s)).token_ids
+        for s in (5, 5, 6)
+    ]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    logits=st.lists(st.floats(-8, 8, allow_nan=False), min_size=2, max_size=12),
+    temperature=st.floats(0.1, 3.0),
+    top_p=st.floats(0.05, 1.0),
+)
+def test_top_p_keeps_the_smallest_head_reaching_p(logits: list[float], temperature: float, top_p: float) -> None:
+    raw = torch.tensor(logits, dtype=torch.float64)
+    probs = probabilities(raw, SamplingConfig(temperature=temperature, top_p=top_p))
+    assert torch.isclose(probs.sum(), torch.tensor(1.0, dtype=probs.dtype), atol=1e-5)
+    full = torch.softmax(raw / temperature, -1)
+    kept = probs > 0
+    # every kept token is at least as likely as every dropped one, and the kept mass before the
+    # least likely kept token is still below top_p (so it was needed).
+    if (~kept).any():
+        assert full[kept].min() >= full[~kept].max() - 1e-6
+    assert full[kept].sum() - full[kept].min() < top_p + 1e-6
+
+
+def test_bad_sampling_settings() -> None:
+    with pytest.raises(ConfigError):
+        SamplingConfig(temperature=-1)
+    with pytest.raises(ConfigError):
+        SamplingConfig(top_p=0)
