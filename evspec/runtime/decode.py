@@ -73,6 +73,11 @@ class DecodeState(Protocol):
     @property
     def length(self) -> int: ...
 
+    @property
+    def capacity(self) -> int:
+        """The most positions this cache can hold."""
+        ...
+
     def extend(
         self, *, embeds: torch.Tensor | None = None, token_ids: Sequence[int] | torch.Tensor | None = None,
         last_only: bool = False,
@@ -94,6 +99,10 @@ class EagerState:
     @property
     def length(self) -> int:
         return self._length
+
+    @property
+    def capacity(self) -> int:
+        return self.lm.context_length
 
     @torch.inference_mode()
     def extend(
@@ -239,7 +248,7 @@ def decode(
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     state, logits = prefilled.state, prefilled.logits
-    room = state.lm.context_length - state.length
+    room = state.capacity - state.length
     if max_new_tokens > room + 1:
         max_new_tokens = room + 1  # the last token needs no cache slot of its own
     generator = None if sampling.greedy else sampling.generator()

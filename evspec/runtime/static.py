@@ -106,6 +106,10 @@ class StaticState:
     def length(self) -> int:
         return self._length
 
+    @property
+    def capacity(self) -> int:
+        return self.decoder.max_length
+
     @torch.inference_mode()
     def extend(
         self, *, embeds: torch.Tensor | None = None, token_ids: Sequence[int] | torch.Tensor | None = None,
