@@ -486,6 +486,8 @@ def read_npz(path: str | Path, sensor_size: tuple[int, int] | None = None) -> Ev
     caller passes one; otherwise 640x480.
     """
     path = _require_file(path)
+    if not zipfile.is_zipfile(path):  # else np.load would guess "pickle" for any non-zip bytes
+        raise InputError("not a .npz file (no zip archive found; truncated or corrupt?)", path)
     try:
         with np.load(path, allow_pickle=False) as z:
             names = [n for n in z.files if n != "sensor_size"]
