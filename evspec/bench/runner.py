@@ -1,0 +1,479 @@
+"""The benchmark runner: every (sample, model) pair through the staged pipeline, timed from outside.
+
+Per sample the runner calls, each in its own :class:`~evspec.runtime.timing.StageTimer` stage::
+
+    load        model.load(sample)
+    preprocess  model.preprocess(visual, sample.query)
+    encode      model.encode(prepared)
+    prefill     prefill(model.language_model, model.splice(prepared, features))   (by the Decoder)
+    decode      decode(prefilled, ..., on_token=timer.mark_token)                 (by the Decoder)
+
+and appends one :class:`~evspec.bench.records.Record` to ``records.jsonl`` (flushed), so a killed
+run resumes where it stopped. Warm-up samples run the same pipeline and are discarded.
+
+The decode-strategy seam (for speculative decoding, ``--draft NAME``)
+--------------------------------------------------------------------
+Everything after ``encode`` belongs to a :class:`Decoder`::
+
+    class Decoder(Protocol):
+        name: str                                   # goes into every record ("target", "spec:...")
+        def describe(self) -> dict: ...             # its settings; part of the run's identity
+        def run(self, model, prepared, features, sample, timer, settings) -> DecodeOutcome: ...
+
+``run`` must time the target's prompt pass as stage ``"prefill"`` and the token loop as stage
+``"decode"``, marking each emitted token with ``timer.mark_token`` (pass it as ``on_token``); it
+may open further stages of its own (e.g. ``"draft_load"``, ``"draft_encode"``,
+``"draft_prefill"``): they land in ``Record.extra_stages_s``, count in ``total_s`` and, when they
+run before ``decode``, in TTFT. ``DecodeOutcome.metrics`` (e.g. ``acceptance_rate``,
+``mean_acceptance_length`` with vLLM's definitions) lands in ``Record.metrics``; the summary
+and report pick up every numeric metric by name. :class:`TargetDecoder` is the plain
+one-token-per-pass strategy; a speculative decoder is another class with the same ``run``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import torch
+
+from evspec.bench.records import RECORDS_NAME, Record, RecordLog, environment, latest_by_key, read_records
+from evspec.errors import ConfigError, EvspecError, InputError
+from evspec.runtime.decode import Prefilled, SamplingConfig, decode, prefill
+from evspec.runtime.timing import STAGES, StageTimer, Timings
+
+if TYPE_CHECKING:
+    from evspec.data.dataset import Sample
+    from evspec.models.base import Prepared, VisionLanguageModel, VisualFeatures
+
+DEFAULT_MODELS: tuple[str, ...] = ("tiny-eventgpt", "tiny-videollava", "tiny-llava")
+CONFIG_NAME = "config.json"
+SUMMARY_NAME = "summary.json"
+REPORT_NAME = "report.md"
+SYNTH_DIR = "data"
+IDENTITY_FIELDS: tuple[str, ...] = (
+    "dataset", "split", "max_new_tokens", "min_new_tokens", "temperature", "top_p", "seed",
+    "device", "dtype", "cache", "decoder",
+)
+"""Config fields that change what a record means: a rerun into the same folder must match them.
+``models``, ``max_samples`` and ``warmup`` may change between runs (a rerun can add models or
+samples to a run)."""
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}
+CacheKind = Literal["eager", "static", "compiled"]
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark run. ``dataset=None`` means the built-in synthetic set under ``OUT/data``."""
+
+    models: tuple[str, ...] = DEFAULT_MODELS
+    dataset: str | None = None
+    split: str | None = None
+    max_samples: int | None = None
+    max_new_tokens: int = 32
+    min_new_tokens: int = 0
+    warmup: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    cache: CacheKind = "eager"
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError("give at least one model name")
+        if len(set(self.models)) != len(self.models):
+            raise ConfigError(f"a model is named twice in {', '.join(self.models)}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ConfigError(
+                f"--min-new-tokens must be between 0 and --max-new-tokens ({self.max_new_tokens}), got {self.min_new_tokens}"
+            )
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"--max-samples must be >= 1, got {self.max_samples}")
+        if self.warmup < 0:
+            raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise ConfigError(f"unknown --dtype {self.dtype!r}; use auto, {', '.join(_DTYPES)}")
+        if self.cache not in ("eager", "static", "compiled"):
+            raise ConfigError(f"unknown --cache {self.cache!r}; use eager, static or compiled")
+        self.sampling()  # validates temperature and top_p
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise ConfigError(f"unknown --device {self.device!r} ({exc})") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device {self.device} asked for, but this torch sees no CUDA device")
+        return device
+
+    def resolved_dtype(self, device: torch.device) -> torch.dtype:
+        """``auto``: bfloat16 on CUDA (what the models ship in), float32 on CPU."""
+        if self.dtype == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return _DTYPES[self.dtype]
+
+
+@dataclass
+class DecodeSettings:
+    """What every decoder is asked for."""
+
+    max_new_tokens: int
+    min_new_tokens: int
+    sampling: SamplingConfig
+
+
+@dataclass
+class DecodeOutcome:
+    """A decoder's result for one sample; ``metrics`` are strategy-specific numbers."""
+
+    token_ids: list[int]
+    n_prompt_tokens: int
+    stopped_on_eos: bool = False
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class Decoder(Protocol):
+    """A decode strategy (module docstring): times "prefill" and "decode", marks tokens."""
+
+    name: str
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def run(
+        self, model: VisionLanguageModel, prepared: Prepared, features: VisualFeatures, sample: Sample,
+        timer: StageTimer, settings: DecodeSettings,
+    ) -> DecodeOutcome: ...
+
+
+class TargetDecoder:
+    """Plain decoding: one target pass per token (``evspec.runtime.decode``).
+
+    ``cache``: ``eager`` = transformers modules + DynamicCache (bit-identical to generate());
+    ``static`` = evspec's preallocated KV cache; ``compiled`` = the static cache with the step
+    compiled (CUDA graphs; the first samples compile, which is what ``--warmup`` is for). One
+    static cache of the model's full context is kept per language model and reused.
+    """
+
+    name = "target"
+
+    def __init__(self, cache: CacheKind = "eager") -> None:
+        self.cache = cache
+        self._static: dict[int, Any] = {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "cache": self.cache}
+
+    def _state_factory(self, model: VisionLanguageModel) -> Callable[..., Any] | None:
+        if self.cache == "eager":
+            return None
+        from evspec.runtime.static import StaticDecoder
+
+        lm = model.language_model
+        if id(lm) not in self._static:
+            self._static = {id(lm): StaticDecoder(lm, lm.context_length, compile=self.cache == "compiled")}
+        return self._static[id(lm)]
+
+    def run(
+        self, model: VisionLanguageModel, prepared: Prepared, features: VisualFeatures, sample: Sample,
+        timer: StageTimer, settings: DecodeSettings,
+    ) -> DecodeOutcome:
+        factory = self._state_factory(model)
+        with timer.stage("prefill"):
+            embeds = model.splice(prepared, features)
+            prefilled: Prefilled = (
+                prefill(model.language_model, embeds) if factory is None else prefill(model.language_model, embeds, factory)
+            )
+        with timer.stage("decode"):
+            result = decode(
+                prefilled, max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.min_new_tokens,
+                eos_token_ids=model.eos_token_ids, sampling=settings.sampling, on_token=timer.mark_token,
+            )
+        return DecodeOutcome(
+            token_ids=result.token_ids, n_prompt_tokens=prefilled.n_prompt_tokens, stopped_on_eos=result.stopped_on_eos,
+        )
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Reporter(Protocol):
+    """How the runner tells its caller what happens (the CLI draws a rich progress bar)."""
+
+    def start(self, total: int, done: int) -> None: ...
+    def status(self, message: str) -> None: ...
+    def warn(self, message: str) -> None: ...
+    def advance(self, record: Record) -> None: ...
+
+
+class SilentReporter:
+    """Library default: tells no one (library code never prints)."""
+
+    def start(self, total: int, done: int) -> None: ...
+    def status(self, message: str) -> None: ...
+    def warn(self, message: str) -> None: ...
+    def advance(self, record: Record) -> None: ...
+
+
+# --------------------------------------------------------------------------- one sample
+
+
+def _error_text(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, EvspecError) else f"{type(exc).__name__}: {exc}"
+
+
+def _record(model_name: str, decoder: str, sample: Sample, timings: Timings, outcome: DecodeOutcome,
+            n_visual: int, text: str) -> Record:
+    for needed in ("prefill", "decode"):
+        if needed not in timings.stages:
+            raise RuntimeError(f"decoder {decoder!r} did not time a {needed!r} stage")
+    if timings.n_tokens != len(outcome.token_ids):
+        raise RuntimeError(
+            f"decoder {decoder!r} marked {timings.n_tokens} tokens but returned {len(outcome.token_ids)}"
+        )
+    stages = timings.stages
+    return Record(
+        id=sample.id, model=model_name, decoder=decoder,
+        load_s=stages.get("load"), preprocess_s=stages.get("preprocess"), encode_s=stages.get("encode"),
+        prefill_s=stages["prefill"], decode_s=stages["decode"], total_s=timings.total_s,
+        ttft_s=timings.ttft_s, tpot_s=timings.tpot_s, tokens_per_s=timings.tokens_per_s,
+        n_prompt_tokens=outcome.n_prompt_tokens, n_visual_tokens=n_visual, n_new_tokens=len(outcome.token_ids),
+        stopped_on_eos=outcome.stopped_on_eos, token_ids=list(outcome.token_ids), text=text,
+        token_latencies_s=timings.token_latencies, peak_memory_bytes=timings.peak_memory_bytes,
+        extra_stages_s={k: v for k, v in stages.items() if k not in STAGES}, metrics=dict(outcome.metrics),
+    )
+
+
+def run_sample(
+    model: VisionLanguageModel, model_name: str, sample: Sample, decoder: Decoder, timer: StageTimer,
+    settings: DecodeSettings,
+) -> Record:
+    """One sample through one model, every stage timed; a failure becomes a record with ``error``."""
+    try:
+        with torch.inference_mode():
+            with timer.stage("load"):
+                visual = model.load(sample)
+            with timer.stage("preprocess"):
+                prepared = model.preprocess(visual, sample.query)
+            with timer.stage("encode"):
+                features = model.encode(prepared)
+            outcome = decoder.run(model, prepared, features, sample, timer, settings)
+        timings = timer.read()
+        return _record(model_name, decoder.name, sample, timings, outcome, features.n_tokens,
+                       model.decode_text(outcome.token_ids))
+    except Exception as exc:  # noqa: BLE001 - a failing sample is recorded and the run goes on
+        timer.reset()
+        return Record(id=sample.id, model=model_name, decoder=decoder.name, error=_error_text(exc))
+
+
+# --------------------------------------------------------------------------- the run
+
+
+ModelLoader = Callable[[str, torch.device, torch.dtype], "VisionLanguageModel"]
+
+
+def registry_loader(name: str, device: torch.device, dtype: torch.dtype) -> VisionLanguageModel:
+    """``evspec.models.registry.load_model`` (imported late: it pulls in the model families)."""
+    from evspec.models.registry import load_model
+
+    return load_model(name, device=device, dtype=dtype)
+
+
+@dataclass
+class BenchResult:
+    """What a run produced: the records of this config (newest per pair) and the summary."""
+
+    out_dir: Path
+    records: list[Record]
+    summary: dict[str, Any]
+    report_path: Path | None
+
+    def n_ok(self, model: str) -> int:
+        return sum(1 for r in self.records if r.model == model and r.error is None)
+
+
+DEFAULT_SYNTH: dict[str, Any] = {"clips": 6, "size": (160, 120), "duration_s": 1.0, "seed": 0}
+"""``SynthConfig`` of the built-in set: six 1 s clips of 160x120 (builds in well under a second)."""
+
+
+def build_default_dataset(out_dir: Path, reporter: Reporter) -> Path:
+    """The built-in synthetic set in ``out_dir/data``. The builder resumes and pins its config,
+    so a killed build is finished on the next run and a finished one is reused as is."""
+    from evspec.data.synth.builder import SynthConfig, build_dataset
+
+    root = out_dir / SYNTH_DIR
+    reporter.status(f"building the built-in synthetic dataset in {root}")
+    build_dataset(root, SynthConfig(**DEFAULT_SYNTH))
+    return root
+
+
+def _identity(config: BenchConfig, dataset: str, device: torch.device, dtype: torch.dtype,
+              decoder: Decoder) -> dict[str, Any]:
+    values = asdict(config)
+    values.update(dataset=dataset, device=str(device), dtype=str(dtype).removeprefix("torch."),
+                  decoder=decoder.describe())
+    return {k: values[k] for k in IDENTITY_FIELDS}
+
+
+def _check_or_reset(out_dir: Path, identity: dict[str, Any], force: bool) -> None:
+    """Refuse to mix records of different configs in one folder, unless ``force`` starts over."""
+    path = out_dir / CONFIG_NAME
+    if not path.is_file():
+        return
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8")).get("identity", {})
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read the previous run's config ({exc}); rerun with --force to start over", path) from exc
+    differences = [k for k in IDENTITY_FIELDS if previous.get(k) != identity[k]]
+    if not differences:
+        return
+    if not force:
+        detail = "; ".join(f"{k}: was {previous.get(k)!r}, now {identity[k]!r}" for k in differences)
+        raise ConfigError(
+            f"{out_dir} holds a run with another config ({detail}); use another --out or --force to discard it"
+        )
+    for name in (RECORDS_NAME, SUMMARY_NAME, REPORT_NAME, CONFIG_NAME):
+        (out_dir / name).unlink(missing_ok=True)
+    for png in out_dir.glob("*.png"):
+        png.unlink()
+
+
+def _release_memory() -> None:
+    """After a model is dropped: return its memory before the next model loads."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _warm_up(model: VisionLanguageModel, name: str, samples: Sequence[Sample], n: int, decoder: Decoder,
+             timer: StageTimer, settings: DecodeSettings) -> None:
+    """Run the first ``n`` samples (cycling when there are fewer) and discard them."""
+    for i in range(n if samples else 0):
+        run_sample(model, name, samples[i % len(samples)], decoder, timer, settings)
+
+
+def run_bench(
+    config: BenchConfig,
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    decoder: Decoder | None = None,
+    model_loader: ModelLoader | None = None,
+    reporter: Reporter | None = None,
+    write_report: bool = True,
+    command: str | None = None,
+) -> BenchResult:
+    """Run (or resume) a benchmark into ``out_dir``; write records, summary and report.
+
+    Resume: pairs with a successful record are skipped; failed pairs are tried again and the
+    newest record of a pair wins. A folder made with another identity (``IDENTITY_FIELDS``) is
+    refused unless ``force``, which deletes the old results first. ``command`` is the command
+    line recorded in the results (the CLI passes its own; default ``sys.argv``).
+    """
+    from evspec.data.dataset import load_dataset
+
+    reporter = reporter or SilentReporter()
+    model_loader = model_loader or registry_loader
+    decoder = decoder or TargetDecoder(config.cache)
+    out_dir = Path(out_dir)
+    device = config.resolved_device()
+    dtype = config.resolved_dtype(device)
+    dataset_root = Path(config.dataset) if config.dataset is not None else out_dir / SYNTH_DIR
+    identity = _identity(config, str(dataset_root.resolve()), device, dtype, decoder)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_or_reset(out_dir, identity, force)
+    if config.dataset is None:
+        build_default_dataset(out_dir, reporter)
+    samples = load_dataset(dataset_root, split=config.split, max_samples=config.max_samples)
+    if not samples:
+        raise InputError(f"no samples{f' in split {config.split!r}' if config.split else ''}", dataset_root)
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise InputError(f"sample id {duplicate!r} appears more than once; records are keyed by id", dataset_root)
+
+    env = environment(str(device))
+    meta = {"identity": identity, "config": asdict(config), "environment": env,
+            "command": command or shlex.join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (out_dir / CONFIG_NAME).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+
+    settings = DecodeSettings(config.max_new_tokens, config.min_new_tokens, config.sampling())
+    timer = StageTimer(device)
+    setup_s: dict[str, float | None] = {}
+    torch.manual_seed(config.seed)
+    with RecordLog(out_dir / RECORDS_NAME) as log:
+        done = {k for k, r in latest_by_key(log.existing).items() if r.error is None}
+        todo = {m: [s for s in samples if (s.id, m) not in done] for m in config.models}
+        total = len(samples) * len(config.models)
+        reporter.start(total, total - sum(len(v) for v in todo.values()))
+        for name in config.models:
+            pending = todo[name]
+            if not pending:
+                setup_s[name] = None
+                continue
+            reporter.status(f"loading {name} on {device} ({dtype})")
+            start = time.perf_counter()
+            try:
+                model = model_loader(name, device, dtype)
+            except Exception as exc:  # noqa: BLE001 - recorded for every pending sample, run goes on
+                message = f"model {name!r} failed to load: {_error_text(exc)}"
+                reporter.warn(message)
+                for sample in pending:
+                    record = Record(id=sample.id, model=name, decoder=decoder.name, error=message)
+                    log.append(record)
+                    reporter.advance(record)
+                setup_s[name] = None
+                continue
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            setup_s[name] = time.perf_counter() - start
+            if config.warmup:
+                reporter.status(f"warming up {name} ({config.warmup} sample(s), discarded)")
+                _warm_up(model, name, samples, config.warmup, decoder, timer, settings)
+            reporter.status(f"running {name}")
+            for sample in pending:
+                record = run_sample(model, name, sample, decoder, timer, settings)
+                log.append(record)
+                if record.error is not None:
+                    reporter.warn(f"{name} / {sample.id}: {record.error}")
+                reporter.advance(record)
+            del model
+            _release_memory()
+
+    wanted = {(s.id, m) for s in samples for m in config.models}
+    latest = latest_by_key(read_records(out_dir / RECORDS_NAME))
+    order = {sample_id: i for i, sample_id in enumerate(ids)}
+    records = sorted(
+        (r for k, r in latest.items() if k in wanted),
+        key=lambda r: (config.models.index(r.model), order[r.id]),
+    )
+
+    from evspec.bench.report import write_report as write_markdown
+    from evspec.bench.stats import build_summary
+
+    summary = build_summary(records, meta=meta, models=config.models, setup_s=setup_s)
+    (out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    report_path = write_markdown(out_dir, summary, records) if write_report else None
+    return BenchResult(out_dir=out_dir, records=records, summary=summary, report_path=report_path)

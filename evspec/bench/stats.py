@@ -1,0 +1,151 @@
+"""Latency statistics and the per-model summary of a benchmark run.
+
+A latency record follows optimum-benchmark's: count, total, mean, p50, p90, p95, p99, stdev
+(population, ``ddof=0``, as NumPy's default), plus min and max. Percentiles are NumPy's default
+(linear interpolation between order statistics), so anyone can recompute them from
+``records.jsonl`` with ``numpy.percentile``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from evspec.bench.records import Record
+from evspec.runtime.timing import STAGES
+
+PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
+SUMMARY_FIELDS: tuple[str, ...] = (*(f"{s}_s" for s in STAGES), "total_s", "ttft_s", "tpot_s")
+"""Per-record latency fields summarised for every model."""
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Distribution of one latency (seconds) over samples; all None when there are no values."""
+
+    count: int
+    total: float | None
+    mean: float | None
+    p50: float | None
+    p90: float | None
+    p95: float | None
+    p99: float | None
+    stdev: float | None
+    min: float | None
+    max: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def latency_stats(values: Iterable[float | None]) -> LatencyStats:
+    """Statistics of the non-None values (None marks 'not defined for this sample', e.g. TPOT of a
+    one-token answer)."""
+    array = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if array.size == 0:
+        return LatencyStats(0, None, None, None, None, None, None, None, None, None)
+    p50, p90, p95, p99 = (float(x) for x in np.percentile(array, PERCENTILES))
+    return LatencyStats(
+        count=int(array.size), total=float(array.sum()), mean=float(array.mean()),
+        p50=p50, p90=p90, p95=p95, p99=p99, stdev=float(array.std()),
+        min=float(array.min()), max=float(array.max()),
+    )
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator > 0 else None
+
+
+def _numeric_metrics(records: Sequence[Record]) -> dict[str, LatencyStats]:
+    """Stats of every scalar number a decoder put in ``Record.metrics`` (e.g. acceptance rate)."""
+    names = sorted({k for r in records for k, v in r.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return {n: latency_stats(r.metrics.get(n) for r in records) for n in names}
+
+
+def summarize_model(records: Sequence[Record]) -> dict[str, Any]:
+    """One model's block of ``summary.json``, over its successful records.
+
+    Throughputs (documented here because they are easy to define differently):
+    ``samples_per_s`` = successful samples / sum of their total_s;
+    ``tokens_per_s`` = generated tokens / sum of total_s (end to end);
+    ``decode_tokens_per_s`` = generated tokens / sum of decode_s (the decode loop alone).
+    """
+    ok = [r for r in records if r.error is None]
+    total = float(sum(r.total_s for r in ok))
+    decode = float(sum(r.decode_s for r in ok))
+    tokens = int(sum(r.n_new_tokens for r in ok))
+    stages = {name: latency_stats(getattr(r, name) for r in ok).to_dict() for name in SUMMARY_FIELDS}
+    extra_names = sorted({k for r in ok for k in r.extra_stages_s})
+    extra = {n: latency_stats(r.extra_stages_s.get(n) for r in ok).to_dict() for n in extra_names}
+    per_token = [x for r in ok for x in r.token_latencies_s[1:]]
+    peaks: dict[str, int | None] = {}
+    for r in ok:
+        for stage, value in r.peak_memory_bytes.items():
+            if value is not None:
+                peaks[stage] = max(value, peaks.get(stage) or 0)
+            else:
+                peaks.setdefault(stage, None)
+    return {
+        "n_records": len(records),
+        "n_ok": len(ok),
+        "n_errors": len(records) - len(ok),
+        "latency_s": stages,
+        "extra_stages_s": extra,
+        "per_token_latency_s": latency_stats(per_token).to_dict(),
+        "first_token_latency_s": latency_stats(r.token_latencies_s[0] for r in ok if r.token_latencies_s).to_dict(),
+        "n_new_tokens": latency_stats(r.n_new_tokens for r in ok).to_dict(),
+        "n_prompt_tokens": latency_stats(r.n_prompt_tokens for r in ok).to_dict(),
+        "n_visual_tokens": latency_stats(r.n_visual_tokens for r in ok).to_dict(),
+        "samples_per_s": _ratio(len(ok), total),
+        "tokens_per_s": _ratio(tokens, total),
+        "decode_tokens_per_s": _ratio(tokens, decode),
+        "peak_memory_bytes": peaks,
+        "metrics": {k: v.to_dict() for k, v in _numeric_metrics(ok).items()},
+        "errors": [{"id": r.id, "error": r.error} for r in records if r.error is not None],
+    }
+
+
+def summarize(records: Sequence[Record], models: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per model (in the order given), the block from :func:`summarize_model`."""
+    return {m: summarize_model([r for r in records if r.model == m]) for m in models}
+
+
+def build_summary(
+    records: Sequence[Record], *, meta: dict[str, Any], models: Sequence[str],
+    setup_s: dict[str, float | None] | None = None,
+) -> dict[str, Any]:
+    """``summary.json``: the run's config, identity, environment (versions, device), per-model
+    statistics, and each model's load-from-disk time in this invocation (None when it was not
+    loaded, e.g. every sample was already recorded)."""
+    per_model = summarize(records, models)
+    for name, block in per_model.items():
+        block["model_setup_s"] = (setup_s or {}).get(name)
+    return {
+        "config": meta.get("config"),
+        "identity": meta.get("identity"),
+        "environment": meta.get("environment"),
+        "device": (meta.get("identity") or {}).get("device"),
+        "dtype": (meta.get("identity") or {}).get("dtype"),
+        "seed": (meta.get("config") or {}).get("seed"),
+        "command": meta.get("command"),
+        "started": meta.get("started"),
+        "definitions": DEFINITIONS,
+        "models": per_model,
+    }
+
+
+DEFINITIONS: dict[str, str] = {
+    "stage times": "seconds from entering to leaving the stage (CUDA: events on the current stream, one "
+    "synchronize per sample when read); total_s = sum of stages, gaps between stages excluded",
+    "ttft_s": "load + preprocess + encode + prefill (+ any decoder stage before decode) + the first token's choice",
+    "tpot_s": "(decode_s - first token latency) / (n_new_tokens - 1)",
+    "per_token_latency_s": "time between consecutive token marks inside decode (first token excluded)",
+    "samples_per_s": "successful samples / sum of their total_s",
+    "tokens_per_s": "generated tokens / sum of total_s",
+    "decode_tokens_per_s": "generated tokens / sum of decode_s",
+    "peak_memory_bytes": "torch.cuda.max_memory_allocated after the stage, peak stats reset before it; max over samples",
+    "percentiles": "numpy.percentile, linear interpolation; stdev is the population standard deviation",
+}

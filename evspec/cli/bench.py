@@ -1,0 +1,114 @@
+"""`evspec bench`: time every stage of every model on a dataset; records, summary, report.
+
+With no arguments it benchmarks the three tiny models on a small synthetic dataset built on the
+fly into the run folder: the project's smoke-sized main job.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from evspec.cli import err_console
+
+
+class RichReporter:
+    """The runner's Reporter as a rich progress bar; warnings print above the bar."""
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self.task = progress.add_task("starting", total=None)
+
+    def start(self, total: int, done: int) -> None:
+        self.progress.update(self.task, total=total, completed=done)
+
+    def status(self, message: str) -> None:
+        self.progress.update(self.task, description=message)
+
+    def warn(self, message: str) -> None:
+        self.progress.console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+    def advance(self, record: Any) -> None:
+        self.progress.advance(self.task)
+
+
+def _command_line(config: Any, out: Path, force: bool) -> str:
+    """The full, explicit command that reproduces this run (recorded in the results)."""
+    args = ["evspec", "bench", "--model", ",".join(config.models)]
+    if config.dataset is not None:
+        args += ["--dataset", config.dataset]
+    if config.split is not None:
+        args += ["--split", config.split]
+    if config.max_samples is not None:
+        args += ["--max-samples", str(config.max_samples)]
+    args += [
+        "--max-new-tokens", str(config.max_new_tokens), "--min-new-tokens", str(config.min_new_tokens),
+        "--warmup", str(config.warmup), "--temperature", str(config.temperature), "--top-p", str(config.top_p),
+        "--seed", str(config.seed), "--device", config.device, "--dtype", config.dtype, "--cache", config.cache,
+        "--out", str(out),
+    ]
+    return shlex.join(args + (["--force"] if force else []))
+
+
+def bench(
+    model: str = typer.Option(
+        "tiny-eventgpt,tiny-videollava,tiny-llava", "--model", "-m",
+        help="Model name(s), comma-separated: tiny-eventgpt, tiny-videollava, tiny-llava, eventgpt:PATH, ...",
+    ),
+    dataset: Path | None = typer.Option(
+        None, "--dataset", "-d", help="Dataset folder (or its JSON). Default: a small synthetic set built into OUT/data.",
+    ),
+    split: str | None = typer.Option(None, "--split", help="Only rows of this split."),
+    max_samples: int | None = typer.Option(None, "--max-samples", "-n", help="First N samples only."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Most tokens generated per sample."),
+    min_new_tokens: int = typer.Option(0, "--min-new-tokens", help="EOS is masked below this length (fixed-length timing)."),
+    warmup: int = typer.Option(1, "--warmup", help="Samples run first per model and discarded."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (with temperature > 0)."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed (the same for every sample, so resumes repeat)."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:1 ..."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
+    cache: str = typer.Option("eager", "--cache", help="KV cache: eager (transformers), static, compiled (CUDA graphs)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder. Default: runs/bench-<timestamp>."),
+    force: bool = typer.Option(False, "--force", help="Discard results of another config in --out."),
+) -> None:
+    """Benchmark each stage (load, preprocess, encode, prefill, decode) of each model.
+
+    Writes OUT/records.jsonl (one line per sample and model), OUT/summary.json and OUT/report.md
+    with plots. Rerunning with the same --out resumes: finished pairs are skipped.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from evspec.bench.report import summary_table
+    from evspec.bench.runner import BenchConfig, run_bench
+
+    config = BenchConfig(
+        models=tuple(m.strip() for m in model.split(",") if m.strip()),
+        dataset=str(dataset) if dataset is not None else None, split=split, max_samples=max_samples,
+        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, warmup=warmup,
+        temperature=temperature, top_p=top_p, seed=seed, device=device, dtype=dtype, cache=cache,  # type: ignore[arg-type]
+    )
+    out = out if out is not None else Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    console = Console(highlight=False, soft_wrap=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        result = run_bench(config, out, force=force, reporter=RichReporter(progress),
+                           command=_command_line(config, out, force))
+    console.print(summary_table(result.summary))
+    console.print(f"wrote {out}/records.jsonl, {out}/summary.json and {result.report_path}")
+    failed = [m for m in config.models if result.n_ok(m) == 0]
+    if failed:
+        for m in failed:
+            n = sum(1 for r in result.records if r.model == m)
+            err_console.print(f"[red]error:[/] model {m}: 0 of {n} samples succeeded (errors in {out}/records.jsonl)")
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``bench`` command to the evspec app."""
+    app.command("bench")(bench)
