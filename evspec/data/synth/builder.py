@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evspec.data.dataset import ClipRecord, save_dataset_json
 from evspec.data.events import EventStream, atomic_path, write_eventgpt_npy
@@ -84,6 +84,12 @@ class SynthConfig(BaseModel):
         if not types or unknown:
             raise ValueError(f"question types must be a non-empty subset of {QUESTION_TYPES}")
         return types
+
+    @model_validator(mode="after")
+    def _object_range(self) -> SynthConfig:
+        if self.min_objects > self.max_objects:
+            raise ValueError(f"min_objects {self.min_objects} > max_objects {self.max_objects}")
+        return self
 
     def esim_config(self, index: int) -> EsimConfig:
         seed = int(np.random.SeedSequence([self.seed, index, 1]).generate_state(1)[0])
