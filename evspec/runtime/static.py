@@ -29,6 +29,22 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return x * cos + rotated * sin
 
 
+def _fuse_rows(*linears: torch.nn.Module) -> torch.Tensor | None:
+    """One weight for several projections of the same input, as gpt-fast's ``wqkv``: fewer, larger
+    batch-1 kernels. The modules' weights become row views of it, so nothing is stored twice and the
+    eager path keeps working. None where a projection is not a plain bias-free Linear (e.g. quantized)."""
+    if not all(type(m) is torch.nn.Linear and m.bias is None for m in linears):
+        return None
+    with torch.no_grad():
+        fused = torch.cat([m.weight for m in linears])
+        start = 0
+        for m in linears:
+            rows = m.weight.shape[0]
+            m.weight.data = fused[start : start + rows]
+            start += rows
+    return fused
+
+
 class StaticDecoder:
     """Owns one preallocated KV cache and the compiled step; hands out one ``StaticState`` at a time.
 
@@ -37,7 +53,7 @@ class StaticDecoder:
     verification); prefill runs eagerly because its length varies per sample.
     """
 
-    def __init__(self, lm: LanguageModel, max_length: int, *, compile: bool = False) -> None:
+    def __init__(self, lm: LanguageModel, max_length: int, *, compile: bool = False, fuse: bool = True) -> None:
         if max_length > lm.context_length:
             raise ConfigError(f"max_length {max_length} exceeds the model's context of {lm.context_length}")
         self.lm = lm
@@ -56,6 +72,11 @@ class StaticDecoder:
         self.causal = torch.ones(max_length, max_length, device=device, dtype=torch.bool).tril()
         for tensor in (*self.k_cache, *self.v_cache, self.causal):
             torch._dynamo.mark_static_address(tensor)
+        self.qkv = [_fuse_rows(l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj) if fuse else None for l in self.layers]
+        self.gate_up = [_fuse_rows(l.mlp.gate_proj, l.mlp.up_proj) if fuse else None for l in self.layers]
+        if compile:
+            # gpt-fast's setting: tunes the tile sizes of the batch-1 matrix-vector kernels.
+            torch._inductor.config.coordinate_descent_tuning = True
         self._step = (
             torch.compile(self._forward_ids, mode="reduce-overhead", fullgraph=True) if compile else self._forward_ids
         )
@@ -75,13 +96,18 @@ class StaticDecoder:
         cos, sin = body.rotary_emb(embeds, positions.unsqueeze(0))
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         mask = self.causal[positions].unsqueeze(0).unsqueeze(0)
+        key_width = self.k_cache[0].shape[1] * self.head_dim
         x = embeds
-        for layer, k_cache, v_cache in zip(self.layers, self.k_cache, self.v_cache):
+        for layer, k_cache, v_cache, qkv, gate_up in zip(self.layers, self.k_cache, self.v_cache, self.qkv, self.gate_up):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(1, k, -1, self.head_dim).transpose(1, 2)
-            key = attn.k_proj(h).view(1, k, -1, self.head_dim).transpose(1, 2)
-            value = attn.v_proj(h).view(1, k, -1, self.head_dim).transpose(1, 2)
+            if qkv is not None:
+                q, key, value = F.linear(h, qkv).split([attn.q_proj.out_features, key_width, key_width], dim=-1)
+            else:
+                q, key, value = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+            q = q.view(1, k, -1, self.head_dim).transpose(1, 2)
+            key = key.view(1, k, -1, self.head_dim).transpose(1, 2)
+            value = value.view(1, k, -1, self.head_dim).transpose(1, 2)
             q, key = _apply_rotary(q, cos, sin), _apply_rotary(key, cos, sin)
             k_cache.index_copy_(2, positions, key)
             v_cache.index_copy_(2, positions, value)
@@ -89,7 +115,12 @@ class StaticDecoder:
                 q, k_cache, v_cache, attn_mask=mask, scale=self.scaling, enable_gqa=True
             )
             x = x + attn.o_proj(out.transpose(1, 2).reshape(1, k, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            h = layer.post_attention_layernorm(x)
+            if gate_up is not None:
+                gate, up = F.linear(h, gate_up).chunk(2, dim=-1)
+                x = x + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+            else:
+                x = x + layer.mlp(h)
         hidden = body.norm(x)[0]
         return hidden, self.lm.lm_head(hidden).float()
 
