@@ -613,7 +613,7 @@ class DsecEventFile:
 
     def _open(self) -> None:
         f = self._file
-        missing = [name for name in _DSEC_DATASETS if name not in f]
+        missing = [name for name in _DSEC_DATASETS if not isinstance(f.get(name), h5py.Dataset)]
         if missing:
             raise InputError(f"not a DSEC events file: missing dataset(s) {missing}", self.path)
         self._p, self._t, self._x, self._y = (f[f"events/{n}"] for n in "ptxy")
