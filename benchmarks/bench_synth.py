@@ -47,16 +47,17 @@ def main() -> None:
     totals: list[float] = []
     events: list[int] = []
 
+    clip_times: dict[str, float] = {}
+
+    @contextmanager
+    def step(name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        clip_times[name] = time.perf_counter() - t0
+
     with tempfile.TemporaryDirectory() as out:
         for index in range(config.clips):
-            clip_times: dict[str, float] = {}
-
-            @contextmanager
-            def step(name: str) -> Iterator[None]:
-                t0 = time.perf_counter()
-                yield
-                clip_times[name] = time.perf_counter() - t0
-
+            clip_times.clear()
             t0 = time.perf_counter()
             record = build_clip(out, config, index, "test", step=step)
             total = time.perf_counter() - t0

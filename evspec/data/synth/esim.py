@@ -115,8 +115,9 @@ def _crossings(ref: np.ndarray, l0: np.ndarray, l1: np.ndarray, cp: np.ndarray, 
 
 
 def _refractory(pixel: np.ndarray, times: np.ndarray, period: int) -> np.ndarray:
-    """Mask of events kept when each pixel ignores events closer than ``period_s`` to its last
-    kept event (times and period in the same unit). Loops over the rank of an event within its pixel, vectorised over pixels."""
+    """Mask of events kept when each pixel ignores events closer than ``period`` to its last kept
+    event (times and period in the same unit). Loops over the rank of an event within its pixel,
+    vectorised over pixels."""
     order = np.lexsort((times, pixel))
     px, ts = pixel[order], times[order]
     starts = np.flatnonzero(np.r_[True, px[1:] != px[:-1]])

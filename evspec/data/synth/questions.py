@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from evspec.data.synth.scenes import ObjectSpec, SceneSpec
+from evspec.errors import ConfigError
 
 QUESTION_TYPES = ("objects", "motion", "count_moving", "describe")
 
@@ -113,11 +114,13 @@ def _answers(spec: SceneSpec, qtype: str, colour: bool, objects: list[ObjectSpec
             noun = _noun(o, colour)
             parts.append(f"{_article(noun)} {noun} {_motion(o, width)}")
         return _sentence(_join(parts)) + _camera(spec)
-    raise ValueError(f"unknown question type {qtype!r}; known: {', '.join(QUESTION_TYPES)}")
+    raise AssertionError(qtype)  # make_qa checked it
 
 
 def make_qa(spec: SceneSpec, qtype: str) -> QA:
     """The question of type ``qtype`` with both answers."""
+    if qtype not in QUESTION_TYPES:
+        raise ConfigError(f"unknown question type {qtype!r}; known: {', '.join(QUESTION_TYPES)}")
     truth = _answers(spec, qtype, colour=True, objects=list(spec.objects))
     seen = _answers(spec, qtype, colour=False, objects=_visible(spec))
     return QA(qtype, QUESTIONS[qtype], truth, seen)

@@ -23,7 +23,8 @@ from evspec.errors import ConfigError
 
 SHAPES = ("circle", "square", "triangle", "star", "ring", "diamond")
 
-# name -> RGB. All have luma >= 0.38 against a background of luma <= ~0.27.
+# name -> RGB. All have luma >= 0.38; the background texture stays below ~0.30 (0.27 x tint <= 1.1),
+# so every object edge is at least one 0.2 log-contrast step.
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
     "green": (60, 200, 70),
@@ -204,7 +205,7 @@ def sample_scene(
         stripe_angles=tuple(_uniform(rng, 0, math.pi, 4) for _ in range(n_stripes)),
         stripe_periods=tuple(round(_uniform(rng, 0.1, 0.3, 4) * width, 2) for _ in range(n_stripes)),
         stripe_strength=_uniform(rng, 0.2, 0.5, 3),
-        tint=(_uniform(rng, 0.85, 1.15, 3), _uniform(rng, 0.85, 1.15, 3), _uniform(rng, 0.85, 1.15, 3)),
+        tint=(_uniform(rng, 0.9, 1.1, 3), _uniform(rng, 0.9, 1.1, 3), _uniform(rng, 0.9, 1.1, 3)),
     )
     return SceneSpec((width, height), tuple(objects), background, camera)
 
