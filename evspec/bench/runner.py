@@ -417,6 +417,7 @@ def run_bench(
     env = environment(str(device))
     meta = {"identity": identity, "config": asdict(config), "environment": env,
             "command": command or shlex.join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    meta = json.loads(json.dumps(meta))  # what summary.json will hold: tuples become lists
     (out_dir / CONFIG_NAME).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
 
     settings = DecodeSettings(config.max_new_tokens, config.min_new_tokens, config.sampling())

@@ -1,0 +1,75 @@
+"""`evspec bench` end to end: the no-argument default path, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import evspec.bench.runner as runner
+from evspec.cli import main
+from tests.bench.conftest import StandInModel, make_dataset
+
+
+@pytest.fixture
+def stand_in_registry(monkeypatch: pytest.MonkeyPatch, calls: Counter) -> Counter:
+    """Route registry look-ups to the stand-in (names starting with 'bad' are unknown)."""
+
+    def load(name: str, device: Any, dtype: Any) -> StandInModel:
+        from evspec.errors import ModelError
+
+        if name.startswith("bad"):
+            raise ModelError(f"unknown model {name!r}")
+        return StandInModel(name, device, dtype, calls)
+
+    monkeypatch.setattr(runner, "registry_loader", load)
+    return calls
+
+
+def test_default_command_builds_data_and_benchmarks_three_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stand_in_registry: Counter, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runner, "DEFAULT_SYNTH", {**runner.DEFAULT_SYNTH, "clips": 2})  # keep the test small
+    assert main(["bench", "--max-new-tokens", "4"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("bench-")
+    assert (run / "data" / "dataset.json").is_file()
+    rows = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+    assert {r["model"] for r in rows} == set(runner.DEFAULT_MODELS) and len(rows) == 6
+    assert all(r["error"] is None for r in rows)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["command"].startswith("evspec bench --model tiny-eventgpt,tiny-videollava,tiny-llava")
+    assert (run / "report.md").is_file()
+    printed = capsys.readouterr().out
+    assert "tiny-videollava" in printed and f"{run.relative_to(tmp_path)}/records.jsonl" in printed
+
+
+def test_zero_successes_exit_non_zero(tmp_path: Path, stand_in_registry: Counter, capsys: pytest.CaptureFixture[str]) -> None:
+    dataset = make_dataset(tmp_path / "data", n=2, missing=(0, 1))
+    code = main(["bench", "--model", "a", "--dataset", str(dataset), "--out", str(tmp_path / "run"),
+                 "--max-new-tokens", "2", "--warmup", "0"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "warning:" in err and "0 of 2 samples succeeded" in err
+
+
+def test_unknown_model_fails_that_model_only(tmp_path: Path, stand_in_registry: Counter, capsys: pytest.CaptureFixture[str]) -> None:
+    dataset = make_dataset(tmp_path / "data", n=1)
+    code = main(["bench", "--model", "a,bad-model", "--dataset", str(dataset), "--out", str(tmp_path / "run"),
+                 "--max-new-tokens", "2"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "unknown model 'bad-model'" in err and "model bad-model: 0 of 1" in err
+    rows = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["error"] is None) for r in rows] == [("a", True), ("bad-model", False)]
+
+
+def test_missing_dataset_is_one_red_line(tmp_path: Path, stand_in_registry: Counter, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "--dataset", str(tmp_path / "nope"), "--out", str(tmp_path / "run")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "nope" in err and "Traceback" not in err
