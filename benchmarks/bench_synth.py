@@ -69,7 +69,8 @@ def main() -> None:
                 times[name].append(clip_times[name])
 
     print(f"machine: {os.cpu_count()}-core {platform.machine()} CPU, pinned to "
-          f"{sorted(os.sched_getaffinity(0))}, Python {platform.python_version()}, numpy {np.__version__}")
+          f"{sorted(os.sched_getaffinity(0))}, Python {platform.python_version()}, numpy {np.__version__}, "
+          f"load average {os.getloadavg()[0]:.2f} (other work on the machine inflates the figures)")
     print(f"clip: {width}x{height}, {args.fps} fps, {args.duration} s, esim_upsample "
           f"{config.esim_upsample}; {args.clips} timed clips, median events {int(np.median(events))}")
     print(f"{'step':<8} {'median ms':>10} {'min ms':>8} {'max ms':>8}")
