@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 from rich.console import Console
 
 from evspec.errors import EvspecError
+
+try:  # typer >= 0.20 vendors click; usage errors derive from its ClickException
+    from typer._click.exceptions import ClickException as _ClickException
+except ImportError:  # pragma: no cover - older typer with click as a dependency
+    from click import ClickException as _ClickException
 
 app = typer.Typer(
     name="evspec",
@@ -58,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, prog_name="evspec", standalone_mode=False)
         return result if isinstance(result, int) else 0
-    except click.exceptions.Exit as stop:
+    except typer.Exit as stop:
         return stop.exit_code
-    except click.ClickException as usage:
+    except _ClickException as usage:
         usage.show()
         return usage.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         err_console.print("[red]interrupted[/]")
         return 130
     except EvspecError as error:

@@ -286,6 +286,10 @@ def _temp_sibling(path: Path) -> Path:
         raise InputError("parent folder does not exist", path)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    # mkstemp makes the file private (0600); give it the mode an ordinary open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_name, 0o666 & ~umask)
     return Path(tmp_name)
 
 
