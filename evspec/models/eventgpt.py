@@ -1,0 +1,389 @@
+"""EventGPT (XduSyL/EventGPT): a LLaVA-style LLaMA that reads event-camera frames.
+
+The classes reproduce upstream's module tree and state-dict keys (``model/EventChatModel.py``), so
+its checkpoints load unchanged: ``EventChatModel(LlamaForCausalLM)`` whose ``.model`` is a
+``LlamaModel`` carrying ``visual_tower`` (a wrapper holding a ``CLIPVisionModel``, hence keys
+``model.visual_tower.visual_tower.vision_model.*``), ``visual_projector`` (Linear, GELU, Linear) and
+``feature_adaptor`` (Linear). Per sample, each of T event frames goes through tower ->
+``last_hidden_state`` (CLS kept) -> projector -> adaptor, giving [T, P+1, D]; the block spliced in
+place of ``<event>`` is [mean over patches (T rows); mean over time (P+1 rows)] = [T+P+1, D]
+(582 rows for 5 frames of CLIP-L/336).
+
+Differences from upstream, on purpose: module sizes come from the configs (upstream hard-codes
+1024 -> 4096); the CLIP tower is *built* from a ``CLIPVisionConfig`` and its weights come from the
+checkpoint or, failing that, from the folder ``mm_visual_tower`` names (upstream downloads it inside
+``__init__``); a prompt that would be truncated at ``tokenizer_model_max_length`` is refused by
+``preprocess`` instead of being cut silently.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaModel,
+    LlamaPreTrainedModel,
+)
+
+from evspec.errors import InputError, ModelError
+from evspec.models.base import Prepared, VisionLanguageModel, VisualFeatures, VisualInput
+from evspec.models.registry import (
+    LoadOptions,
+    check_state_dict_keys,
+    checkpoint_keys,
+    ensure_prompt_fits,
+    from_pretrained_checked,
+    read_config_dict,
+    require_checkpoint_folder,
+)
+from evspec.models.tokenizer import EVENT_TOKEN, EVENT_TOKEN_INDEX, add_special_tokens, load_tokenizer, tokenizer_event_token
+from evspec.runtime.decode import LanguageModel
+
+if TYPE_CHECKING:
+    from evspec.data.dataset import Sample
+
+MODEL_TYPE = "EventChat_llama"
+IGNORE_INDEX = -100
+EVENT_PATCH_TOKEN = "<ev_patch>"
+EV_START_TOKEN = "<ev_start>"
+EV_END_TOKEN = "<ev_end>"
+DEFAULT_PROMPT_LIMIT = 2048  # upstream's hard-coded tokenizer_model_max_length
+N_EVENT_FRAMES = 5
+TOWER_PREFIX = "model.visual_tower.visual_tower."
+SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+VISUAL_TOWER_ENV = "EVSPEC_VISUAL_TOWER"
+"""Overrides ``mm_visual_tower`` (a local CLIP folder or a hub name already in the local cache)."""
+
+
+def conv_eventgpt_v1(query: str) -> str:
+    """Upstream's ``conv_eventgpt_v1`` prompt for one question (sep " ", no history)."""
+    return f"{SYSTEM} USER: {EV_START_TOKEN}{EVENT_TOKEN}{EV_END_TOKEN}\n{query} ASSISTANT:"
+
+
+def spatio_temporal_tokens(features: torch.Tensor) -> torch.Tensor:
+    """[T, S, D] -> [T + S, D]: temporal tokens (mean over patches) then spatial (mean over time)."""
+    if features.dim() != 3:
+        raise ValueError(f"expected features [T, S, D], got {tuple(features.shape)}")
+    return torch.cat([features.mean(dim=1), features.mean(dim=0)], dim=0)
+
+
+# --------------------------------------------------------------------------- transformers classes
+
+
+class EventChatConfig(LlamaConfig):
+    """Upstream's config: a ``LlamaConfig`` plus ``mm_*`` keys. evspec adds ``visual_tower_config``
+    (the CLIP tower's config dict), filled in by the loader and never required in a checkpoint."""
+
+    model_type = MODEL_TYPE
+
+
+class VisualTower(nn.Module):
+    """Holds the CLIP vision model under ``visual_tower`` (upstream's key layout)."""
+
+    def __init__(self, config: CLIPVisionConfig) -> None:
+        super().__init__()
+        self.visual_tower = CLIPVisionModel(config)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.visual_tower(pixel_values).last_hidden_state
+
+
+def tower_config_of(config: EventChatConfig) -> CLIPVisionConfig:
+    raw = getattr(config, "visual_tower_config", None)
+    if raw is None:
+        raise ModelError(
+            "EventChatConfig has no visual_tower_config: load EventGPT checkpoints with "
+            "evspec.models.registry.load_model('eventgpt:PATH'), which resolves mm_visual_tower"
+        )
+    return raw if isinstance(raw, CLIPVisionConfig) else CLIPVisionConfig(**raw)
+
+
+class EventChatLlamaModel(LlamaModel):
+    config_class = EventChatConfig
+
+    def __init__(self, config: EventChatConfig) -> None:
+        super().__init__(config)
+        tower = tower_config_of(config)
+        self.visual_tower = VisualTower(tower)
+        self.visual_projector = nn.Sequential(
+            nn.Linear(tower.hidden_size, config.hidden_size), nn.GELU(), nn.Linear(config.hidden_size, config.hidden_size)
+        )
+        if hasattr(config, "event_feature_adaptor"):  # upstream tests presence, not value
+            self.feature_adaptor = nn.Linear(config.hidden_size, config.hidden_size)
+        self.post_init()
+
+
+class EventChatModel(LlamaForCausalLM):
+    """Upstream's ``EventChatModel``; ``generate(input_ids, event_tensors=...)`` is its monolithic path."""
+
+    config_class = EventChatConfig
+
+    def __init__(self, config: EventChatConfig) -> None:
+        LlamaPreTrainedModel.__init__(self, config)
+        self.model = EventChatLlamaModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @property
+    def prompt_limit(self) -> int:
+        return int(getattr(self.config, "tokenizer_model_max_length", None) or DEFAULT_PROMPT_LIMIT)
+
+    def visval_encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> tower ``last_hidden_state`` (CLS kept) -> projector: [B, P+1, D]."""
+        return self.model.visual_projector(self.model.visual_tower(pixel_values))
+
+    def encode_events(self, frames: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One sample's T frames [3, H, W] -> the [T+P+1, D] block, one frame at a time as upstream."""
+        per_frame = []
+        for frame in frames:
+            feature = self.visval_encode(frame.unsqueeze(0))
+            adaptor = getattr(self.model, "feature_adaptor", None)
+            if adaptor is not None:
+                feature = adaptor(feature)
+            per_frame.append(feature.squeeze(0))
+        return spatio_temporal_tokens(torch.stack(per_frame))
+
+    def splice_events(self, input_ids: torch.Tensor, event_features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One sequence's ids [L] with ``EVENT_TOKEN_INDEX`` placeholders -> embeddings [L', D]:
+        text chunks embedded together, the i-th placeholder replaced by ``event_features[i]``,
+        then cut to ``prompt_limit`` as upstream does."""
+        where = torch.where(input_ids == EVENT_TOKEN_INDEX)[0].tolist()
+        if len(where) != len(event_features):
+            raise ValueError(f"{len(where)} event placeholders but {len(event_features)} feature blocks")
+        bounds = [-1, *where, input_ids.shape[0]]
+        chunks = [input_ids[bounds[i] + 1 : bounds[i + 1]] for i in range(len(bounds) - 1)]
+        text = torch.split(self.model.embed_tokens(torch.cat(chunks)), [c.shape[0] for c in chunks], dim=0)
+        pieces: list[torch.Tensor] = []
+        for i, chunk in enumerate(text):
+            pieces.append(chunk)
+            if i < len(event_features):
+                pieces.append(event_features[i].to(chunk.device, chunk.dtype))
+        return torch.cat(pieces)[: self.prompt_limit]
+
+    def prepare_inputs_labels_for_multimodal(
+        self, input_ids: torch.Tensor, event_tensors: Sequence[Sequence[torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Upstream's splice for a batch (labels omitted): returns right-padded ``inputs_embeds``
+        [B, L', D] and the attention mask [B, L']."""
+        features = [self.encode_events(frames) for frames in event_tensors]
+        rows, k = [], 0
+        for ids in input_ids:
+            n = int((ids == EVENT_TOKEN_INDEX).sum())
+            rows.append(self.splice_events(ids, features[k : k + n]))
+            k += n
+        longest = max(r.shape[0] for r in rows)
+        embeds = rows[0].new_zeros(len(rows), longest, rows[0].shape[-1])
+        mask = torch.zeros(len(rows), longest, dtype=torch.long, device=embeds.device)
+        for i, row in enumerate(rows):
+            embeds[i, : row.shape[0]] = row
+            mask[i, : row.shape[0]] = 1
+        return embeds, mask
+
+    @torch.no_grad()
+    def generate(self, inputs: torch.Tensor | None = None, event_tensors=None, **kwargs):  # type: ignore[override]
+        """Upstream's monolithic generate: encode + splice inside, then LLaMA ``generate`` from
+        ``inputs_embeds`` (so only new tokens come back). ``event_tensors``: one list of [3, H, W]
+        frames per sample, or one such list for a single sample."""
+        if event_tensors is None:
+            raise ValueError("EventGPT.generate needs event_tensors")
+        if "inputs_embeds" in kwargs:
+            raise ValueError("inputs_embeds is not supported; pass input_ids and event_tensors")
+        if isinstance(event_tensors, torch.Tensor) or not isinstance(event_tensors[0], (list, tuple)):
+            event_tensors = [list(event_tensors)]
+        embeds, mask = self.prepare_inputs_labels_for_multimodal(inputs, event_tensors)
+        if bool(mask.all()):
+            mask = None  # upstream passes no mask for unpadded input; generate() builds all-ones
+        return super().generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+
+
+AutoConfig.register(MODEL_TYPE, EventChatConfig, exist_ok=True)
+AutoModelForCausalLM.register(EventChatConfig, EventChatModel, exist_ok=True)
+
+
+# --------------------------------------------------------------------------- evspec model
+
+
+class EventGPT(VisionLanguageModel):
+    """EventGPT behind evspec's stage interface."""
+
+    family = "eventgpt"
+    modality = "event_frames"
+
+    def __init__(self, model: EventChatModel, tokenizer, image_processor, *, name: str, n_frames: int = N_EVENT_FRAMES) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.name = name
+        self.n_frames = n_frames
+        self.language_model = LanguageModel.from_causal_lm(model)
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.model.model.visual_tower
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        return [int(self.tokenizer.eos_token_id)]
+
+    def load(self, sample: Sample) -> VisualInput:
+        """The sample's event images if it lists them, else frames rendered from its raw events."""
+        if sample.event_image_paths:
+            from evspec.data.video import read_image
+
+            return VisualInput("event_frames", [read_image(p) for p in sample.event_image_paths])
+        if sample.event_path is not None:
+            from evspec.data.events import read_events
+            from evspec.data.render import render_eventgpt_frames
+
+            return VisualInput("event_frames", render_eventgpt_frames(read_events(sample.event_path), self.n_frames))
+        raise InputError(f"sample {sample.id!r} has neither event images nor an event file; EventGPT needs one")
+
+    def prompt(self, query: str) -> str:
+        return conv_eventgpt_v1(query)
+
+    def n_visual_tokens(self, n_frames: int) -> int:
+        tower = self.model.model.visual_tower.visual_tower.config
+        return n_frames + (tower.image_size // tower.patch_size) ** 2 + 1
+
+    def preprocess(self, visual: VisualInput, query: str) -> Prepared:
+        if not visual.frames:
+            raise InputError("no event frames to preprocess")
+        ids = tokenizer_event_token(self.prompt(query), self.tokenizer)
+        n_prompt = len(ids) - 1 + self.n_visual_tokens(len(visual.frames))
+        ensure_prompt_fits(n_prompt, min(self.model.prompt_limit, self.language_model.context_length), self.name)
+        pixels = torch.stack([self.image_processor(f, return_tensors="pt")["pixel_values"][0] for f in visual.frames])
+        return Prepared(
+            input_ids=torch.tensor([ids], dtype=torch.long, device=self.device),
+            pixel_values=pixels.to(self.device, self.dtype),
+        )
+
+    @torch.inference_mode()
+    def encode(self, prepared: Prepared) -> VisualFeatures:
+        return VisualFeatures(self.model.encode_events(list(prepared.pixel_values)))
+
+    @torch.inference_mode()
+    def splice(self, prepared: Prepared, features: VisualFeatures) -> torch.Tensor:
+        return self.model.splice_events(prepared.input_ids[0], [features.embeds]).unsqueeze(0)
+
+    @torch.inference_mode()
+    def reference_generate(self, prepared: Prepared, max_new_tokens: int, min_new_tokens: int = 0) -> list[int]:
+        config = greedy_generation_config(max_new_tokens, min_new_tokens, self.eos_token_ids, self.tokenizer)
+        out = self.model.generate(prepared.input_ids, event_tensors=list(prepared.pixel_values), generation_config=config)
+        return out[0].tolist()
+
+
+def greedy_generation_config(max_new_tokens: int, min_new_tokens: int, eos: list[int], tokenizer) -> GenerationConfig:
+    """Plain greedy decoding, whatever ``generation_config.json`` a checkpoint ships."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False, num_beams=1,
+        eos_token_id=eos, pad_token_id=pad, temperature=None, top_p=None, top_k=None,
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_visual_tower(name: str, folder: Path) -> Path:
+    """A local folder holding the CLIP tower's ``config.json``: ``$EVSPEC_VISUAL_TOWER``, else
+    ``mm_visual_tower`` as a path (absolute, or relative to the checkpoint folder), else a hub name
+    already in the local Hugging Face cache (never downloaded)."""
+    name = os.environ.get(VISUAL_TOWER_ENV) or name
+    for candidate in (Path(name).expanduser(), folder / name):
+        if (candidate / "config.json").is_file():
+            return candidate
+    tried = [str(Path(name).expanduser()), str(folder / name)]
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(name, local_files_only=True))
+        except Exception as error:  # noqa: BLE001 - huggingface_hub raises several kinds here
+            tried.append(f"hub cache '{name}' ({type(error).__name__})")
+    raise ModelError(
+        f"{folder}: the CLIP tower '{name}' (config mm_visual_tower) is not available locally; tried "
+        f"{', '.join(tried)}. Put the CLIP folder there, or set {VISUAL_TOWER_ENV}=/path/to/clip"
+    )
+
+
+def _image_processor(folder: Path, tower_folder: Path, tower: CLIPVisionConfig):  # -> CLIPImageProcessor
+    """From the checkpoint folder, else the tower's folder, else CLIP's defaults at the tower's size."""
+    from transformers import CLIPImageProcessor
+
+    for where in (folder, tower_folder):
+        if (where / "preprocessor_config.json").is_file():
+            return CLIPImageProcessor.from_pretrained(str(where), local_files_only=True)
+    size = int(tower.image_size)
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def load_eventgpt(folder: str | Path, options: LoadOptions, *, name: str | None = None) -> EventGPT:
+    """Load an upstream-layout EventGPT checkpoint folder (see the module docstring)."""
+    folder = require_checkpoint_folder(folder)
+    raw = read_config_dict(folder)
+    if raw.get("model_type") != MODEL_TYPE:
+        raise ModelError(f"{folder}: config.json has model_type {raw.get('model_type')!r}, expected '{MODEL_TYPE}'")
+    config = EventChatConfig.from_pretrained(str(folder), local_files_only=True)
+    if not getattr(config, "mm_visual_tower", None):
+        raise ModelError(f"{folder}: config.json has no mm_visual_tower (the CLIP vision tower to use)")
+    tower_folder = resolve_visual_tower(str(config.mm_visual_tower), folder)
+    tower_config = CLIPVisionConfig.from_pretrained(str(tower_folder), local_files_only=True)
+    config.visual_tower_config = tower_config.to_dict()
+
+    found = checkpoint_keys(folder)
+    tower_in_file = any(k.startswith(TOWER_PREFIX) for k in found)
+    with torch.device("meta"):
+        expected = set(EventChatModel(config).state_dict())
+    tower_keys = {k for k in expected if k.startswith(TOWER_PREFIX)}
+    allowed_missing = set() if tower_in_file else tower_keys
+    if config.tie_word_embeddings:
+        allowed_missing.add("lm_head.weight")
+    check_state_dict_keys(expected, found, folder, allowed_missing=allowed_missing)
+
+    model = from_pretrained_checked(
+        EventChatModel, folder, options, config=config, allowed_missing=allowed_missing,
+        skip_modules=["visual_tower", "visual_projector", "feature_adaptor", "lm_head"],
+    )
+    if not tower_in_file:
+        _load_tower_weights(model, tower_folder, options)
+
+    tokenizer = load_tokenizer(folder)
+    if getattr(config, "mm_use_im_patch_token", True):
+        add_special_tokens(tokenizer, [EVENT_PATCH_TOKEN])
+    if getattr(config, "mm_use_im_start_end", False):
+        add_special_tokens(tokenizer, [EV_START_TOKEN, EV_END_TOKEN])
+    if len(tokenizer) != model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))  # upstream's inference does exactly this
+    model = options.place(model)
+    return EventGPT(model, tokenizer, _image_processor(folder, tower_folder, tower_config), name=name or f"eventgpt:{folder}")
+
+
+def _load_tower_weights(model: EventChatModel, tower_folder: Path, options: LoadOptions) -> None:
+    """The checkpoint has no tower keys: take them from the CLIP folder (a CLIPVisionModel or a full
+    CLIPModel checkpoint, as openai/clip-vit-large-patch14-336 is)."""
+    try:
+        checkpoint_keys(tower_folder)
+    except ModelError as error:
+        raise ModelError(f"the checkpoint holds no vision-tower weights, and the CLIP folder has none: {error}") from error
+    tower = from_pretrained_checked(
+        CLIPVisionModel, tower_folder, LoadOptions(torch.device("cpu"), options.torch_dtype),
+        ignored_prefixes=("text_model.", "text_projection.", "visual_projection.", "logit_scale"),
+    )
+    target = model.model.visual_tower.visual_tower
+    target.load_state_dict(tower.state_dict(), strict=True)

@@ -1,0 +1,164 @@
+"""Tiny checkpoints of the three families: real classes, seeded random weights, a few hundred KB.
+
+Each is BUILT from a config, SAVED with ``save_pretrained`` (EventGPT in its upstream key layout,
+its CLIP tower also as a folder that ``mm_visual_tower`` names), and LOADED back by the registry
+through exactly the path a real checkpoint takes. They live under ``$EVSPEC_CACHE`` (default
+``~/.cache/evspec``) ``/tiny/<name>-v1/``. A build writes into a temporary sibling folder and
+renames it into place, so parallel test workers never see a half-written checkpoint; the loser of
+a race deletes its copy. Bump ``VERSION`` whenever a build changes.
+
+Sizes: LLaMA 2 layers, hidden 64, 4 heads, context 1024; CLIP 28x28 images, 7x7 patches (16 + CLS
+tokens per image), 2 layers, width 32. All three share the tiny base vocabulary
+(:mod:`evspec.models.tokenizer`) plus their own special tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from evspec.errors import ModelError
+from evspec.models.tokenizer import add_special_tokens, build_base_tokenizer
+
+VERSION = "v1"
+SEED = 0
+IMAGE_SIZE = 28
+PATCH_SIZE = 7
+CONTEXT = 1024
+
+LLAMA = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+    max_position_embeddings=CONTEXT, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2, initializer_range=0.2,
+)
+CLIP = dict(
+    image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    num_attention_heads=4, projection_dim=32, initializer_range=0.05,
+)
+
+
+def cache_dir() -> Path:
+    """``$EVSPEC_CACHE/tiny`` (default ``~/.cache/evspec/tiny``)."""
+    return Path(os.environ.get("EVSPEC_CACHE") or "~/.cache/evspec").expanduser() / "tiny"
+
+
+def _clip_config():
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(**CLIP)
+
+
+def _clip_image_processor():
+    from transformers import CLIPImageProcessor
+
+    size = {"shortest_edge": IMAGE_SIZE}
+    return CLIPImageProcessor(size=size, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+
+
+def build_tiny_eventgpt(folder: Path) -> None:
+    """EventGPT in upstream's layout: weights with the CLIP tower keys, plus the tower as its own
+    folder ``clip_tower/`` that ``mm_visual_tower`` points to (relative to the checkpoint)."""
+    from transformers import CLIPVisionModel
+
+    from evspec.models.eventgpt import EV_END_TOKEN, EV_START_TOKEN, EVENT_PATCH_TOKEN, EventChatConfig, EventChatModel
+
+    tokenizer = build_base_tokenizer()
+    add_special_tokens(tokenizer, [EVENT_PATCH_TOKEN])
+    add_special_tokens(tokenizer, [EV_START_TOKEN, EV_END_TOKEN])
+    clip = _clip_config()
+    torch.manual_seed(SEED)
+    tower = CLIPVisionModel(clip).eval()
+    tower.save_pretrained(folder / "clip_tower")
+    _clip_image_processor().save_pretrained(folder / "clip_tower")
+    config = EventChatConfig(
+        **LLAMA, vocab_size=len(tokenizer), mm_visual_tower="clip_tower", event_feature_adaptor=True,
+        mm_use_im_patch_token=True, mm_use_im_start_end=True, tokenizer_model_max_length=CONTEXT,
+        visual_tower_config=clip.to_dict(), architectures=["EventChatModel"],
+    )
+    torch.manual_seed(SEED + 1)
+    model = EventChatModel(config).eval()
+    model.model.visual_tower.visual_tower.load_state_dict(tower.state_dict())
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    # A real EventGPT config.json does not carry the tower's config: drop evspec's loader field.
+    config_path = folder / "config.json"
+    raw = json.loads(config_path.read_text())
+    raw.pop("visual_tower_config", None)
+    config_path.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+
+
+def build_tiny_videollava(folder: Path) -> None:
+    """Video-LLaVA: ``<image>``, ``<video>``, ``<pad>`` after the base vocabulary (as 32000-32002)."""
+    from transformers import LlamaConfig, VideoLlavaConfig, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor
+
+    tokenizer = build_base_tokenizer()
+    add_special_tokens(tokenizer, ["<image>", "<video>", "<pad>"])
+    tokenizer.pad_token = "<pad>"
+    config = VideoLlavaConfig(
+        vision_config=_clip_config(),
+        text_config=LlamaConfig(**LLAMA, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
+    )
+    torch.manual_seed(SEED + 2)
+    VideoLlavaForConditionalGeneration(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    size = {"shortest_edge": IMAGE_SIZE}
+    VideoLlavaImageProcessor(size=size, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(folder)
+
+
+def build_tiny_llava(folder: Path) -> None:
+    """LLaVA-1.5: ``<image>``, ``<pad>`` after the base vocabulary; a saved ``LlavaProcessor``."""
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tokenizer = build_base_tokenizer()
+    add_special_tokens(tokenizer, ["<image>", "<pad>"])
+    tokenizer.pad_token = "<pad>"
+    config = LlavaConfig(
+        vision_config=_clip_config(),
+        text_config=LlamaConfig(**LLAMA, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
+    )
+    torch.manual_seed(SEED + 3)
+    LlavaForConditionalGeneration(config).eval().save_pretrained(folder)
+    processor = LlavaProcessor(
+        image_processor=_clip_image_processor(), tokenizer=tokenizer, patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+    )
+    processor.save_pretrained(folder)
+
+
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "tiny-eventgpt": build_tiny_eventgpt,
+    "tiny-videollava": build_tiny_videollava,
+    "tiny-llava": build_tiny_llava,
+}
+
+
+def tiny_checkpoint(name: str) -> Path:
+    """The cached folder of tiny model ``name``, built first if missing (atomically)."""
+    if name not in BUILDERS:
+        raise ModelError(f"unknown tiny model {name!r}: use one of {', '.join(BUILDERS)}")
+    folder = cache_dir() / f"{name}-{VERSION}"
+    if (folder / "config.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{uuid.uuid4().hex[:8]}-", dir=folder.parent))
+    try:
+        BUILDERS[name](tmp)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "config.json").is_file():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

@@ -1,0 +1,134 @@
+"""Tokenizers: the tiny models' shared LLaMA-style vocabulary, and EventGPT's prompt tokenisation.
+
+The tiny checkpoints need a *real* tokenizer (so the text path is the one a real checkpoint takes),
+built offline: a small SentencePiece BPE model with byte fallback, like LLaMA's, trained on a fixed
+English corpus that covers the synthetic QA vocabulary and the families' prompt templates, then
+converted by transformers into its ``LlamaTokenizer``. Training is single-threaded on a fixed
+corpus, hence deterministic; tiny-eventgpt, tiny-videollava and tiny-llava all start from this one
+base vocabulary (as the real models all start from LLaMA's), so ordinary token ids agree between
+them and only the families' added special tokens differ.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from evspec.errors import ModelError
+
+BASE_VOCAB_SIZE = 900
+"""Pieces in the tiny base vocabulary, including <unk>, <s>, </s> and the 256 byte pieces."""
+
+EVENT_TOKEN_INDEX = -200
+"""EventGPT's placeholder id in ``input_ids``, replaced by the event features when splicing."""
+
+EVENT_TOKEN = "<event>"
+
+# The synthetic scenes' words (evspec.data.synth) and some plain English around them. Fixed here,
+# not imported, so the tiny vocabulary (and every tiny checkpoint built from it) never drifts.
+_SHAPES = ("circle", "square", "triangle", "star", "ring", "diamond", "ball", "box", "object", "shape")
+_COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "white", "cyan", "pink", "black", "grey")
+_DIRECTIONS = ("right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right")
+_NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+_TEMPLATES = (
+    "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+    "helpful, detailed, and polite answers to the human's questions. USER: <event>\n{q} ASSISTANT:",
+    "USER: <video>\n{q} ASSISTANT:",
+    "USER: <image>\n{q} ASSISTANT:",
+)
+_QUESTIONS = (
+    "What moves in the scene?",
+    "Which direction does the {c} {s} move?",
+    "How many objects are there?",
+    "Is the camera moving?",
+    "Describe the scene in detail.",
+    "What colour is the {s} that stands still?",
+    "Does the {c} {s} move or stand still?",
+    "Where is the {c} {s}?",
+)
+_ANSWERS = (
+    "The {c} {s} moves {d}.",
+    "The {c} {s} stands still.",
+    "There are {n} objects: a {c} {s} and a {c2} {s2}.",
+    "The camera pans {d} while the {c} {s} stands still.",
+    "Nothing moves; every object stands still.",
+    "It moves {d} quickly, then slowly. Yes. No. 0 1 2 3 4 5 6 7 8 9 10 12 20 100 ms, s, %.",
+)
+
+
+def training_corpus() -> list[str]:
+    """The fixed sentences the tiny SentencePiece model is trained on (deterministic order)."""
+    lines: list[str] = []
+    combos = itertools.product(_COLOURS, _SHAPES, _DIRECTIONS)
+    for i, (c, s, d) in enumerate(combos):
+        c2, s2, n = _COLOURS[(i + 3) % len(_COLOURS)], _SHAPES[(i + 5) % len(_SHAPES)], _NUMBERS[i % len(_NUMBERS)]
+        q = _QUESTIONS[i % len(_QUESTIONS)].format(c=c, s=s)
+        a = _ANSWERS[i % len(_ANSWERS)].format(c=c, s=s, d=d, n=n, c2=c2, s2=s2)
+        lines.append(_TEMPLATES[i % len(_TEMPLATES)].format(q=q) + " " + a)
+    return lines
+
+
+def train_sentencepiece(vocab_size: int = BASE_VOCAB_SIZE) -> bytes:
+    """A serialized SentencePiece BPE model in LLaMA's style (byte fallback, digits split,
+    <unk>=0, <s>=1, </s>=2). Single-threaded on a fixed corpus: the same bytes every time."""
+    import sentencepiece as spm
+
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(training_corpus()), model_writer=buffer, vocab_size=vocab_size,
+        model_type="bpe", byte_fallback=True, split_digits=True, character_coverage=1.0,
+        num_threads=1, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, add_dummy_prefix=True,
+        remove_extra_whitespaces=False, normalization_rule_name="identity", hard_vocab_limit=True,
+        minloglevel=2,
+    )
+    return buffer.getvalue()
+
+
+def build_base_tokenizer(vocab_size: int = BASE_VOCAB_SIZE):  # -> transformers.LlamaTokenizer
+    """transformers' ``LlamaTokenizer`` converted from :func:`train_sentencepiece`'s model: adds
+    BOS, not EOS, like LLaMA's. Callers add their family's special tokens and ``save_pretrained``."""
+    from transformers import LlamaTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "tokenizer.model").write_bytes(train_sentencepiece(vocab_size))
+        tokenizer = LlamaTokenizer.from_pretrained(tmp, legacy=False, add_bos_token=True, add_eos_token=False)
+    if tokenizer.bos_token_id != 1 or tokenizer.eos_token_id != 2:
+        raise ModelError(f"tiny tokenizer has bos={tokenizer.bos_token_id} eos={tokenizer.eos_token_id}, expected 1 and 2")
+    return tokenizer
+
+
+def load_tokenizer(folder: str | Path):  # -> transformers.PreTrainedTokenizerBase
+    """The tokenizer saved in a checkpoint folder (``tokenizer.json`` or LLaMA's ``tokenizer.model``)."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        raise ModelError(f"{folder}: no tokenizer files (tokenizer.json or tokenizer.model)")
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, ImportError) as error:
+        raise ModelError(f"{folder}: cannot load the tokenizer ({error})") from error
+
+
+def tokenizer_event_token(prompt: str, tokenizer, event_token_index: int = EVENT_TOKEN_INDEX) -> list[int]:
+    """EventGPT's ``tokenizer_event_token``: split on ``<event>``, tokenize each chunk, keep one
+    BOS, put ``event_token_index`` between the chunks."""
+    chunks: list[list[int]] = [tokenizer(chunk).input_ids for chunk in prompt.split(EVENT_TOKEN)]
+    ids: list[int] = []
+    offset = 0
+    if chunks and chunks[0] and chunks[0][0] == tokenizer.bos_token_id:
+        offset = 1
+        ids.append(chunks[0][0])
+    for i, chunk in enumerate(chunks):
+        if i > 0:
+            ids.append(event_token_index)
+        ids.extend(chunk[offset:])
+    return ids
+
+
+def add_special_tokens(tokenizer, tokens: Sequence[str]) -> int:
+    """Add ``tokens`` as special tokens (no-op for those already present); returns how many were new."""
+    return int(tokenizer.add_tokens(list(tokens), special_tokens=True))
