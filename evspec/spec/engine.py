@@ -1,0 +1,403 @@
+"""The speculative decoding loop (gpt-fast's ``speculative_decode``, over evspec's DecodeState seam).
+
+::
+
+    prefill      the target's prompt pass; the draft's own prefill and first proposal, either after
+                 it or concurrently (``parallel_prefill``: a second thread; on CUDA each side on its
+                 own stream, or the draft on its own GPU)
+    first token  the first draft token is a guess of the target's first token: verified against the
+                 prefill logits; if kept, the remaining first drafts ride on the next pass
+    rounds       propose (<= gamma drafts from the accepted output) -> ONE target pass over
+                 [last emitted token + drafts] -> verify -> roll the target back to the accepted
+                 length -> the proposer sees the committed positions' hidden states
+    stop         EOS, ``max_new_tokens`` or the context: drafts are capped to the room left, so a
+                 prompt that ends near the context limit still gives the target's own output
+
+Lossless: with greedy verification the output is token-identical to the target decoding alone
+with the same state factory (``target_only``); with sampling it is distributed as the target's.
+
+Adaptive gamma (``adaptive_gamma=True``): start at ``gamma``; after a round in which all of the
+``gamma`` requested drafts were accepted, ``gamma += 1`` (up to ``max_gamma``, default 2 x gamma);
+after a round that accepted fewer than ``gamma // 2`` drafts, ``gamma -= 1`` (down to 1). Rounds
+in between keep it. The rule follows the acceptance run length cheaply and never stalls at 0.
+
+Timing: host clocks with the devices synchronized at part boundaries. Every round ends in host
+decisions (token ids), so the synchronization costs nothing the loop does not already pay, and
+it measures both devices when the draft sits on a second GPU (CUDA events only time one stream).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from evspec.errors import ConfigError
+from evspec.runtime.decode import (
+    DecodeState, EagerState, LanguageModel, Prefilled, SamplingConfig, decode, prefill, probabilities,
+)
+from evspec.spec.metrics import SpecCounts, SpecTimings, position_match
+from evspec.spec.proposers import DraftContext, DraftModelProposer, Proposal, Proposer
+from evspec.spec.verify import Verdict, verify_greedy, verify_stochastic
+
+if TYPE_CHECKING:
+    from evspec.data.dataset import Sample
+    from evspec.models.base import Prepared, VisionLanguageModel, VisualFeatures
+
+StateFactory = Callable[[LanguageModel], DecodeState]
+
+
+# --------------------------------------------------------------------------- the target's side
+
+
+@dataclass
+class TargetInput:
+    """One sample on the target's side, resolved once and shared by the baseline and the spec run.
+
+    ``embed()`` is the work before the prompt pass that both runs repeat (encode + splice for a
+    VLM, an embedding lookup for a bare LM): it is timed as part of the target's prefill.
+    """
+
+    lm: LanguageModel
+    embed: Callable[[], torch.Tensor]
+    prompt_ids: list[int]
+    eos_token_ids: list[int]
+    decode_text: Callable[[Sequence[int]], str]
+    key: str = ""
+    sample: Sample | None = None
+    model: VisionLanguageModel | None = None
+    prepared: Prepared | None = None
+
+
+def _text_ids(model: VisionLanguageModel, prepared: Prepared) -> list[int]:
+    """The prompt's ordinary token ids: visual placeholders (negative or special ids) dropped."""
+    special = set(getattr(model.tokenizer, "all_special_ids", []) or [])
+    return [i for i in prepared.input_ids[0].tolist() if i >= 0 and i not in special]
+
+
+def target_input(
+    target: VisionLanguageModel | LanguageModel | TargetInput,
+    *,
+    sample: Sample | None = None,
+    prepared: Prepared | None = None,
+    features: VisualFeatures | None = None,
+    prompt_ids: Sequence[int] | None = None,
+    prompt_embeds: torch.Tensor | None = None,
+    eos_token_ids: Sequence[int] | None = None,
+    tokenizer: Any = None,
+    key: str | None = None,
+) -> TargetInput:
+    """Resolve the target side: a VLM with a ``sample`` (loaded and preprocessed here, untimed) or
+    its ``prepared`` inputs (and optionally ready ``features``), or a bare language model with
+    ``prompt_ids`` or ``prompt_embeds`` and ``eos_token_ids``."""
+    if isinstance(target, TargetInput):
+        return target
+    if isinstance(target, LanguageModel):
+        if (prompt_ids is None) == (prompt_embeds is None):
+            raise ConfigError("a bare language-model target needs exactly one of prompt_ids or prompt_embeds")
+        lm = target
+        if prompt_ids is not None:
+            ids = [int(i) for i in prompt_ids]
+            if not ids:
+                raise ConfigError("the target prompt is empty")
+            tensor = torch.tensor([ids], dtype=torch.long, device=lm.device)
+            embed = lambda: lm.embed_tokens(tensor)  # noqa: E731
+        else:
+            ids = []
+            embed = lambda: prompt_embeds  # noqa: E731
+        decode_text = (lambda t: tokenizer.decode(list(t), skip_special_tokens=True).strip()) if tokenizer else (lambda t: "")
+        return TargetInput(lm, embed, ids, list(eos_token_ids or []), decode_text, key or "")
+    model = target
+    if prepared is None:
+        if sample is None:
+            raise ConfigError(f"the target {model.name} needs a sample or its prepared inputs")
+        prepared = model.preprocess(model.load(sample), sample.query)
+    ready = features
+
+    def embed() -> torch.Tensor:
+        return model.splice(prepared, ready if ready is not None else model.encode(prepared))
+
+    eos = list(eos_token_ids) if eos_token_ids is not None else list(model.eos_token_ids)
+    return TargetInput(
+        model.language_model, embed, _text_ids(model, prepared), eos, model.decode_text,
+        key if key is not None else (sample.id if sample is not None else ""), sample, model, prepared,
+    )
+
+
+# --------------------------------------------------------------------------- clocks and concurrency
+
+
+def _devices(*devices: torch.device | None) -> list[torch.device]:
+    return [d for d in {d for d in devices if d is not None and d.type == "cuda"}]
+
+
+def _now(devices: Sequence[torch.device]) -> float:
+    for device in devices:
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _timed(job: Callable[[], Any], device: torch.device | None) -> tuple[Any, float]:
+    """Run ``job`` (on its own CUDA stream when ``device`` is CUDA); its result and seconds."""
+    stream = torch.cuda.Stream(device) if device is not None and device.type == "cuda" else None
+    with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else nullcontext()):
+        start = time.perf_counter()
+        result = job()
+        if stream is not None:
+            stream.synchronize()
+        return result, time.perf_counter() - start
+
+
+def run_concurrently(
+    first: Callable[[], Any], first_device: torch.device | None,
+    second: Callable[[], Any], second_device: torch.device | None,
+) -> tuple[Any, float, Any, float, float]:
+    """``first`` in this thread and ``second`` in a worker thread, each on its own CUDA stream.
+
+    Returns (first result, its seconds, second result, its seconds, wall seconds of both). Both
+    streams are synchronized before returning, so later work on the default stream sees the results.
+    """
+    devices = _devices(first_device, second_device)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evspec-draft") as pool:
+        start = _now(devices)
+        future = pool.submit(_timed, second, second_device)
+        first_result, first_s = _timed(first, first_device)
+        second_result, second_s = future.result()
+        wall = _now(devices) - start
+    return first_result, first_s, second_result, second_s, wall
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+@dataclass
+class BaselineOutcome:
+    """The target alone: the reference output and its wall time (prefill = embed + prompt pass)."""
+
+    token_ids: list[int]
+    text: str
+    prefill_s: float
+    decode_s: float
+
+    @property
+    def wall_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+
+@dataclass
+class SpecOutcome:
+    """A speculative generation: its tokens and text, token accounting and time split."""
+
+    token_ids: list[int]
+    text: str
+    counts: SpecCounts
+    timings: SpecTimings
+    synthetic: bool = False
+    stopped_on_eos: bool = False
+    gamma_trace: list[int] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return {**self.counts.as_dict(), **self.timings.as_dict(), "synthetic": self.synthetic}
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+def target_only(
+    target: VisionLanguageModel | LanguageModel | TargetInput,
+    *,
+    max_new_tokens: int,
+    sampling: SamplingConfig = SamplingConfig(),
+    min_new_tokens: int = 0,
+    state_factory: StateFactory = EagerState,
+    **inputs: Any,
+) -> BaselineOutcome:
+    """The target decoding alone (one pass per token) with the same state factory: the reference."""
+    tgt = target_input(target, **inputs)
+    devices = _devices(tgt.lm.device)
+    with torch.inference_mode():
+        t0 = _now(devices)
+        prefilled = prefill(tgt.lm, tgt.embed(), state_factory)
+        t1 = _now(devices)
+        result = decode(prefilled, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                        eos_token_ids=tgt.eos_token_ids, sampling=sampling)
+        t2 = _now(devices)
+    return BaselineOutcome(result.token_ids, tgt.decode_text(result.token_ids), t1 - t0, t2 - t1)
+
+
+# --------------------------------------------------------------------------- the speculative loop
+
+
+def _mask_eos(logits: torch.Tensor, first_index: int, min_new_tokens: int, eos: Sequence[int]) -> torch.Tensor:
+    """Rows predicting output index < ``min_new_tokens`` cannot end the answer (as decode() does)."""
+    n = min(max(min_new_tokens - first_index, 0), logits.shape[0])
+    if n == 0 or not eos:
+        return logits
+    logits = logits.clone()
+    logits[:n, list(eos)] = float("-inf")
+    return logits
+
+
+def _verify(logits: torch.Tensor, proposal: Proposal, sampling: SamplingConfig, generator: torch.Generator | None) -> Verdict:
+    if sampling.greedy:
+        return verify_greedy(logits, proposal.token_ids)
+    assert generator is not None
+    return verify_stochastic(probabilities(logits, sampling), proposal.token_ids, proposal.q, generator)
+
+
+def _next_gamma(gamma: int, requested: int, n_drafted: int, n_accepted: int, max_gamma: int) -> int:
+    """The adaptive rule of the module docstring."""
+    if n_drafted == 0:
+        return gamma
+    if requested == gamma and n_drafted == gamma and n_accepted == gamma:
+        return min(gamma + 1, max_gamma)
+    if n_accepted < gamma // 2:
+        return max(gamma - 1, 1)
+    return gamma
+
+
+def speculative_generate(
+    target: VisionLanguageModel | LanguageModel | TargetInput,
+    proposer: Proposer,
+    *,
+    gamma: int = 4,
+    max_new_tokens: int = 64,
+    sampling: SamplingConfig = SamplingConfig(),
+    adaptive_gamma: bool = False,
+    max_gamma: int | None = None,
+    parallel_prefill: bool = False,
+    min_new_tokens: int = 0,
+    state_factory: StateFactory = EagerState,
+    reference_ids: Sequence[int] | None = None,
+    on_token: Callable[[int], None] | None = None,
+    **inputs: Any,
+) -> SpecOutcome:
+    """Speculative decoding of one sample (module docstring).
+
+    ``inputs``: the target's sample/prepared/features or prompt_ids/prompt_embeds (see
+    :func:`target_input`). ``reference_ids``: the target-only greedy tokens (the oracle needs them).
+    ``on_token(i)`` is called for every emitted token, in order, when its round ends.
+    """
+    if gamma < 1:
+        raise ConfigError(f"gamma must be >= 1, got {gamma}")
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    max_gamma = max_gamma if max_gamma is not None else 2 * gamma
+    if max_gamma < gamma:
+        raise ConfigError(f"max_gamma ({max_gamma}) must be >= gamma ({gamma})")
+    tgt = target_input(target, **inputs)
+    lm, eos = tgt.lm, list(tgt.eos_token_ids)
+    ctx = DraftContext(
+        sample=tgt.sample, target_prompt_ids=tgt.prompt_ids, target_vocab_size=lm.vocab_size, sampling=sampling,
+        max_new_tokens=max_new_tokens, reference_ids=None if reference_ids is None else list(reference_ids),
+        eos_token_ids=tuple(eos), key=tgt.key,
+    )
+    devices = _devices(lm.device, proposer.device)
+    generator = None if sampling.greedy else sampling.generator()
+    timings, counts = SpecTimings(), SpecCounts()
+    first_k = min(gamma, max_new_tokens - 1)
+
+    def target_job() -> Prefilled:
+        return prefill(lm, tgt.embed(), state_factory)
+
+    def draft_job() -> Proposal:
+        proposer.start(ctx)
+        return proposer.propose([], first_k)
+
+    with torch.inference_mode():
+        start = _now(devices)
+        if parallel_prefill:
+            prefilled, t_target, first, t_draft, wall = run_concurrently(target_job, lm.device, draft_job, proposer.device)
+        else:
+            prefilled, t_target = _timed(target_job, None)
+            first, t_draft = _timed(draft_job, None)
+            wall = _now(devices) - start
+        timings.target_prefill_s, timings.draft_prefill_s, timings.prefill_wall_s = t_target, t_draft, wall
+        state = prefilled.state
+        n_prompt = prefilled.n_prompt_tokens
+        cap = min(max_new_tokens, state.capacity - n_prompt + 1)  # decode()'s cap: the last token needs no slot
+        proposer.observe(prefilled.hidden[None])
+
+        out: list[int] = []
+        emitted = 0
+
+        def emit(tokens: list[int]) -> int:
+            """Append tokens up to EOS or the cap; how many were appended."""
+            nonlocal emitted
+            before = len(out)
+            for token in tokens:
+                out.append(token)
+                if len(out) >= cap or token in eos:
+                    break
+            while on_token is not None and emitted < len(out):
+                on_token(emitted)
+                emitted += 1
+            return len(out) - before
+
+        def finished() -> bool:
+            return len(out) >= cap or out[-1] in eos
+
+        # ---- first token: the first draft guesses it, the prefill logits decide
+        first = first.truncate(cap - 1)
+        prefill_row = _mask_eos(prefilled.logits[None], 0, min_new_tokens, eos)
+        t = _now(devices)
+        verdict = _verify(prefill_row, first.truncate(1), sampling, generator)
+        timings.verify_s += _now(devices) - t
+        carry: Proposal | None = None
+        if verdict.n_accepted == 1:
+            carry = first.drop_first()
+            emit([first.token_ids[0]])
+        else:
+            counts.record_round(len(first), 0)
+            emit([verdict.next_token])  # type: ignore[list-item]
+        done = finished()
+        current_gamma = gamma
+        trace: list[int] = []
+
+        # ---- rounds
+        while not done:
+            room = cap - len(out) - 1  # drafts that fit: the pass adds len(drafts)+1 positions
+            requested = min(current_gamma, room)
+            t = _now(devices)
+            if carry is not None:
+                proposal, carry = carry.truncate(room), None
+                first_round = True
+            else:
+                proposal = proposer.propose(out, requested) if requested > 0 else Proposal()
+                proposal = proposal.truncate(room)
+                first_round = False
+                timings.draft_s += _now(devices) - t
+                t = _now(devices)
+            step = state.extend(token_ids=[out[-1]] + proposal.token_ids)
+            logits = _mask_eos(step.logits, len(out), min_new_tokens, eos)
+            verdict = _verify(logits, proposal, sampling, generator)
+            timings.verify_s += _now(devices) - t
+            counts.record_pass()
+            n = verdict.n_accepted
+            kept = min(n, emit(verdict.tokens(proposal.token_ids)))  # drafts past an accepted EOS do not count
+            if first_round:
+                counts.record_round(len(proposal) + 1, kept + 1)
+            else:
+                counts.record_round(len(proposal), kept)
+                trace.append(len(proposal))
+                if adaptive_gamma:
+                    current_gamma = _next_gamma(current_gamma, requested, len(proposal), n, max_gamma)
+            done = finished()
+            if not done:
+                state.rollback(n_prompt + len(out) - 1)
+                proposer.observe(step.hidden[: n + 1])
+        if carry is not None:
+            counts.record_round(len(first), 1)  # the first drafts never reached a pass: EOS or the cap came first
+        timings.total_s = _now(devices) - start
+    counts.emitted_tokens = len(out)
+    return SpecOutcome(
+        token_ids=out, text=tgt.decode_text(out), counts=counts, timings=timings,
+        synthetic=proposer.synthetic, stopped_on_eos=bool(out) and out[-1] in eos,
+        gamma_trace=trace,
+    )

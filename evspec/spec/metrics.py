@@ -1,0 +1,183 @@
+"""Speculative-decoding metrics with vLLM's definitions (REFERENCE.md section 3).
+
+- a *draft* is one round in which the proposer offered at least one token;
+- acceptance rate = accepted tokens / drafted tokens;
+- mean acceptance length = 1 + accepted tokens / drafts (counts the target's own token per round);
+- per-position acceptance rate[k] = drafts whose token at position k was accepted / drafts.
+
+Rates over several samples are ratios of summed counts (vLLM's way), not means of per-sample
+rates. :func:`position_match` is something else on purpose: the fraction of positions where two
+*independent* generations agree (what the seeds reported as "acceptance"). It is labelled as such
+everywhere, because a draft that is not conditioned on the target's accepted prefix is not being
+accepted or rejected by anything.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class SpecCounts:
+    """Token accounting of one speculative generation (or a sum over several)."""
+
+    drafts: int = 0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    accepted_per_position: list[int] = field(default_factory=list)
+    target_passes: int = 0
+    emitted_tokens: int = 0
+
+    def record_round(self, n_drafted: int, n_accepted: int) -> None:
+        """One round's drafts; the target pass is counted by :meth:`record_pass`."""
+        if n_drafted == 0:
+            return
+        self.drafts += 1
+        self.drafted_tokens += n_drafted
+        self.accepted_tokens += n_accepted
+        if len(self.accepted_per_position) < n_accepted:
+            self.accepted_per_position.extend([0] * (n_accepted - len(self.accepted_per_position)))
+        for k in range(n_accepted):
+            self.accepted_per_position[k] += 1
+
+    def record_pass(self) -> None:
+        self.target_passes += 1
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else None
+
+    @property
+    def mean_acceptance_length(self) -> float | None:
+        return 1.0 + self.accepted_tokens / self.drafts if self.drafts else None
+
+    @property
+    def per_position_acceptance_rate(self) -> list[float]:
+        return [a / self.drafts for a in self.accepted_per_position] if self.drafts else []
+
+    @property
+    def tokens_per_target_pass(self) -> float | None:
+        return self.emitted_tokens / self.target_passes if self.target_passes else None
+
+    def __add__(self, other: SpecCounts) -> SpecCounts:
+        n = max(len(self.accepted_per_position), len(other.accepted_per_position))
+        pad = lambda xs: list(xs) + [0] * (n - len(xs))  # noqa: E731
+        return SpecCounts(
+            drafts=self.drafts + other.drafts,
+            drafted_tokens=self.drafted_tokens + other.drafted_tokens,
+            accepted_tokens=self.accepted_tokens + other.accepted_tokens,
+            accepted_per_position=[a + b for a, b in zip(pad(self.accepted_per_position), pad(other.accepted_per_position))],
+            target_passes=self.target_passes + other.target_passes,
+            emitted_tokens=self.emitted_tokens + other.emitted_tokens,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "acceptance_rate": self.acceptance_rate,
+            "mean_acceptance_length": self.mean_acceptance_length,
+            "per_position_acceptance_rate": self.per_position_acceptance_rate,
+            "tokens_per_target_pass": self.tokens_per_target_pass,
+        }
+
+
+@dataclass
+class SpecTimings:
+    """Seconds spent in each part of one speculative generation (host clock, device synced).
+
+    ``target_prefill_s`` covers what the target does before its first token (encode and splice
+    when not done by the caller, then the prompt pass); ``draft_prefill_s`` the draft's own
+    load/preprocess/encode/splice/prefill plus its first proposal; ``prefill_wall_s`` the wall
+    time of both together (equal to their sum when they run one after the other);
+    ``draft_s``/``verify_s`` the proposal calls and the target passes (with the acceptance test)
+    of the decode loop; ``total_s`` everything, bookkeeping included.
+    """
+
+    target_prefill_s: float = 0.0
+    draft_prefill_s: float = 0.0
+    prefill_wall_s: float = 0.0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    total_s: float = 0.0
+
+    @property
+    def prefill_overlap(self) -> float | None:
+        """Hidden fraction of the draft prefill: (draft + target - wall) / draft; 0 = none hidden."""
+        if self.draft_prefill_s <= 0:
+            return None
+        return (self.draft_prefill_s + self.target_prefill_s - self.prefill_wall_s) / self.draft_prefill_s
+
+    @property
+    def decode_s(self) -> float:
+        return max(self.total_s - self.prefill_wall_s, 0.0)
+
+    @property
+    def other_s(self) -> float:
+        """Bookkeeping not in any timed part (bridging, EOS checks, list handling)."""
+        return max(self.total_s - self.prefill_wall_s - self.draft_s - self.verify_s, 0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "prefill_overlap": self.prefill_overlap, "decode_s": self.decode_s, "other_s": self.other_s}
+
+
+def position_match(a: Sequence[int], b: Sequence[int]) -> float | None:
+    """Fraction of positions i < len(b) with a[i] == b[i] (``b`` = the target's tokens).
+
+    NOT an acceptance rate: the two sequences were generated independently (module docstring).
+    """
+    if not b:
+        return None
+    return sum(1 for x, y in zip(a, b) if x == y) / len(b)
+
+
+def expected_tokens_per_pass(alpha: float, gamma: int) -> float:
+    """(1 - a^(g+1)) / (1 - a): tokens per target pass with i.i.d. acceptance ``alpha``."""
+    if alpha >= 1.0:
+        return float(gamma + 1)
+    return (1.0 - alpha ** (gamma + 1)) / (1.0 - alpha)
+
+
+def expected_speedup(alpha: float, gamma: int, c: float) -> float:
+    """Leviathan et al.'s wall-time speedup: tokens per pass / (gamma * c + 1), c = draft step / target pass."""
+    return expected_tokens_per_pass(alpha, gamma) / (gamma * c + 1.0)
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return statistics.median(kept) if kept else None
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Summary over per-sample records (``evspec spec``'s records.jsonl rows without errors)."""
+    ok = [r for r in records if not r.get("error")]
+    counts = SpecCounts()
+    for r in ok:
+        c = r["counts"]
+        counts = counts + SpecCounts(
+            drafts=c["drafts"], drafted_tokens=c["drafted_tokens"], accepted_tokens=c["accepted_tokens"],
+            accepted_per_position=list(c["accepted_per_position"]), target_passes=c["target_passes"],
+            emitted_tokens=c["emitted_tokens"],
+        )
+    spec_total = sum(r["spec"]["timings"]["total_s"] for r in ok)
+    base_total = sum(r["baseline"]["wall_s"] for r in ok)
+    greedy = [r for r in ok if r.get("lossless") is not None]
+    return {
+        "n_samples": len(ok),
+        "n_errors": len(records) - len(ok),
+        "counts": counts.as_dict(),
+        "lossless": all(r["lossless"] for r in greedy) if greedy else None,
+        "n_lossless": sum(1 for r in greedy if r["lossless"]),
+        "speedup_median": _median(r["speedup"] for r in ok),
+        "speedup_pooled": base_total / spec_total if spec_total > 0 else None,
+        "decode_speedup_median": _median(r.get("decode_speedup") for r in ok),
+        "speedup_vs_generate_median": _median(r.get("speedup_vs_generate") for r in ok),
+        "prefill_overlap_median": _median(r["spec"]["timings"].get("prefill_overlap") for r in ok),
+        "time_split_s": {
+            key: sum(r["spec"]["timings"][key] for r in ok)
+            for key in ("target_prefill_s", "draft_prefill_s", "prefill_wall_s", "draft_s", "verify_s", "other_s", "total_s")
+        },
+        "independent_position_match_NOT_acceptance": _median(r.get("independent_position_match") for r in ok),
+    }
