@@ -59,8 +59,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device("cuda", index)
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``float32``, ``float16`` or ``bfloat16``; bfloat16 on a GPU needs compute capability >= 8.0."""
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``float32``, ``float16`` or ``bfloat16`` (or that torch dtype); bfloat16 on a GPU needs
+    compute capability >= 8.0."""
+    if isinstance(dtype, torch.dtype):
+        dtype = next((name for name, value in DTYPES.items() if value == dtype), str(dtype))
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     if dtype == "bfloat16" and device.type == "cuda":
@@ -81,7 +84,9 @@ class LoadOptions:
     quantize: str | None = None
 
     @classmethod
-    def resolve(cls, device: str | torch.device = "cpu", dtype: str = "float32", quantize: str | None = None) -> LoadOptions:
+    def resolve(
+        cls, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32", quantize: str | None = None
+    ) -> LoadOptions:
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         if quantize is not None:
@@ -288,14 +293,17 @@ def parse_name(name: str) -> tuple[str, Path | None]:
     )
 
 
-def load_model(name: str, *, device: str = "cpu", dtype: str = "float32", quantize: str | None = None) -> VisionLanguageModel:
+def load_model(
+    name: str, *, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32", quantize: str | None = None
+) -> VisionLanguageModel:
     """Load a model by name (module docstring) on ``device`` in ``dtype``, optionally 4-/8-bit."""
     family, folder = parse_name(name)
     options = LoadOptions.resolve(device, dtype, quantize)
     if folder is None:
         from evspec.models.tiny import tiny_checkpoint
 
-        folder = tiny_checkpoint(name)
+        with quiet_transformers():
+            folder = tiny_checkpoint(name)
     if family == "eventgpt":
         from evspec.models.eventgpt import load_eventgpt
 

@@ -32,7 +32,7 @@ EVENT_TOKEN = "<event>"
 _SHAPES = ("circle", "square", "triangle", "star", "ring", "diamond", "ball", "box", "object", "shape")
 _COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "white", "cyan", "pink", "black", "grey")
 _DIRECTIONS = ("right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right")
-_NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+_NUMBERS = ("No", "One", "Two", "Three", "Four", "Five", "Six", "seven", "eight", "nine", "ten")
 _TEMPLATES = (
     "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
     "helpful, detailed, and polite answers to the human's questions. USER: <event>\n{q} ASSISTANT:",
@@ -40,22 +40,26 @@ _TEMPLATES = (
     "USER: <image>\n{q} ASSISTANT:",
 )
 _QUESTIONS = (
-    "What moves in the scene?",
+    "What objects are in the scene?",
+    "Which way does each object move?",
+    "How many objects are moving?",
+    "Describe what happens in the scene.",
     "Which direction does the {c} {s} move?",
-    "How many objects are there?",
     "Is the camera moving?",
-    "Describe the scene in detail.",
     "What colour is the {s} that stands still?",
-    "Does the {c} {s} move or stand still?",
     "Where is the {c} {s}?",
 )
 _ANSWERS = (
-    "The {c} {s} moves {d}.",
-    "The {c} {s} stands still.",
-    "There are {n} objects: a {c} {s} and a {c2} {s2}.",
-    "The camera pans {d} while the {c} {s} stands still.",
-    "Nothing moves; every object stands still.",
-    "It moves {d} quickly, then slowly. Yes. No. 0 1 2 3 4 5 6 7 8 9 10 12 20 100 ms, s, %.",
+    "The scene shows a {c} {s} and an {c2} {s2}.",
+    "The {c} {s} moves slowly {w} and the {c2} {s2} stands still.",
+    "{n} objects are moving. No object is moving. One object is moving.",
+    "A {c} {s} moves quickly {w}. The camera pans {w}.",
+    "Nothing moves, so no object is visible. No motion is visible.",
+    "The {c} {s} moves {d}; it is {n} times faster. Yes. No. 0 1 2 3 4 5 6 7 8 9 10 20 100 ms, s, %.",
+)
+_DIRECTION_WORDS = (
+    "to the right", "up and to the right", "upward", "up and to the left", "to the left",
+    "down and to the left", "downward", "down and to the right",
 )
 
 
@@ -66,7 +70,8 @@ def training_corpus() -> list[str]:
     for i, (c, s, d) in enumerate(combos):
         c2, s2, n = _COLOURS[(i + 3) % len(_COLOURS)], _SHAPES[(i + 5) % len(_SHAPES)], _NUMBERS[i % len(_NUMBERS)]
         q = _QUESTIONS[i % len(_QUESTIONS)].format(c=c, s=s)
-        a = _ANSWERS[i % len(_ANSWERS)].format(c=c, s=s, d=d, n=n, c2=c2, s2=s2)
+        w = _DIRECTION_WORDS[i % len(_DIRECTION_WORDS)]
+        a = _ANSWERS[i % len(_ANSWERS)].format(c=c, s=s, d=d, n=n, c2=c2, s2=s2, w=w)
         lines.append(_TEMPLATES[i % len(_TEMPLATES)].format(q=q) + " " + a)
     return lines
 
