@@ -401,3 +401,116 @@ def speculative_generate(
         synthetic=proposer.synthetic, stopped_on_eos=bool(out) and out[-1] in eos,
         gamma_trace=trace,
     )
+
+
+# --------------------------------------------------------------------------- one sample, both ways
+
+
+@dataclass
+class Comparison:
+    """One sample decoded by the target alone and speculatively, in the same run and process.
+
+    ``lossless`` (greedy only): the speculative tokens equal the baseline's, token for token.
+    ``speedup`` = baseline wall / speculative wall, both from the target's prefill work to the last
+    token (the draft's own load/preprocess/encode/prefill count on the speculative side);
+    ``decode_speedup`` compares the decode phases only. ``generate_*``: the family's monolithic
+    ``generate()`` (transformers), when the target is a VLM and decoding is greedy.
+    ``draft_alone_ids``/``independent_position_match``: the draft generating by itself, matched
+    position by position with the baseline -- labelled, because that is NOT an acceptance rate.
+    """
+
+    baseline: BaselineOutcome
+    spec: SpecOutcome
+    greedy: bool
+    generate_s: float | None = None
+    generate_ids: list[int] | None = None
+    draft_alone_ids: list[int] | None = None
+
+    @property
+    def lossless(self) -> bool | None:
+        return self.spec.token_ids == self.baseline.token_ids if self.greedy else None
+
+    @property
+    def speedup(self) -> float | None:
+        return self.baseline.wall_s / self.spec.timings.total_s if self.spec.timings.total_s > 0 else None
+
+    @property
+    def decode_speedup(self) -> float | None:
+        decode_s = self.spec.timings.decode_s
+        return self.baseline.decode_s / decode_s if decode_s > 0 else None
+
+    @property
+    def speedup_vs_generate(self) -> float | None:
+        if self.generate_s is None or self.spec.timings.total_s <= 0:
+            return None
+        return self.generate_s / self.spec.timings.total_s
+
+    @property
+    def independent_position_match(self) -> float | None:
+        return None if self.draft_alone_ids is None else position_match(self.draft_alone_ids, self.baseline.token_ids)
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON-ready per-sample record (``evspec spec``'s records.jsonl row, minus id/config)."""
+        return {
+            "lossless": self.lossless,
+            "synthetic": self.spec.synthetic,
+            "baseline": {
+                "token_ids": self.baseline.token_ids, "text": self.baseline.text,
+                "prefill_s": self.baseline.prefill_s, "decode_s": self.baseline.decode_s, "wall_s": self.baseline.wall_s,
+            },
+            "spec": {
+                "token_ids": self.spec.token_ids, "text": self.spec.text, "timings": self.spec.timings.as_dict(),
+                "drafts_per_round": self.spec.gamma_trace, "stopped_on_eos": self.spec.stopped_on_eos,
+            },
+            "counts": self.spec.counts.as_dict(),
+            "speedup": self.speedup,
+            "decode_speedup": self.decode_speedup,
+            "generate_s": self.generate_s,
+            "generate_matches_baseline": None if self.generate_ids is None else self.generate_ids == self.baseline.token_ids,
+            "speedup_vs_generate": self.speedup_vs_generate,
+            "draft_alone_ids": self.draft_alone_ids,
+            "independent_position_match": self.independent_position_match,
+            "independent_position_match_note": "two independent generations compared by position; NOT an acceptance rate",
+        }
+
+
+def compare(
+    target: VisionLanguageModel | LanguageModel | TargetInput,
+    proposer: Proposer,
+    *,
+    gamma: int = 4,
+    max_new_tokens: int = 64,
+    sampling: SamplingConfig = SamplingConfig(),
+    adaptive_gamma: bool = False,
+    max_gamma: int | None = None,
+    parallel_prefill: bool = False,
+    min_new_tokens: int = 0,
+    state_factory: StateFactory = EagerState,
+    with_generate: bool = True,
+    with_draft_alone: bool = True,
+    **inputs: Any,
+) -> Comparison:
+    """Baseline first (its greedy tokens are the oracle's answer key), then the speculative run,
+    then (untimed against each other) the family's ``generate()`` and the draft alone."""
+    tgt = target_input(target, **inputs)
+    baseline = target_only(tgt, max_new_tokens=max_new_tokens, sampling=sampling, min_new_tokens=min_new_tokens,
+                           state_factory=state_factory)
+    spec = speculative_generate(
+        tgt, proposer, gamma=gamma, max_new_tokens=max_new_tokens, sampling=sampling, adaptive_gamma=adaptive_gamma,
+        max_gamma=max_gamma, parallel_prefill=parallel_prefill, min_new_tokens=min_new_tokens,
+        state_factory=state_factory, reference_ids=baseline.token_ids if sampling.greedy else None,
+    )
+    result = Comparison(baseline, spec, sampling.greedy)
+    if with_generate and sampling.greedy and tgt.model is not None and tgt.prepared is not None:
+        devices = _devices(tgt.lm.device)
+        with torch.inference_mode():
+            start = _now(devices)
+            result.generate_ids = list(tgt.model.reference_generate(tgt.prepared, max_new_tokens, min_new_tokens))
+            result.generate_s = _now(devices) - start
+    if with_draft_alone and isinstance(proposer, DraftModelProposer) and not proposer.synthetic and sampling.greedy:
+        ctx = DraftContext(
+            sample=tgt.sample, target_prompt_ids=tgt.prompt_ids, target_vocab_size=tgt.lm.vocab_size,
+            sampling=sampling, max_new_tokens=max_new_tokens, eos_token_ids=tuple(tgt.eos_token_ids), key=tgt.key,
+        )
+        result.draft_alone_ids = proposer.standalone(ctx, max_new_tokens, tgt.eos_token_ids)
+    return result

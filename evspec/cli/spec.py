@@ -1,0 +1,127 @@
+"""`evspec spec`: speculative decoding against the target alone, sample by sample, lossless-checked.
+
+With no --dataset it runs on the small synthetic set the bench builds into OUT/data.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from evspec.cli import err_console
+
+
+class _RichProgress:
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self.task = progress.add_task("starting", total=None)
+
+    def status(self, message: str) -> None:
+        self.progress.update(self.task, description=message)
+
+    def start(self, total: int, done: int) -> None:
+        self.progress.update(self.task, total=total, completed=done)
+
+    def advance(self, record: dict[str, Any]) -> None:
+        if record.get("error"):
+            self.progress.console.print(f"[yellow]warning:[/] {record['id']}: {record['error']}", highlight=False)
+        self.progress.advance(self.task)
+
+
+def _command_line(config: Any, out: Path, force: bool) -> str:
+    args = ["evspec", "spec", "--target", config.target, "--draft", config.draft]
+    if config.dataset is not None:
+        args += ["--dataset", config.dataset]
+    if config.split is not None:
+        args += ["--split", config.split]
+    if config.max_samples is not None:
+        args += ["--max-samples", str(config.max_samples)]
+    args += ["--gamma", str(config.gamma), "--max-new-tokens", str(config.max_new_tokens),
+             "--min-new-tokens", str(config.min_new_tokens), "--temperature", str(config.temperature),
+             "--top-p", str(config.top_p), "--seed", str(config.seed), "--device", config.device,
+             "--dtype", config.dtype, "--cache", config.cache, "--warmup", str(config.warmup),
+             "--oracle-draft", config.oracle_draft, "--bridge", config.bridge, "--out", str(out)]
+    if config.max_gamma is not None:
+        args += ["--max-gamma", str(config.max_gamma)]
+    if config.draft_device is not None:
+        args += ["--draft-device", config.draft_device]
+    flags = [("--parallel-prefill", config.parallel_prefill), ("--adaptive-gamma", config.adaptive_gamma), ("--force", force)]
+    return shlex.join(args + [flag for flag, on in flags if on])
+
+
+def spec(
+    target: str = typer.Option("tiny-videollava", "--target", "-t", help="Target model: tiny-videollava, videollava:PATH, ..."),
+    draft: str = typer.Option(
+        "tiny-eventgpt", "--draft",
+        help="Draft: a model name (its own modality input), 'ngram' (prompt lookup) or 'oracle:ALPHA' (synthetic).",
+    ),
+    dataset: Path | None = typer.Option(None, "--dataset", "-d", help="Dataset folder or JSON. Default: a synthetic set in OUT/data."),
+    split: str | None = typer.Option(None, "--split", help="Only rows of this split."),
+    max_samples: int | None = typer.Option(None, "--max-samples", "-n", help="First N samples only."),
+    gamma: int = typer.Option(4, "--gamma", "-g", help="Drafted tokens per round (the start value with --adaptive-gamma)."),
+    max_gamma: int | None = typer.Option(None, "--max-gamma", help="Upper bound of adaptive gamma (default 2 x gamma)."),
+    adaptive_gamma: bool = typer.Option(False, "--adaptive-gamma", help="+1 after all accepted, -1 after an early rejection."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Most tokens generated per sample."),
+    min_new_tokens: int = typer.Option(0, "--min-new-tokens", help="EOS is masked below this length."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (lossless is then checked token by token)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus mass with temperature > 0."),
+    seed: int = typer.Option(0, "--seed", help="Seed of sampling and of the oracle's draws."),
+    parallel_prefill: bool = typer.Option(False, "--parallel-prefill", help="Draft prefills while the target prefills."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    draft_device: str | None = typer.Option(None, "--draft-device", help="The draft's device (e.g. cuda:1). Default: --device."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
+    cache: str = typer.Option("eager", "--cache", help="KV cache of both models: eager, static, compiled."),
+    warmup: int = typer.Option(1, "--warmup", help="Samples run first and discarded."),
+    oracle_draft: str = typer.Option("tiny-eventgpt", "--oracle-draft", help="The model whose passes give oracle:ALPHA its real cost."),
+    bridge: str = typer.Option("auto", "--bridge", help="Vocabulary bridge: auto, same (token ids), cross (text re-encoding)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder. Default: runs/spec-<timestamp>."),
+    force: bool = typer.Option(False, "--force", help="Discard results of another config in --out."),
+) -> None:
+    """Speculative decoding vs the target alone on each sample: records, summary, report with plots.
+
+    Writes OUT/records.jsonl (both outputs, metrics, lossless flag), OUT/summary.json and
+    OUT/report.md. Rerunning with the same --out resumes.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from evspec.spec.report import SpecRunConfig, run_spec
+
+    config = SpecRunConfig(
+        target=target, draft=draft, dataset=str(dataset) if dataset is not None else None, split=split,
+        max_samples=max_samples, gamma=gamma, max_gamma=max_gamma, adaptive_gamma=adaptive_gamma,
+        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature, top_p=top_p,
+        seed=seed, parallel_prefill=parallel_prefill, device=device, draft_device=draft_device, dtype=dtype,
+        cache=cache, warmup=warmup, oracle_draft=oracle_draft, bridge=bridge,
+    )
+    out = out if out is not None else Path("runs") / f"spec-{time.strftime('%Y%m%d-%H%M%S')}"
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        result = run_spec(config, out, force=force, progress=_RichProgress(progress),
+                          command=_command_line(config, out, force))
+    s, c = result.summary, result.summary["counts"]
+    console = Console(highlight=False, soft_wrap=True)
+    tag = " [synthetic]" if s["synthetic"] else ""
+    rate = "-" if c["acceptance_rate"] is None else f"{c['acceptance_rate']:.3f}"
+    length = "-" if c["mean_acceptance_length"] is None else f"{c['mean_acceptance_length']:.2f}"
+    speedup = "-" if s["speedup_median"] is None else f"{s['speedup_median']:.2f}x"
+    lossless = "-" if s["lossless"] is None else f"{s['n_lossless']}/{s['n_samples']}"
+    console.print(f"{config.target} <- {config.draft}{tag}: acceptance rate {rate}, mean acceptance length {length}, "
+                  f"median speedup {speedup}, lossless {lossless}", markup=False)
+    console.print(f"wrote {out}/records.jsonl, {out}/summary.json and {result.report_path}", markup=False)
+    if s["n_samples"] == 0:
+        err_console.print(f"[red]error:[/] no sample succeeded (errors in {out}/records.jsonl)")
+        raise typer.Exit(1)
+    if s["lossless"] is False:
+        err_console.print(f"[red]error:[/] greedy output differs from the target alone on "
+                          f"{s['n_samples'] - s['n_lossless']} sample(s): see {out}/records.jsonl")
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``spec`` command to the evspec app."""
+    app.command("spec")(spec)

@@ -1,0 +1,476 @@
+"""A speculative-decoding run over a dataset (``evspec spec``): records, summary, report.
+
+Per sample (after ``warmup`` discarded samples): the target alone, then the speculative decoder,
+in the same process with the same state factory (:func:`evspec.spec.engine.compare`). Files in
+the run folder:
+
+    config.json     the run's identity (what a resume must match), config, environment, command
+    records.jsonl   one JSON line per sample: token ids and text of both runs, counts, timings,
+                    ``lossless`` (greedy: token-identical to the baseline), speedups; flushed per
+                    line, so a killed run resumes where it stopped (a torn last line is dropped)
+    summary.json    totals with vLLM's metric definitions, config, versions, device, seed
+    report.md       tables and plots: acceptance by position, speedup per sample, time split
+
+With no dataset a small synthetic one is built into ``OUT/data`` by the bench's own helper.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from evspec.errors import ConfigError, EvspecError, InputError
+from evspec.runtime.decode import SamplingConfig
+from evspec.spec.metrics import summarize
+
+if TYPE_CHECKING:
+    from evspec.data.dataset import Sample
+    from evspec.models.base import VisionLanguageModel
+    from evspec.spec.proposers import Proposer
+
+CONFIG_NAME = "config.json"
+RECORDS_NAME = "records.jsonl"
+SUMMARY_NAME = "summary.json"
+REPORT_NAME = "report.md"
+ACCEPTANCE_PNG = "acceptance_by_position.png"
+SPEEDUP_PNG = "speedup_per_sample.png"
+SPLIT_PNG = "time_split.png"
+IDENTITY_FIELDS: tuple[str, ...] = (
+    "target", "draft", "oracle_draft", "dataset", "split", "gamma", "max_gamma", "adaptive_gamma", "max_new_tokens",
+    "min_new_tokens", "temperature", "top_p", "seed", "parallel_prefill", "device", "draft_device", "dtype", "cache",
+    "bridge",
+)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class SpecRunConfig:
+    """One ``evspec spec`` run. ``draft``: a model name, ``ngram`` or ``oracle:ALPHA``."""
+
+    target: str = "tiny-videollava"
+    draft: str = "tiny-eventgpt"
+    dataset: str | None = None
+    split: str | None = None
+    max_samples: int | None = None
+    gamma: int = 4
+    max_gamma: int | None = None
+    adaptive_gamma: bool = False
+    max_new_tokens: int = 32
+    min_new_tokens: int = 0
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    parallel_prefill: bool = False
+    device: str = "auto"
+    draft_device: str | None = None
+    dtype: str = "auto"
+    cache: str = "eager"
+    warmup: int = 1
+    oracle_draft: str = "tiny-eventgpt"
+    bridge: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.gamma < 1:
+            raise ConfigError(f"--gamma must be >= 1, got {self.gamma}")
+        if self.max_gamma is not None and self.max_gamma < self.gamma:
+            raise ConfigError(f"--max-gamma ({self.max_gamma}) must be >= --gamma ({self.gamma})")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ConfigError(f"--min-new-tokens must be between 0 and --max-new-tokens, got {self.min_new_tokens}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"--max-samples must be >= 1, got {self.max_samples}")
+        if self.warmup < 0:
+            raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.cache not in ("eager", "static", "compiled"):
+            raise ConfigError(f"unknown --cache {self.cache!r}; use eager, static or compiled")
+        if self.bridge not in ("auto", "same", "cross"):
+            raise ConfigError(f"unknown --bridge {self.bridge!r}; use auto, same or cross")
+        sampling = self.sampling()
+        alpha = self.oracle_alpha
+        if alpha is not None and not sampling.greedy:
+            raise ConfigError("oracle:ALPHA is greedy only (it proposes the target's greedy tokens): use --temperature 0")
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+
+    @property
+    def oracle_alpha(self) -> float | None:
+        """ALPHA of ``oracle:ALPHA`` (validated), else None."""
+        if not self.draft.startswith("oracle:"):
+            return None
+        text = self.draft.removeprefix("oracle:")
+        try:
+            alpha = float(text)
+        except ValueError as exc:
+            raise ConfigError(f"--draft oracle:ALPHA needs a number for ALPHA, got {text!r}") from exc
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"oracle alpha must be in [0, 1], got {alpha}")
+        return alpha
+
+    @property
+    def draft_kind(self) -> str:
+        if self.draft == "ngram":
+            return "ngram"
+        return "oracle" if self.oracle_alpha is not None else "model"
+
+
+# --------------------------------------------------------------------------- devices and models
+
+
+def resolve_device(name: str) -> torch.device:
+    from evspec.models.registry import resolve_device as registry_device
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return registry_device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    from evspec.models.registry import resolve_dtype as registry_dtype
+
+    aliases = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return registry_dtype(aliases.get(name, name), device)
+
+
+ModelLoader = Callable[[str, torch.device, torch.dtype], "VisionLanguageModel"]
+
+
+def registry_loader(name: str, device: torch.device, dtype: torch.dtype) -> VisionLanguageModel:
+    from evspec.models.registry import load_model
+
+    return load_model(name, device=device, dtype=dtype)
+
+
+def state_factory_for(kind: str, lm: Any) -> Any:
+    """``eager`` -> EagerState; ``static``/``compiled`` -> one StaticDecoder of the full context."""
+    from evspec.runtime.decode import EagerState
+
+    if kind == "eager":
+        return EagerState
+    from evspec.runtime.static import StaticDecoder
+
+    return StaticDecoder(lm, lm.context_length, compile=kind == "compiled")
+
+
+def build_proposer(
+    config: SpecRunConfig, target: VisionLanguageModel, loader: ModelLoader, draft_device: torch.device, dtype: torch.dtype,
+) -> Proposer:
+    """The proposer named by ``config.draft`` (model drafts are paired with the target here)."""
+    from evspec.spec.proposers import DraftModelProposer, NgramProposer, OracleProposer
+    from evspec.spec.vocab import bridge_vocabularies
+
+    if config.draft_kind == "ngram":
+        return NgramProposer()
+    if config.draft_kind == "oracle":
+        draft = loader(config.oracle_draft, draft_device, dtype)
+        return OracleProposer(draft, config.oracle_alpha or 0.0, seed=config.seed,
+                              state_factory=state_factory_for(config.cache, draft.language_model))
+    draft = loader(config.draft, draft_device, dtype)
+    bridge = bridge_vocabularies(
+        draft.tokenizer, target.tokenizer, draft_vocab_size=draft.language_model.vocab_size,
+        target_vocab_size=target.language_model.vocab_size, draft_eos=draft.eos_token_ids,
+        target_eos=target.eos_token_ids, mode=config.bridge,  # type: ignore[arg-type]
+    )
+    return DraftModelProposer(draft, bridge, state_factory=state_factory_for(config.cache, draft.language_model),
+                              name=f"draft:{config.draft}")
+
+
+# --------------------------------------------------------------------------- records file
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Complete lines of ``records.jsonl``; a torn last line (killed run) is dropped."""
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    rows = []
+    for number, line in enumerate(lines[:-1], start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise InputError(f"line {number} is not valid JSON ({exc}); move the file away or rerun with --force", path) from exc
+    return rows
+
+
+def _truncate_torn_line(path: Path) -> None:
+    if path.exists():
+        data = path.read_bytes()
+        good = data.rfind(b"\n") + 1
+        if good < len(data):
+            with path.open("r+b") as handle:
+                handle.truncate(good)
+
+
+def _check_or_reset(out_dir: Path, identity: dict[str, Any], force: bool) -> None:
+    path = out_dir / CONFIG_NAME
+    if not path.is_file():
+        return
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8")).get("identity", {})
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read the previous run's config ({exc}); rerun with --force to start over", path) from exc
+    differences = [k for k in IDENTITY_FIELDS if previous.get(k) != identity.get(k)]
+    if not differences:
+        return
+    if not force:
+        detail = "; ".join(f"{k}: was {previous.get(k)!r}, now {identity.get(k)!r}" for k in differences)
+        raise ConfigError(f"{out_dir} holds a run with another config ({detail}); use another --out or --force")
+    for name in (RECORDS_NAME, SUMMARY_NAME, REPORT_NAME, CONFIG_NAME, ACCEPTANCE_PNG, SPEEDUP_PNG, SPLIT_PNG):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class SpecRunResult:
+    out_dir: Path
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+    report_path: Path
+
+
+class Progress:
+    """What the run tells its caller (the CLI draws a progress bar); the default tells no one."""
+
+    def status(self, message: str) -> None: ...
+    def start(self, total: int, done: int) -> None: ...
+    def advance(self, record: dict[str, Any]) -> None: ...
+
+
+def _error_text(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, EvspecError) else f"{type(exc).__name__}: {exc}"
+
+
+def run_sample(config: SpecRunConfig, target: VisionLanguageModel, proposer: Proposer, sample: Sample,
+               target_factory: Any) -> dict[str, Any]:
+    """One sample both ways; a failure that is about the sample becomes a record with ``error``."""
+    from evspec.spec.engine import compare
+
+    head = {"id": sample.id, "target": config.target, "draft": config.draft}
+    try:
+        comparison = compare(
+            target, proposer, sample=sample, gamma=config.gamma, max_new_tokens=config.max_new_tokens,
+            sampling=config.sampling(), adaptive_gamma=config.adaptive_gamma, max_gamma=config.max_gamma,
+            parallel_prefill=config.parallel_prefill, min_new_tokens=config.min_new_tokens,
+            state_factory=target_factory,
+        )
+    except (EvspecError, ValueError, RuntimeError) as exc:
+        return {**head, "error": _error_text(exc)}
+    return {**head, **comparison.to_record(), "error": None}
+
+
+def run_spec(
+    config: SpecRunConfig,
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    model_loader: ModelLoader = registry_loader,
+    progress: Progress | None = None,
+    command: str | None = None,
+) -> SpecRunResult:
+    """Run (or resume) ``config`` into ``out_dir``; see the module docstring for the files."""
+    from evspec.bench.records import environment
+    from evspec.bench.runner import SYNTH_DIR, SilentReporter, build_default_dataset
+    from evspec.data.dataset import load_dataset
+
+    progress = progress or Progress()
+    out_dir = Path(out_dir)
+    device = resolve_device(config.device)
+    draft_device = resolve_device(config.draft_device) if config.draft_device else device
+    dtype = resolve_dtype(config.dtype, device)
+    dataset_root = Path(config.dataset) if config.dataset is not None else out_dir / SYNTH_DIR
+    identity = {k: v for k, v in asdict(config).items() if k in IDENTITY_FIELDS}
+    identity.update(dataset=str(dataset_root.resolve()), device=str(device), draft_device=str(draft_device),
+                    dtype=str(dtype).removeprefix("torch."))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_or_reset(out_dir, identity, force)
+    if config.dataset is None:
+        build_default_dataset(out_dir, SilentReporter())
+    samples = load_dataset(dataset_root, split=config.split, max_samples=config.max_samples)
+    if not samples:
+        raise InputError("no samples", dataset_root)
+
+    meta = {"identity": identity, "config": asdict(config), "environment": environment(str(device)),
+            "command": command or shlex.join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (out_dir / CONFIG_NAME).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+
+    records_path = out_dir / RECORDS_NAME
+    _truncate_torn_line(records_path)
+    done = {r["id"] for r in read_records(records_path) if not r.get("error")}
+    pending = [s for s in samples if s.id not in done]
+    progress.start(len(samples), len(samples) - len(pending))
+    if pending:
+        progress.status(f"loading {config.target} and the draft on {device} ({dtype})")
+        target = model_loader(config.target, device, dtype)
+        proposer = build_proposer(config, target, model_loader, draft_device, dtype)
+        target_factory = state_factory_for(config.cache, target.language_model)
+        torch.manual_seed(config.seed)
+        for i in range(config.warmup):
+            progress.status("warming up (discarded)")
+            run_sample(config, target, proposer, samples[i % len(samples)], target_factory)
+        progress.status(f"running {config.target} <- {config.draft}")
+        with records_path.open("a", encoding="utf-8") as handle:
+            for sample in pending:
+                record = run_sample(config, target, proposer, sample, target_factory)
+                handle.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+                handle.flush()
+                progress.advance(record)
+
+    wanted = {s.id: i for i, s in enumerate(samples)}
+    latest = {r["id"]: r for r in read_records(records_path) if r["id"] in wanted}
+    records = sorted(latest.values(), key=lambda r: wanted[r["id"]])
+    summary = {**summarize(records), "synthetic": config.draft_kind == "oracle", **meta}
+    (out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    report = write_report(out_dir, summary, records)
+    return SpecRunResult(out_dir, records, summary, report)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def plot_acceptance(summary: dict[str, Any], path: Path) -> Path:
+    plt = _pyplot()
+    rates = summary["counts"]["per_position_acceptance_rate"]
+    fig, ax = plt.subplots(figsize=(5.0, 3.2))
+    ax.bar(range(1, len(rates) + 1), rates, color="#4c72b0")
+    ax.set_xlabel("draft position k")
+    ax.set_ylabel("accepted at k / drafts")
+    ax.set_ylim(0, 1)
+    ax.set_title("per-position acceptance rate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_speedup(records: Sequence[dict[str, Any]], path: Path) -> Path:
+    plt = _pyplot()
+    ok = [r for r in records if not r.get("error")]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.25 * len(ok) + 2), 3.2))
+    ax.bar(range(len(ok)), [r["speedup"] or 0.0 for r in ok], color="#55a868")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("sample")
+    ax.set_ylabel("target-alone wall / speculative wall")
+    ax.set_title("speedup per sample")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_time_split(summary: dict[str, Any], records: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Stacked bars: the baseline's prefill/decode next to the speculative run's parts."""
+    plt = _pyplot()
+    ok = [r for r in records if not r.get("error")]
+    split = summary["time_split_s"]
+    hidden = sum(max(r["spec"]["timings"]["draft_prefill_s"] + r["spec"]["timings"]["target_prefill_s"]
+                     - r["spec"]["timings"]["prefill_wall_s"], 0.0) for r in ok)
+    parts = {
+        "target prefill": (sum(r["baseline"]["prefill_s"] for r in ok), split["target_prefill_s"]),
+        "draft prefill (not hidden)": (0.0, max(split["draft_prefill_s"] - hidden, 0.0)),
+        "target decode / verify": (sum(r["baseline"]["decode_s"] for r in ok), split["verify_s"]),
+        "draft": (0.0, split["draft_s"]),
+        "other": (0.0, split["other_s"]),
+    }
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    bottom = [0.0, 0.0]
+    for name, (base, spec) in parts.items():
+        ax.bar(["target alone", "speculative"], [base, spec], bottom=bottom, label=name)
+        bottom = [bottom[0] + base, bottom[1] + spec]
+    ax.set_ylabel("seconds (all samples)")
+    ax.set_title("where the time goes")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render_markdown(summary: dict[str, Any], records: Sequence[dict[str, Any]]) -> str:
+    c = summary["counts"]
+    config, env = summary["config"], summary["environment"]
+    synthetic = " **(synthetic: oracle proposer, acceptance is set by ALPHA, cost is a real draft's)**" if summary["synthetic"] else ""
+    lossless = summary["lossless"]
+    lines = [
+        f"# evspec spec: {config['target']} <- {config['draft']}{synthetic}",
+        "",
+        f"Command: `{summary['command']}`",
+        "",
+        f"Device {env['device']} ({env.get('gpu') or env['machine']}), dtype {summary['identity']['dtype']}, "
+        f"torch {env['torch']}, transformers {env['transformers']}, evspec {env['evspec']}, seed {config['seed']}, "
+        f"gamma {config['gamma']}{' (adaptive)' if config['adaptive_gamma'] else ''}, "
+        f"max_new_tokens {config['max_new_tokens']}, temperature {config['temperature']}, "
+        f"parallel prefill {'on' if config['parallel_prefill'] else 'off'}, cache {config['cache']}.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| samples (errors) | {summary['n_samples']} ({summary['n_errors']}) |",
+        f"| lossless (greedy: token-identical to the target alone) | "
+        f"{'-' if lossless is None else ('yes' if lossless else 'NO')} ({summary['n_lossless']}/{summary['n_samples']}) |",
+        f"| drafts / drafted / accepted tokens | {c['drafts']} / {c['drafted_tokens']} / {c['accepted_tokens']} |",
+        f"| acceptance rate (accepted / drafted) | {_fmt(c['acceptance_rate'])} |",
+        f"| mean acceptance length (1 + accepted / drafts) | {_fmt(c['mean_acceptance_length'])} |",
+        f"| tokens per target pass | {_fmt(c['tokens_per_target_pass'])} |",
+        f"| per-position acceptance rate | {', '.join(_fmt(x, 2) for x in c['per_position_acceptance_rate']) or '-'} |",
+        f"| speedup, median per sample (wall, same run) | {_fmt(summary['speedup_median'], 2)}x |",
+        f"| speedup, pooled (sum of walls) | {_fmt(summary['speedup_pooled'], 2)}x |",
+        f"| decode-phase speedup, median | {_fmt(summary['decode_speedup_median'], 2)}x |",
+        f"| speedup over transformers generate(), median | {_fmt(summary['speedup_vs_generate_median'], 2)}x |",
+        f"| prefill overlap (hidden fraction of the draft prefill), median | {_fmt(summary['prefill_overlap_median'], 2)} |",
+        f"| independent position match, draft alone vs target alone (NOT an acceptance rate) | "
+        f"{_fmt(summary['independent_position_match_NOT_acceptance'])} |",
+        "",
+        "Time split over all samples (s): " + ", ".join(f"{k} {v:.4f}" for k, v in summary["time_split_s"].items()),
+        "",
+        "Definitions (vLLM): a draft is one round that proposed at least one token; acceptance rate = accepted / "
+        "drafted; mean acceptance length = 1 + accepted / drafts; per-position rate k = drafts accepted at "
+        "position k / drafts. Speedup = target-alone wall / speculative wall for the same sample in the same run. "
+        "The independent position match compares two separate generations position by position (what the "
+        "seeds reported as acceptance); no draft token was conditioned on the target's prefix there.",
+        "",
+        f"![acceptance]({ACCEPTANCE_PNG})",
+        f"![speedup]({SPEEDUP_PNG})",
+        f"![time split]({SPLIT_PNG})",
+        "",
+    ]
+    errors = [r for r in records if r.get("error")]
+    if errors:
+        lines += ["## Errors", ""] + [f"- {r['id']}: {r['error']}" for r in errors] + [""]
+    return "\n".join(lines)
+
+
+def write_report(out_dir: Path, summary: dict[str, Any], records: Sequence[dict[str, Any]]) -> Path:
+    plot_acceptance(summary, out_dir / ACCEPTANCE_PNG)
+    plot_speedup(records, out_dir / SPEEDUP_PNG)
+    plot_time_split(summary, records, out_dir / SPLIT_PNG)
+    path = out_dir / REPORT_NAME
+    path.write_text(render_markdown(summary, records), encoding="utf-8")
+    return path
