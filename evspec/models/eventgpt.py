@@ -18,6 +18,7 @@ checkpoint or, failing that, from the folder ``mm_visual_tower`` names (upstream
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,6 +63,7 @@ EV_END_TOKEN = "<ev_end>"
 DEFAULT_PROMPT_LIMIT = 2048  # upstream's hard-coded tokenizer_model_max_length
 N_EVENT_FRAMES = 5
 TOWER_PREFIX = "model.visual_tower.visual_tower."
+UPSTREAM_TOWER_PREFIX = TOWER_PREFIX + "vision_model."
 SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
@@ -297,7 +299,44 @@ def greedy_generation_config(max_new_tokens: int, min_new_tokens: int, eos: list
     )
 
 
-# --------------------------------------------------------------------------- loading
+# --------------------------------------------------------------------------- saving and loading
+
+
+def upstream_key(key: str) -> str:
+    """A state-dict key in upstream's layout. transformers 5.x's ``CLIPVisionModel`` is flat
+    (``embeddings.*``); upstream's (4.37) nests it under ``vision_model.``."""
+    if key.startswith(TOWER_PREFIX) and not key.startswith(UPSTREAM_TOWER_PREFIX):
+        return UPSTREAM_TOWER_PREFIX + key[len(TOWER_PREFIX) :]
+    return key
+
+
+def _tower_key_mapping(model_keys: set[str]) -> dict[str, str] | None:
+    """``from_pretrained`` key mapping from upstream's tower keys to this transformers' modules."""
+    if any(k.startswith(UPSTREAM_TOWER_PREFIX) for k in model_keys):
+        return None  # this transformers nests vision_model itself
+    return {"^" + UPSTREAM_TOWER_PREFIX.replace(".", r"\."): TOWER_PREFIX}
+
+
+def save_eventgpt(model: EventChatModel, folder: str | Path) -> None:
+    """``save_pretrained``, then the weights renamed to upstream's key layout and evspec's
+    ``visual_tower_config`` dropped from ``config.json``: the folder looks like upstream's."""
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    for shard in folder.glob("*.safetensors"):
+        state = load_file(shard)
+        save_file({upstream_key(k): v for k, v in state.items()}, shard, metadata={"format": "pt"})
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        raw = json.loads(index.read_text())
+        raw["weight_map"] = {upstream_key(k): v for k, v in raw["weight_map"].items()}
+        index.write_text(json.dumps(raw, indent=2) + "\n")
+    config_path = folder / "config.json"
+    raw = json.loads(config_path.read_text())
+    raw.pop("visual_tower_config", None)
+    config_path.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+
 
 
 def resolve_visual_tower(name: str, folder: Path) -> Path:
@@ -346,19 +385,21 @@ def load_eventgpt(folder: str | Path, options: LoadOptions, *, name: str | None 
     tower_config = CLIPVisionConfig.from_pretrained(str(tower_folder), local_files_only=True)
     config.visual_tower_config = tower_config.to_dict()
 
-    found = checkpoint_keys(folder)
+    found = {upstream_key(k) for k in checkpoint_keys(folder)}
     tower_in_file = any(k.startswith(TOWER_PREFIX) for k in found)
     with torch.device("meta"):
-        expected = set(EventChatModel(config).state_dict())
-    tower_keys = {k for k in expected if k.startswith(TOWER_PREFIX)}
+        model_keys = set(EventChatModel(config).state_dict())
+    expected = {upstream_key(k) for k in model_keys}
+    tower_keys = {k for k in model_keys if k.startswith(TOWER_PREFIX)}
     allowed_missing = set() if tower_in_file else tower_keys
     if config.tie_word_embeddings:
         allowed_missing.add("lm_head.weight")
-    check_state_dict_keys(expected, found, folder, allowed_missing=allowed_missing)
+    check_state_dict_keys(expected, found, folder, allowed_missing={upstream_key(k) for k in allowed_missing})
 
     model = from_pretrained_checked(
         EventChatModel, folder, options, config=config, allowed_missing=allowed_missing,
         skip_modules=["visual_tower", "visual_projector", "feature_adaptor", "lm_head"],
+        key_mapping=_tower_key_mapping(model_keys),
     )
     if not tower_in_file:
         _load_tower_weights(model, tower_folder, options)

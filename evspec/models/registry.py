@@ -161,9 +161,11 @@ def _index_keys(path: Path) -> set[str]:
 def _bin_keys(path: Path) -> set[str]:
     """Keys of a PyTorch ``.bin`` state dict, loaded with ``weights_only=True`` (no code runs)."""
     import pickle
+    import zipfile
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # mmap reads only the pickled index of a zip-format file; legacy files load whole.
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as error:
         raise UnsafeFileError(f"refused to unpickle: the file holds more than tensors ({error})", path) from error
     except (OSError, RuntimeError, EOFError) as error:

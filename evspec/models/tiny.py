@@ -14,7 +14,6 @@ tokens per image), 2 layers, width 32. All three share the tiny base vocabulary
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -66,7 +65,14 @@ def build_tiny_eventgpt(folder: Path) -> None:
     folder ``clip_tower/`` that ``mm_visual_tower`` points to (relative to the checkpoint)."""
     from transformers import CLIPVisionModel
 
-    from evspec.models.eventgpt import EV_END_TOKEN, EV_START_TOKEN, EVENT_PATCH_TOKEN, EventChatConfig, EventChatModel
+    from evspec.models.eventgpt import (
+        EV_END_TOKEN,
+        EV_START_TOKEN,
+        EVENT_PATCH_TOKEN,
+        EventChatConfig,
+        EventChatModel,
+        save_eventgpt,
+    )
 
     tokenizer = build_base_tokenizer()
     add_special_tokens(tokenizer, [EVENT_PATCH_TOKEN])
@@ -84,13 +90,8 @@ def build_tiny_eventgpt(folder: Path) -> None:
     torch.manual_seed(SEED + 1)
     model = EventChatModel(config).eval()
     model.model.visual_tower.visual_tower.load_state_dict(tower.state_dict())
-    model.save_pretrained(folder)
+    save_eventgpt(model, folder)
     tokenizer.save_pretrained(folder)
-    # A real EventGPT config.json does not carry the tower's config: drop evspec's loader field.
-    config_path = folder / "config.json"
-    raw = json.loads(config_path.read_text())
-    raw.pop("visual_tower_config", None)
-    config_path.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
 
 
 def build_tiny_videollava(folder: Path) -> None:
