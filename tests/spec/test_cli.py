@@ -1,0 +1,91 @@
+"""`evspec spec` end to end on the tiny families: files, lossless flag, resume, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import evspec.bench.runner as bench_runner
+from evspec.cli import main
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-clip synthetic set built once by the bench's helper (what `evspec spec` uses by default)."""
+    root = tmp_path_factory.mktemp("spec-data")
+    patch = pytest.MonkeyPatch()
+    patch.setattr(bench_runner, "DEFAULT_SYNTH", {**bench_runner.DEFAULT_SYNTH, "clips": 2})
+    try:
+        return bench_runner.build_default_dataset(root, bench_runner.SilentReporter())
+    finally:
+        patch.undo()
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+
+
+def test_spec_writes_records_summary_and_report(tmp_path: Path, dataset: Path, capsys) -> None:
+    out = tmp_path / "run"
+    args = ["spec", "--target", "tiny-videollava", "--draft", "tiny-eventgpt", "--dataset", str(dataset),
+            "--gamma", "3", "--max-new-tokens", "8", "--max-samples", "2", "--warmup", "0", "--parallel-prefill",
+            "--out", str(out)]
+    assert main(args) == 0
+    rows = _rows(out)
+    assert len(rows) == 2 and all(r["error"] is None for r in rows)
+    for r in rows:
+        assert r["lossless"] is True and r["spec"]["token_ids"] == r["baseline"]["token_ids"]
+        assert r["generate_matches_baseline"] is True and r["speedup"] > 0
+        assert r["counts"]["emitted_tokens"] == len(r["baseline"]["token_ids"])
+        assert r["independent_position_match_note"].endswith("NOT an acceptance rate")
+        assert r["spec"]["timings"]["draft_prefill_s"] > 0 and r["spec"]["timings"]["prefill_overlap"] is not None
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["lossless"] is True and summary["n_samples"] == 2 and summary["synthetic"] is False
+    assert summary["config"]["seed"] == 0 and summary["environment"]["torch"]
+    assert summary["command"].startswith("evspec spec --target tiny-videollava --draft tiny-eventgpt")
+    report = (out / "report.md").read_text()
+    assert "acceptance rate" in report and "NOT an acceptance rate" in report
+    for png in ("acceptance_by_position.png", "speedup_per_sample.png", "time_split.png"):
+        assert (out / png).stat().st_size > 1000
+    assert "lossless 2/2" in capsys.readouterr().out
+
+    # resume: nothing left to do, no new lines; another config in the same folder is refused
+    assert main(args) == 0
+    assert len(_rows(out)) == 2
+    capsys.readouterr()
+    changed = [a if a != "3" else "5" for a in args]
+    assert main(changed) == 1
+    assert "another config" in capsys.readouterr().err
+
+
+def test_oracle_runs_are_labelled_synthetic(tmp_path: Path, dataset: Path) -> None:
+    out = tmp_path / "oracle"
+    assert main(["spec", "--draft", "oracle:0.7", "--dataset", str(dataset), "--max-new-tokens", "10",
+                 "--max-samples", "1", "--warmup", "0", "--adaptive-gamma", "--out", str(out)]) == 0
+    (row,) = _rows(out)
+    assert row["synthetic"] is True and row["lossless"] is True
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["synthetic"] is True
+    assert "synthetic" in (out / "report.md").read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--gamma", "0"], "--gamma must be >= 1"),
+        (["--draft", "oracle:1.2"], "alpha must be in [0, 1]"),
+        (["--draft", "oracle:-0.5"], "alpha must be in [0, 1]"),
+        (["--draft", "oracle:0.5", "--temperature", "0.8"], "greedy only"),
+        (["--draft", "nosuch"], "unknown model 'nosuch'"),
+        (["--draft", "tiny-eventgpt", "--bridge", "sideways"], "unknown --bridge"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(tmp_path: Path, dataset: Path, capsys, extra, message) -> None:
+    code = main(["spec", "--dataset", str(dataset), "--max-samples", "1", "--warmup", "0",
+                 "--out", str(tmp_path / "bad"), *extra])
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0]
