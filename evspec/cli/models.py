@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from evspec.cli import err_console
-from evspec.errors import ConfigError
+from evspec.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from evspec.data.dataset import Sample
@@ -110,6 +110,8 @@ def verify(
     vlm = load_model(model, device=device, dtype=dtype)
     with tempfile.TemporaryDirectory(prefix="evspec-verify-") as tmp:
         rows = _samples(dataset, samples, Path(tmp))
+        if not rows:
+            raise InputError("the dataset holds no samples", dataset)
         results = [compare_sample(vlm, s, max_new_tokens, min_new_tokens) for s in rows]
         report = None
         if hooks:
