@@ -1,0 +1,360 @@
+"""Speculative decoding on a Vicuna-7B-shaped target (random bf16 weights, built from config, no download).
+
+Three measurements, each next to the target decoding alone in the same run with the same state factory:
+
+  1. the seeds' configuration: a 7B-shaped EventGPT-like draft (its own prompt: 582 event tokens + text)
+     for a Video-LLaVA-shaped target prompt (2056 video tokens + text), parallel prefill off and on.
+     Random weights: the two models agree on ~nothing, so acceptance is ~0 -- the point is what the
+     pairing costs and gains: the prefill overlap, and the draft/verify/prefill split that explains
+     the speed (a draft step costs about a target pass: c ~ 1).
+  2. a small draft (~0.2B LLaMA) under oracle(alpha), alpha in 0.3/0.5/0.7/0.8/0.9 and gamma 3/5/8:
+     realized speedup (decode phase and end to end) next to Leviathan's formula
+     (1 - a^(g+1)) / ((1 - a)(g c + 1)) with c = draft step time / target pass time MEASURED here.
+     Oracle runs are synthetic: acceptance is set by alpha, the draft's passes are real.
+  3. parallel prefill overlap: hidden fraction = (draft prefill + target prefill - wall of both) /
+     draft prefill, sequential vs concurrent on one GPU (two CUDA streams) and with the draft on a
+     second GPU when there is one.
+
+Fixed-length outputs (EOS off, --max-new-tokens each) so every run does the same work; every figure
+is the median of --repeats runs after a discarded warm-up run. --state static uses evspec's static
+KV cache with the step compiled (CUDA graphs; plain static on CPU), eager uses transformers' modules
+with DynamicCache. --quick runs tiny shapes on CPU to smoke-test the script.
+
+    python benchmarks/gpu_spec.py --state static --out $OUT/spec.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import statistics
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import transformers
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from evspec.runtime.decode import EagerState, LanguageModel, SamplingConfig
+from evspec.spec.engine import speculative_generate, target_only
+from evspec.spec.metrics import expected_speedup, expected_tokens_per_pass
+from evspec.spec.proposers import DraftModelProposer, OracleProposer
+from evspec.spec.vocab import identity_map
+
+VOCAB = 32064
+VICUNA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32)
+DRAFT_200M = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=12, num_attention_heads=16, num_key_value_heads=16)
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4)
+TINY_DRAFT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4)
+# Prompt sizes (REFERENCE.md): Video-LLaVA 8 frames x 257 tokens; EventGPT 5 frames -> 582 tokens.
+FULL_PROMPTS = {"target_visual": 2056, "target_text": 40, "draft_visual": 582, "draft_text": 60}
+QUICK_PROMPTS = {"target_visual": 48, "target_text": 8, "draft_visual": 16, "draft_text": 8}
+EOS: list[int] = []  # fixed-length runs
+
+
+def sync(*devices: torch.device) -> None:
+    for device in devices:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+
+def build_lm(shape: dict, vocab: int, context: int, device: torch.device, dtype: torch.dtype, seed: int) -> LanguageModel:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, max_position_embeddings=context, rms_norm_eps=1e-5, **shape)
+    with torch.device(device):
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            model = LlamaForCausalLM(config).eval()
+        finally:
+            torch.set_default_dtype(previous)
+    return LanguageModel.from_causal_lm(model)
+
+
+def n_params(lm: LanguageModel) -> int:
+    return sum(p.numel() for p in lm.body.parameters()) + lm.lm_head.weight.numel()
+
+
+def prompt_embeds(lm: LanguageModel, n_visual: int, n_text: int, seed: int) -> torch.Tensor:
+    """Text embeddings of random ids around a block of random 'visual' features of the same scale."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    ids = torch.randint(3, lm.vocab_size, (1, n_text), generator=gen).to(lm.device)
+    with torch.inference_mode():
+        text = lm.embed_tokens(ids)
+    visual = torch.randn(1, n_visual, lm.hidden_size, generator=gen).to(lm.device, lm.dtype) * float(text.float().std())
+    half = n_text // 2
+    return torch.cat([text[:, :half], visual, text[:, half:]], dim=1)
+
+
+class Factories:
+    """One state factory per language model (a static cache is built once and reused)."""
+
+    def __init__(self, state: str, device: torch.device) -> None:
+        self.state = state
+        self.compile = device.type == "cuda"
+        self._made: dict[int, Any] = {}
+
+    def __call__(self, lm: LanguageModel, max_length: int) -> Any:
+        if self.state == "eager":
+            return EagerState
+        from evspec.runtime.static import StaticDecoder
+
+        if id(lm) not in self._made:
+            self._made[id(lm)] = StaticDecoder(lm, max_length, compile=self.compile)
+        return self._made[id(lm)]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def repeat(fn: Callable[[], Any], repeats: int) -> list[Any]:
+    fn()  # warm-up (compilation, allocator, lazy init), discarded
+    return [fn() for _ in range(repeats)]
+
+
+def step_times(lm: LanguageModel, factory: Any, embeds: torch.Tensor, k: int, n: int = 20) -> float:
+    """Median seconds of one pass over k tokens at the end of the prompt (prefilled once)."""
+    from evspec.runtime.decode import prefill
+
+    device = lm.device
+    times = []
+    with torch.inference_mode():
+        state = prefill(lm, embeds, factory).state
+        base = state.length
+        ids = list(range(5, 5 + k))
+        for i in range(n + 3):
+            sync(device)
+            start = time.perf_counter()
+            state.extend(token_ids=ids)
+            sync(device)
+            if i >= 3:
+                times.append(time.perf_counter() - start)
+            state.rollback(base)
+    return median(times)
+
+
+def split_summary(outs: list[Any]) -> dict[str, float]:
+    keys = ("target_prefill_s", "draft_prefill_s", "prefill_wall_s", "draft_s", "verify_s", "other_s", "total_s")
+    return {k: median([o.timings.as_dict()[k] for o in outs]) for k in keys}
+
+
+# --------------------------------------------------------------------------- parts
+
+
+def part_seeds(target, t_embeds, draft, d_embeds, args, factories, t_len, d_len) -> dict[str, Any]:
+    """(1) a 7B-shaped EventGPT-like draft for the 7B target, parallel prefill off and on."""
+    t_factory, d_factory = factories(target, t_len), factories(draft, d_len)
+    base = repeat(lambda: target_only(target, prompt_embeds=t_embeds, eos_token_ids=EOS, max_new_tokens=args.max_new_tokens,
+                                      min_new_tokens=args.max_new_tokens, state_factory=t_factory), args.repeats)
+    result: dict[str, Any] = {
+        "baseline_wall_s": median([b.wall_s for b in base]), "baseline_prefill_s": median([b.prefill_s for b in base]),
+        "baseline_decode_s": median([b.decode_s for b in base]),
+        "c_draft_step_over_target_pass": step_times(draft, d_factory, d_embeds, 1) / step_times(target, t_factory, t_embeds, args.gamma + 1),
+    }
+    bridge = identity_map(draft.vocab_size, target.vocab_size)
+    for parallel in (False, True):
+        proposer = DraftModelProposer(draft, bridge, state_factory=d_factory, prompt=lambda ctx: d_embeds, name="eventgpt-like-7b")
+        outs = repeat(lambda: speculative_generate(
+            target, proposer, prompt_embeds=t_embeds, eos_token_ids=EOS, gamma=args.gamma, max_new_tokens=args.max_new_tokens,
+            min_new_tokens=args.max_new_tokens, parallel_prefill=parallel, state_factory=t_factory), args.repeats)
+        assert all(o.token_ids == base[0].token_ids for o in outs), "speculative output differs from the target alone"
+        split = split_summary(outs)
+        result["parallel" if parallel else "sequential"] = {
+            **split, "speedup": result["baseline_wall_s"] / split["total_s"],
+            "acceptance_rate": outs[-1].counts.acceptance_rate, "mean_acceptance_length": outs[-1].counts.mean_acceptance_length,
+            "prefill_overlap": median([o.timings.prefill_overlap or 0.0 for o in outs]),
+        }
+    return result
+
+
+def part_oracle(target, t_embeds, draft, d_embeds, args, factories, t_len, d_len) -> dict[str, Any]:
+    """(2) a small draft under oracle(alpha): realized vs formula, c measured."""
+    t_factory, d_factory = factories(target, t_len), factories(draft, d_len)
+    base = repeat(lambda: target_only(target, prompt_embeds=t_embeds, eos_token_ids=EOS, max_new_tokens=args.max_new_tokens,
+                                      min_new_tokens=args.max_new_tokens, state_factory=t_factory), args.repeats)
+    reference = base[0].token_ids
+    base_wall, base_decode = median([b.wall_s for b in base]), median([b.decode_s for b in base])
+    draft_step = step_times(draft, d_factory, d_embeds, 1)
+    target_step = step_times(target, t_factory, t_embeds, 1)
+    rows = []
+    for gamma in args.gammas:
+        target_pass = step_times(target, t_factory, t_embeds, gamma + 1)
+        c = draft_step / target_pass
+        for alpha in args.alphas:
+            proposer = OracleProposer(draft, alpha, seed=args.seed, state_factory=d_factory, prompt=lambda ctx: d_embeds)
+            outs = repeat(lambda: speculative_generate(
+                target, proposer, prompt_embeds=t_embeds, eos_token_ids=EOS, gamma=gamma, max_new_tokens=args.max_new_tokens,
+                min_new_tokens=args.max_new_tokens, state_factory=t_factory, reference_ids=reference), args.repeats)
+            assert all(o.token_ids == reference for o in outs), "speculative output differs from the target alone"
+            split = split_summary(outs)
+            counts = outs[-1].counts
+            rows.append({
+                "gamma": gamma, "alpha": alpha, "synthetic": True, "c": c,
+                "target_pass_s": target_pass, "draft_step_s": draft_step,
+                "realized_acceptance_rate": counts.acceptance_rate,
+                "tokens_per_pass": counts.emitted_tokens / (counts.target_passes + 1),
+                "formula_tokens_per_pass": expected_tokens_per_pass(alpha, gamma),
+                "decode_speedup": base_decode / median([o.timings.decode_s for o in outs]),
+                "speedup": base_wall / split["total_s"],
+                "formula_speedup": expected_speedup(alpha, gamma, c),
+                **split,
+            })
+    return {"baseline_wall_s": base_wall, "baseline_decode_s": base_decode, "target_step_s": target_step,
+            "draft_step_s": draft_step, "rows": rows}
+
+
+def part_overlap(target, t_embeds, draft, d_embeds, args, factories, t_len, d_len, label: str) -> dict[str, Any]:
+    """(3) prefill phase only (prefill + the draft's first proposal): sequential vs concurrent."""
+    t_factory, d_factory = factories(target, t_len), factories(draft, d_len)
+    bridge = identity_map(draft.vocab_size, target.vocab_size)
+    proposer = DraftModelProposer(draft, bridge, state_factory=d_factory, prompt=lambda ctx: d_embeds)
+    result: dict[str, Any] = {"draft": label, "draft_device": str(draft.device)}
+    for parallel in (False, True):
+        outs = repeat(lambda: speculative_generate(
+            target, proposer, prompt_embeds=t_embeds, eos_token_ids=EOS, gamma=args.gamma, max_new_tokens=1,
+            parallel_prefill=parallel, state_factory=t_factory), args.repeats)
+        result["parallel" if parallel else "sequential"] = {
+            "target_prefill_s": median([o.timings.target_prefill_s for o in outs]),
+            "draft_prefill_s": median([o.timings.draft_prefill_s for o in outs]),
+            "prefill_wall_s": median([o.timings.prefill_wall_s for o in outs]),
+            "hidden_fraction": median([o.timings.prefill_overlap or 0.0 for o in outs]),
+        }
+    # What the user gets: wall time of the whole prefill phase saved by running both at once.
+    result["wall_saved_s"] = result["sequential"]["prefill_wall_s"] - result["parallel"]["prefill_wall_s"]
+    return result
+
+
+def guarded(name: str, results: dict[str, Any], fn: Callable[[], Any]) -> None:
+    """Run one part; a failure is recorded (with its traceback) and the other parts still run."""
+    try:
+        results[name] = fn()
+    except Exception as exc:  # noqa: BLE001 - a benchmark part failing must not lose the others
+        results[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        print(f"[{name}] FAILED: {type(exc).__name__}: {exc}")
+
+
+def release() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes on CPU: a smoke test of this script")
+    parser.add_argument("--state", choices=("static", "eager"), default="static")
+    parser.add_argument("--parts", default="1,2,3", help="which measurements, e.g. 2 or 1,3")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--gamma", type=int, default=5, help="gamma of parts 1 and 3")
+    parser.add_argument("--gammas", default="3,5,8")
+    parser.add_argument("--alphas", default="0.3,0.5,0.7,0.8,0.9")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="write all numbers as JSON here")
+    args = parser.parse_args()
+    args.gammas = [int(g) for g in args.gammas.split(",")]
+    args.alphas = [float(a) for a in args.alphas.split(",")]
+    parts = {int(p) for p in args.parts.split(",")}
+
+    device = torch.device("cpu" if args.quick or not torch.cuda.is_available() else "cuda")
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    target_shape, big_draft, small_draft = (TINY, TINY, TINY_DRAFT) if args.quick else (VICUNA_7B, VICUNA_7B, DRAFT_200M)
+    vocab = 512 if args.quick else VOCAB
+    sizes = QUICK_PROMPTS if args.quick else FULL_PROMPTS
+    margin = args.max_new_tokens + max(args.gammas + [args.gamma]) + 8
+    t_len = sizes["target_visual"] + sizes["target_text"] + margin
+    d_len = sizes["draft_visual"] + sizes["draft_text"] + margin
+    two_gpus = device.type == "cuda" and torch.cuda.device_count() >= 2
+    factories = Factories(args.state, device)
+
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "gpus": torch.cuda.device_count() if device.type == "cuda" else 0,
+        "dtype": str(dtype), "state": args.state, "compiled": args.state == "static" and device.type == "cuda",
+        "seed": args.seed, "repeats": args.repeats, "max_new_tokens": args.max_new_tokens, "prompts": sizes,
+        "shapes": {"target": target_shape, "draft_7b": big_draft, "draft_small": small_draft, "vocab": vocab},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "cuda": torch.version.cuda, "python": platform.python_version()},
+    }
+    print(f"device {results['device']} x{results['gpus']}  dtype {dtype}  state {args.state}  torch {torch.__version__}  "
+          f"transformers {transformers.__version__}  seed {args.seed}  repeats {args.repeats} (medians)")
+    target = build_lm(target_shape, vocab, t_len, device, dtype, args.seed)
+    t_embeds = prompt_embeds(target, sizes["target_visual"], sizes["target_text"], args.seed)
+    results["params"] = {"target": n_params(target)}
+    print(f"target {n_params(target) / 1e9:.2f}B params, prompt {t_embeds.shape[1]} tokens; max_new_tokens {args.max_new_tokens}")
+
+    if 1 in parts or 3 in parts:
+        draft = build_lm(big_draft, vocab, d_len, device, dtype, args.seed + 1)
+        d_embeds = prompt_embeds(draft, sizes["draft_visual"], sizes["draft_text"], args.seed + 1)
+        results["params"]["draft_7b"] = n_params(draft)
+        if 1 in parts:
+            guarded("seeds_config", results, lambda: part_seeds(target, t_embeds, draft, d_embeds, args, factories, t_len, d_len))
+        if 3 in parts:
+            guarded("overlap_1gpu_7b_draft", results, lambda: part_overlap(
+                target, t_embeds, draft, d_embeds, args, factories, t_len, d_len, "7B-shaped, same GPU"))
+        del draft, d_embeds
+        release()
+        if 3 in parts and two_gpus:
+            draft = build_lm(big_draft, vocab, d_len, torch.device("cuda", 1), dtype, args.seed + 1)
+            d_embeds = prompt_embeds(draft, sizes["draft_visual"], sizes["draft_text"], args.seed + 1)
+            guarded("overlap_2gpu_7b_draft", results, lambda: part_overlap(
+                target, t_embeds, draft, d_embeds, args, factories, t_len, d_len, "7B-shaped, second GPU"))
+            del draft, d_embeds
+            release()
+    if 2 in parts or 3 in parts:
+        draft = build_lm(small_draft, vocab, d_len, device, dtype, args.seed + 2)
+        d_embeds = prompt_embeds(draft, sizes["draft_visual"], sizes["draft_text"], args.seed + 2)
+        results["params"]["draft_small"] = n_params(draft)
+        if 2 in parts:
+            guarded("oracle_grid", results, lambda: part_oracle(target, t_embeds, draft, d_embeds, args, factories, t_len, d_len))
+        if 3 in parts:
+            guarded("overlap_1gpu_small_draft", results, lambda: part_overlap(
+                target, t_embeds, draft, d_embeds, args, factories, t_len, d_len, "small, same GPU"))
+
+    report(results)
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+
+def report(results: dict[str, Any]) -> None:
+    seeds = results.get("seeds_config")
+    if seeds and "error" not in seeds:
+        print(f"\n(1) seeds' configuration: 7B-shaped draft, gamma from --gamma; target alone {seeds['baseline_wall_s'] * 1e3:.1f} ms "
+              f"(prefill {seeds['baseline_prefill_s'] * 1e3:.1f}, decode {seeds['baseline_decode_s'] * 1e3:.1f}); "
+              f"c = {seeds['c_draft_step_over_target_pass']:.2f}")
+        for mode in ("sequential", "parallel"):
+            s = seeds[mode]
+            print(f"  {mode:10s} wall {s['total_s'] * 1e3:8.1f} ms  speedup {s['speedup']:.2f}x  acceptance {s['acceptance_rate']:.3f}  "
+                  f"prefill target {s['target_prefill_s'] * 1e3:.1f} / draft {s['draft_prefill_s'] * 1e3:.1f} / wall "
+                  f"{s['prefill_wall_s'] * 1e3:.1f} ms (hidden {s['prefill_overlap']:.2f})  draft {s['draft_s'] * 1e3:.1f}  "
+                  f"verify {s['verify_s'] * 1e3:.1f} ms")
+    grid = results.get("oracle_grid")
+    if grid and "error" not in grid:
+        print(f"\n(2) oracle(alpha) [synthetic], small draft: target step {grid['target_step_s'] * 1e3:.2f} ms, "
+              f"draft step {grid['draft_step_s'] * 1e3:.2f} ms; target alone {grid['baseline_wall_s'] * 1e3:.1f} ms")
+        print(f"  {'gamma':>5s} {'alpha':>5s} {'c':>5s} {'tok/pass':>8s} {'formula':>7s} {'decode x':>8s} {'e2e x':>6s} {'formula x':>9s}")
+        for r in grid["rows"]:
+            print(f"  {r['gamma']:5d} {r['alpha']:5.2f} {r['c']:5.3f} {r['tokens_per_pass']:8.2f} {r['formula_tokens_per_pass']:7.2f} "
+                  f"{r['decode_speedup']:8.2f} {r['speedup']:6.2f} {r['formula_speedup']:9.2f}")
+    for key in ("overlap_1gpu_7b_draft", "overlap_2gpu_7b_draft", "overlap_1gpu_small_draft"):
+        o = results.get(key)
+        if o and "error" not in o:
+            print(f"\n(3) prefill overlap, {o['draft']} ({o['draft_device']})")
+            for mode in ("sequential", "parallel"):
+                s = o[mode]
+                print(f"  {mode:10s} target {s['target_prefill_s'] * 1e3:7.1f} ms  draft {s['draft_prefill_s'] * 1e3:7.1f} ms  "
+                      f"wall {s['prefill_wall_s'] * 1e3:7.1f} ms  hidden fraction {s['hidden_fraction']:.2f}")
+            print(f"  wall saved by running them together: {o['wall_saved_s'] * 1e3:.1f} ms")
+    for key, value in results.items():
+        if isinstance(value, dict) and "error" in value:
+            print(f"\n[{key}] failed: {value['error']}")
+
+
+if __name__ == "__main__":
+    main()
