@@ -103,9 +103,14 @@ class Factories:
             return EagerState
         from evspec.runtime.static import StaticDecoder
 
-        if id(lm) not in self._made:
-            self._made[id(lm)] = StaticDecoder(lm, max_length, compile=self.compile)
-        return self._made[id(lm)]
+        made = self._made.get(id(lm))
+        if made is None or made[0] is not lm:  # an id can be reused after a model is freed
+            made = self._made[id(lm)] = (lm, StaticDecoder(lm, max_length, compile=self.compile))
+        return made[1]
+
+    def forget(self, lm: LanguageModel) -> None:
+        """Drop a freed model's static cache (its memory)."""
+        self._made.pop(id(lm), None)
 
 
 def median(values: list[float]) -> float:
@@ -297,6 +302,7 @@ def main() -> None:
         if 3 in parts:
             guarded("overlap_1gpu_7b_draft", results, lambda: part_overlap(
                 target, t_embeds, draft, d_embeds, args, factories, t_len, d_len, "7B-shaped, same GPU"))
+        factories.forget(draft)
         del draft, d_embeds
         release()
         if 3 in parts and two_gpus:
@@ -304,6 +310,7 @@ def main() -> None:
             d_embeds = prompt_embeds(draft, sizes["draft_visual"], sizes["draft_text"], args.seed + 1)
             guarded("overlap_2gpu_7b_draft", results, lambda: part_overlap(
                 target, t_embeds, draft, d_embeds, args, factories, t_len, d_len, "7B-shaped, second GPU"))
+            factories.forget(draft)
             del draft, d_embeds
             release()
     if 2 in parts or 3 in parts:
