@@ -22,9 +22,10 @@ Definitions (all in seconds; stages run one after another, never nested):
 - TPOT (time per output token) = (token stage time - ``token_latencies[0]``) / (n_new - 1):
   the steady-state cost of one more token after the first (None when fewer than 2 tokens).
 - tokens/s = n_new / token stage time.
-- peak memory per stage: ``torch.cuda.reset_peak_memory_stats`` before the stage and
-  ``torch.cuda.max_memory_allocated`` after it, in bytes (host-side counters, no synchronize);
-  None on CPU.
+- peak memory per stage: ``torch.cuda.reset_peak_memory_stats`` before the stage and the
+  allocator's peak ``allocated_bytes`` (what ``torch.cuda.max_memory_allocated`` returns) after
+  it, in bytes: everything allocated at the peak, weights and caches included, not only what the
+  stage added (host-side counters, no synchronize). None on CPU.
 
 Cost: a stage is two event records (or two ``perf_counter`` calls); a token mark is one more.
 ``benchmarks/timing_overhead.py`` measures that the per-token marks cost < 1% of decode time.
@@ -110,9 +111,12 @@ class StageTimer:
         self.memory = memory and self.cuda
         self._pool: list[torch.cuda.Event] = []
         self._used = 0
+        self._stream: torch.cuda.Stream | None = None
         self.reset()
 
-    # ---- marks: a CUDA event recorded on the current stream, or a perf_counter reading
+    # ---- marks: a CUDA event recorded on the stream that was current when the stage opened
+    #      (looked up once per stage: ``Event.record()`` without a stream looks it up every
+    #      call), or a perf_counter reading
     def _mark(self) -> object:
         if not self.cuda:
             return time.perf_counter()
@@ -120,8 +124,12 @@ class StageTimer:
             self._pool.append(torch.cuda.Event(enable_timing=True))
         event = self._pool[self._used]
         self._used += 1
-        event.record()
+        event.record(self._stream)
         return event
+
+    def _peak_bytes(self) -> int:
+        # max_memory_allocated() flattens every allocator statistic in Python; read the one needed.
+        return int(torch.cuda.memory_stats_as_nested_dict(self.device)["allocated_bytes"]["all"]["peak"])
 
     def _elapsed(self, start: object, end: object) -> float:
         if self.cuda:
@@ -147,6 +155,8 @@ class StageTimer:
             torch.cuda.reset_peak_memory_stats(self.device)
         if self.nvtx:
             torch.cuda.nvtx.range_push(name)
+        if self.cuda:
+            self._stream = torch.cuda.current_stream(self.device)
         start = self._mark()
         self._open = (name, start)
         try:
@@ -158,7 +168,7 @@ class StageTimer:
                 torch.cuda.nvtx.range_pop()
             self._spans.append((name, start, end))
             if self.memory:
-                peak = int(torch.cuda.max_memory_allocated(self.device))
+                peak = self._peak_bytes()
                 self._peaks[name] = max(peak, self._peaks.get(name) or 0)
             else:
                 self._peaks.setdefault(name, None)
