@@ -17,23 +17,27 @@ from evspec.cli import err_console
 
 
 class RichReporter:
-    """The runner's Reporter as a rich progress bar; warnings print above the bar."""
+    """The runner's Reporter as a rich progress bar; warnings print above the bar.
+
+    The bar is redrawn only when the runner reports (between samples), never by rich's refresh
+    thread, so no thread of ours competes with a timed stage for the GIL.
+    """
 
     def __init__(self, progress: Any) -> None:
         self.progress = progress
         self.task = progress.add_task("starting", total=None)
 
     def start(self, total: int, done: int) -> None:
-        self.progress.update(self.task, total=total, completed=done)
+        self.progress.update(self.task, total=total, completed=done, refresh=True)
 
     def status(self, message: str) -> None:
-        self.progress.update(self.task, description=message)
+        self.progress.update(self.task, description=message, refresh=True)
 
     def warn(self, message: str) -> None:
         self.progress.console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
     def advance(self, record: Any) -> None:
-        self.progress.advance(self.task)
+        self.progress.update(self.task, advance=1, refresh=True)
 
 
 def _command_line(config: Any, out: Path, force: bool) -> str:
@@ -96,7 +100,7 @@ def bench(
     out = out if out is not None else Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     console = Console(highlight=False, soft_wrap=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
+    with Progress(*columns, console=err_console, transient=True, auto_refresh=False) as progress:
         result = run_bench(config, out, force=force, reporter=RichReporter(progress),
                            command=_command_line(config, out, force))
     console.print(summary_table(result.summary))

@@ -6,6 +6,7 @@ splice) so the runner is exercised exactly as with the real families, in millise
 
 from __future__ import annotations
 
+import gc
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -53,6 +54,7 @@ class StandInModel(VisionLanguageModel):
 
     def load(self, sample: Sample) -> VisualInput:
         self.calls[("load", self.name, sample.id)] += 1
+        self.calls[("gc enabled in a sample", gc.isenabled())] += 1
         frames = []
         for path in sample.event_image_paths:
             if not path.is_file():

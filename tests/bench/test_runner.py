@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from collections import Counter
 from pathlib import Path
@@ -70,6 +71,13 @@ def test_warmup_runs_are_discarded(tmp_path: Path, dataset: Path, loader: Any, c
     assert calls[("load", "a", "clip0")] == 2 and calls[("load", "a", "clip1")] == 2
     assert calls[("load", "a", "clip2")] == 1
     assert len(read_records(tmp_path / "run" / "records.jsonl")) == 3
+
+
+def test_garbage_collector_is_paused_inside_samples_only(tmp_path: Path, dataset: Path, loader: Any, calls: Counter) -> None:
+    assert gc.isenabled()
+    run_bench(_config(dataset, models=("a",)), tmp_path / "run", model_loader=loader)
+    assert calls[("gc enabled in a sample", False)] == 4 and calls[("gc enabled in a sample", True)] == 0
+    assert gc.isenabled() and not gc.get_freeze_count()
 
 
 def test_resume_skips_recorded_pairs(tmp_path: Path, dataset: Path, loader: Any, calls: Counter) -> None:
