@@ -43,6 +43,7 @@ import json
 import shlex
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -181,14 +182,15 @@ class TargetDecoder:
     ``cache``: ``eager`` = transformers modules + DynamicCache (bit-identical to generate());
     ``static`` = evspec's preallocated KV cache; ``compiled`` = the static cache with the step
     compiled (CUDA graphs; the first samples compile, which is what ``--warmup`` is for). One
-    static cache of the model's full context is kept per language model and reused.
+    static cache of the model's full context is kept per model and reused; it is held by a weak
+    reference to the model, so it is freed with the model (before the next model loads).
     """
 
     name = "target"
 
     def __init__(self, cache: CacheKind = "eager") -> None:
         self.cache = cache
-        self._static: dict[int, Any] = {}
+        self._static: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "cache": self.cache}
@@ -198,10 +200,10 @@ class TargetDecoder:
             return None
         from evspec.runtime.static import StaticDecoder
 
-        lm = model.language_model
-        if id(lm) not in self._static:
-            self._static = {id(lm): StaticDecoder(lm, lm.context_length, compile=self.cache == "compiled")}
-        return self._static[id(lm)]
+        if model not in self._static:
+            lm = model.language_model
+            self._static[model] = StaticDecoder(lm, lm.context_length, compile=self.cache == "compiled")
+        return self._static[model]
 
     def run(
         self, model: VisionLanguageModel, prepared: Prepared, features: VisualFeatures, sample: Sample,

@@ -189,3 +189,14 @@ def test_a_custom_decoder_plugs_into_records_and_summary(tmp_path: Path, dataset
     # the decoder's settings are part of the run's identity
     with pytest.raises(ConfigError, match="decoder"):
         run_bench(_config(dataset, models=("a",)), out, model_loader=loader)
+
+
+def test_static_cache_gives_the_eager_tokens_and_is_freed_with_the_model(tmp_path: Path, dataset: Path, loader: Any) -> None:
+    eager = run_bench(_config(dataset, models=("a",), warmup=0), tmp_path / "eager", model_loader=loader)
+    decoder = TargetDecoder("static")
+    static = run_bench(_config(dataset, models=("a",), warmup=0, cache="static"), tmp_path / "static",
+                       model_loader=loader, decoder=decoder)
+    assert [r.token_ids for r in static.records] == [r.token_ids for r in eager.records]
+    assert static.summary["identity"]["cache"] == "static"
+    gc.collect()
+    assert len(decoder._static) == 0  # the static cache went with the model
