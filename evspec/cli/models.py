@@ -93,7 +93,6 @@ def verify(
     """Check that decoupled generation (encode once, prefill, decode) equals the model's own generate()."""
     from rich.console import Console
     from rich.table import Table
-
     from transformers.utils import logging as hf_logging
 
     from evspec.models.hooks import measure_hook_overhead

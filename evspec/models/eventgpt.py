@@ -39,7 +39,12 @@ from transformers import (
 )
 
 from evspec.errors import InputError, ModelError
-from evspec.models.base import Prepared, VisionLanguageModel, VisualFeatures, VisualInput
+from evspec.models.base import (
+    Prepared,
+    VisionLanguageModel,
+    VisualFeatures,
+    VisualInput,
+)
 from evspec.models.registry import (
     LoadOptions,
     check_state_dict_keys,
@@ -49,7 +54,13 @@ from evspec.models.registry import (
     read_config_dict,
     require_checkpoint_folder,
 )
-from evspec.models.tokenizer import EVENT_TOKEN, EVENT_TOKEN_INDEX, add_special_tokens, load_tokenizer, tokenizer_event_token
+from evspec.models.tokenizer import (
+    EVENT_TOKEN,
+    EVENT_TOKEN_INDEX,
+    add_special_tokens,
+    load_tokenizer,
+    tokenizer_event_token,
+)
 from evspec.runtime.decode import LanguageModel
 
 if TYPE_CHECKING:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import Self
 
 
 class TowerTimer:
@@ -46,7 +47,7 @@ class TowerTimer:
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:
         self._ends.append(self._mark())
 
-    def __enter__(self) -> TowerTimer:
+    def __enter__(self) -> Self:
         self._starts.clear()
         self._ends.clear()
         self._handles = [

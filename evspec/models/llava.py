@@ -27,7 +27,12 @@ import torch
 from torch import nn
 
 from evspec.errors import InputError, ModelError
-from evspec.models.base import Prepared, VisionLanguageModel, VisualFeatures, VisualInput
+from evspec.models.base import (
+    Prepared,
+    VisionLanguageModel,
+    VisualFeatures,
+    VisualInput,
+)
 from evspec.models.eventgpt import greedy_generation_config
 from evspec.models.registry import (
     LoadOptions,
@@ -219,7 +224,10 @@ def _check_model_type(folder: Path, expected: str) -> None:
 
 def load_videollava(folder: str | Path, options: LoadOptions, *, name: str | None = None) -> VideoLlava:
     """A ``VideoLlavaForConditionalGeneration`` folder (e.g. LanguageBind/Video-LLaVA-7B-hf)."""
-    from transformers import VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor
+    from transformers import (
+        VideoLlavaForConditionalGeneration,
+        VideoLlavaImageProcessor,
+    )
 
     folder = require_checkpoint_folder(folder)
     _check_model_type(folder, "video_llava")

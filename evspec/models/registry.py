@@ -190,7 +190,7 @@ def checkpoint_keys(folder: Path) -> set[str]:
             try:
                 with safe_open(str(shard), framework="pt") as f:
                     keys.update(f.keys())
-            except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+            except Exception as error:
                 raise ModelError(f"{shard}: unreadable safetensors file ({error})") from error
         return keys
     bins = sorted(folder.glob("pytorch_model*.bin"))

@@ -34,8 +34,10 @@ _COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "white", "cyan
 _DIRECTIONS = ("right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right")
 _NUMBERS = ("No", "One", "Two", "Three", "Four", "Five", "Six", "seven", "eight", "nine", "ten")
 _TEMPLATES = (
-    "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
-    "helpful, detailed, and polite answers to the human's questions. USER: <event>\n{q} ASSISTANT:",
+    (
+        "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+        "helpful, detailed, and polite answers to the human's questions. USER: <event>\n{q} ASSISTANT:"
+    ),
     "USER: <video>\n{q} ASSISTANT:",
     "USER: <image>\n{q} ASSISTANT:",
 )

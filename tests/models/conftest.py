@@ -6,12 +6,12 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
 
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Iterator
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-from evspec.models.base import VisionLanguageModel, VisualInput  # noqa: E402
+from evspec.models.base import VisionLanguageModel, VisualInput
 
 N_FRAMES = {"eventgpt": 5, "videollava": 8, "llava": 1}
 

@@ -38,4 +38,4 @@ def test_overhead_report(tiny_models: dict) -> None:
     assert 0 < report.tower_s < report.generate_hooked_s
     assert report.generate_s > 0 and report.overhead_s == report.generate_hooked_s - report.generate_s
     with pytest.raises(ValueError):
-        measure_hook_overhead(model.vision_tower, lambda: [], repeats=0)
+        measure_hook_overhead(model.vision_tower, list, repeats=0)

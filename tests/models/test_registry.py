@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from evspec.errors import ConfigError, ModelError
-from evspec.models.registry import LoadOptions, load_model, parse_name, resolve_device, resolve_dtype
+from evspec.models.registry import (
+    LoadOptions,
+    load_model,
+    parse_name,
+    resolve_device,
+    resolve_dtype,
+)
 from tests.models.conftest import visual_input
 
 

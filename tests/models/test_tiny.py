@@ -9,7 +9,12 @@ import pytest
 
 from evspec.errors import ModelError
 from evspec.models import tiny
-from evspec.models.tokenizer import EVENT_TOKEN_INDEX, build_base_tokenizer, load_tokenizer, tokenizer_event_token
+from evspec.models.tokenizer import (
+    EVENT_TOKEN_INDEX,
+    build_base_tokenizer,
+    load_tokenizer,
+    tokenizer_event_token,
+)
 
 SENTENCE = "The red ring moves slowly down and to the right, the cyan square moves quickly downward."
 
