@@ -79,6 +79,13 @@ def bench(
     cache: str = typer.Option("eager", "--cache", help="KV cache: eager (transformers), static, compiled (CUDA graphs)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder. Default: runs/bench-<timestamp>."),
     force: bool = typer.Option(False, "--force", help="Discard results of another config in --out."),
+    draft: str | None = typer.Option(
+        None, "--draft", help="Decode speculatively with this draft: a model name, 'ngram' or 'oracle:ALPHA' (evspec.spec).",
+    ),
+    gamma: int = typer.Option(4, "--gamma", help="With --draft: drafted tokens per round."),
+    adaptive_gamma: bool = typer.Option(False, "--adaptive-gamma", help="With --draft: adapt gamma to acceptance."),
+    parallel_prefill: bool = typer.Option(False, "--parallel-prefill", help="With --draft: draft prefills concurrently."),
+    draft_device: str | None = typer.Option(None, "--draft-device", help="With --draft: the draft's device (default --device)."),
 ) -> None:
     """Benchmark each stage (load, preprocess, encode, prefill, decode) of each model.
 
@@ -100,9 +107,20 @@ def bench(
     out = out if out is not None else Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     console = Console(highlight=False, soft_wrap=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    decoder = None
+    command = _command_line(config, out, force)
+    if draft is not None:  # the speculative engine behind the runner's Decoder seam
+        from evspec.spec.report import SpecDecoder
+
+        device_ = config.resolved_device()
+        decoder = SpecDecoder(draft, gamma=gamma, adaptive_gamma=adaptive_gamma, parallel_prefill=parallel_prefill,
+                              device=device_, dtype=config.resolved_dtype(device_), draft_device=draft_device,
+                              cache=cache, seed=seed)
+        extra = ["--draft", draft, "--gamma", str(gamma)] + (["--draft-device", draft_device] if draft_device else [])
+        extra += [f for f, on in (("--adaptive-gamma", adaptive_gamma), ("--parallel-prefill", parallel_prefill)) if on]
+        command += " " + shlex.join(extra)
     with Progress(*columns, console=err_console, transient=True, auto_refresh=False) as progress:
-        result = run_bench(config, out, force=force, reporter=RichReporter(progress),
-                           command=_command_line(config, out, force))
+        result = run_bench(config, out, force=force, reporter=RichReporter(progress), decoder=decoder, command=command)
     console.print(summary_table(result.summary))
     console.print(f"wrote {out}/records.jsonl, {out}/summary.json and {result.report_path}")
     failed = [m for m in config.models if result.n_ok(m) == 0]

@@ -117,9 +117,17 @@ def spec(
         err_console.print(f"[red]error:[/] no sample succeeded (errors in {out}/records.jsonl)")
         raise typer.Exit(1)
     if s["lossless"] is False:
-        err_console.print(f"[red]error:[/] greedy output differs from the target alone on "
-                          f"{s['n_samples'] - s['n_lossless']} sample(s): see {out}/records.jsonl")
-        raise typer.Exit(1)
+        n_diff = s["n_samples"] - s["n_lossless"]
+        dtype_name = s["identity"]["dtype"]
+        if dtype_name in ("float32", "float64"):
+            err_console.print(f"[red]error:[/] greedy output differs from the target alone on {n_diff} sample(s) "
+                              f"in {dtype_name}: see first_divergence in {out}/records.jsonl")
+            raise typer.Exit(1)
+        # In 16-bit the verify pass (k+1 rows) and one-token decoding run different kernels, so
+        # near-tied logits can flip: reported, not fatal. float32 is the exact check.
+        err_console.print(f"[yellow]warning:[/] greedy output differs from the target alone on {n_diff} sample(s) "
+                          f"in {dtype_name} (near-ties flip between batched and single-token kernels; "
+                          f"rerun with --dtype float32 to check exactly): see first_divergence in {out}/records.jsonl")
 
 
 def register(app: typer.Typer) -> None:

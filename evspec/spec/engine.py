@@ -28,10 +28,11 @@ it measures both devices when the draft sits on a second GPU (CUDA events only t
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -142,6 +143,19 @@ def _now(devices: Sequence[torch.device]) -> float:
     return time.perf_counter()
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside a timed generation: one full collection over
+    transformers' objects costs hundreds of milliseconds (measured by the bench). Restored after."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _timed(job: Callable[[], Any], device: torch.device | None) -> tuple[Any, float]:
     """Run ``job`` (on its own CUDA stream when ``device`` is CUDA); its result and seconds."""
     stream = torch.cuda.Stream(device) if device is not None and device.type == "cuda" else None
@@ -191,7 +205,10 @@ class BaselineOutcome:
 
 @dataclass
 class SpecOutcome:
-    """A speculative generation: its tokens and text, token accounting and time split."""
+    """A speculative generation: its tokens and text, token accounting and time split.
+
+    ``gamma_trace``: drafts offered in each round after the first (shows the adaptive rule at work).
+    """
 
     token_ids: list[int]
     text: str
@@ -200,6 +217,7 @@ class SpecOutcome:
     synthetic: bool = False
     stopped_on_eos: bool = False
     gamma_trace: list[int] = field(default_factory=list)
+    n_prompt_tokens: int = 0
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -221,7 +239,7 @@ def target_only(
     """The target decoding alone (one pass per token) with the same state factory: the reference."""
     tgt = target_input(target, **inputs)
     devices = _devices(tgt.lm.device)
-    with torch.inference_mode():
+    with torch.inference_mode(), collector_paused():
         t0 = _now(devices)
         prefilled = prefill(tgt.lm, tgt.embed(), state_factory)
         t1 = _now(devices)
@@ -276,6 +294,7 @@ def speculative_generate(
     state_factory: StateFactory = EagerState,
     reference_ids: Sequence[int] | None = None,
     on_token: Callable[[int], None] | None = None,
+    stage: Callable[[str], AbstractContextManager[Any]] | None = None,
     **inputs: Any,
 ) -> SpecOutcome:
     """Speculative decoding of one sample (module docstring).
@@ -283,6 +302,9 @@ def speculative_generate(
     ``inputs``: the target's sample/prepared/features or prompt_ids/prompt_embeds (see
     :func:`target_input`). ``reference_ids``: the target-only greedy tokens (the oracle needs them).
     ``on_token(i)`` is called for every emitted token, in order, when its round ends.
+    ``stage(name)``: a context manager wrapped around the phases "prefill" (the target's, or both
+    when parallel), "draft_prefill" (sequential only) and "decode" (first token and rounds), e.g.
+    the benchmark's ``StageTimer.stage``.
     """
     if gamma < 1:
         raise ConfigError(f"gamma must be >= 1, got {gamma}")
@@ -310,13 +332,18 @@ def speculative_generate(
         proposer.start(ctx)
         return proposer.propose([], first_k)
 
-    with torch.inference_mode():
+    stage = stage or (lambda name: nullcontext())
+    with torch.inference_mode(), collector_paused():
         start = _now(devices)
         if parallel_prefill:
-            prefilled, t_target, first, t_draft, wall = run_concurrently(target_job, lm.device, draft_job, proposer.device)
+            with stage("prefill"):
+                prefilled, t_target, first, t_draft, wall = run_concurrently(
+                    target_job, lm.device, draft_job, proposer.device)
         else:
-            prefilled, t_target = _timed(target_job, None)
-            first, t_draft = _timed(draft_job, None)
+            with stage("prefill"):
+                prefilled, t_target = _timed(target_job, None)
+            with stage("draft_prefill"):
+                first, t_draft = _timed(draft_job, None)
             wall = _now(devices) - start
         timings.target_prefill_s, timings.draft_prefill_s, timings.prefill_wall_s = t_target, t_draft, wall
         state = prefilled.state
@@ -324,82 +351,83 @@ def speculative_generate(
         cap = min(max_new_tokens, state.capacity - n_prompt + 1)  # decode()'s cap: the last token needs no slot
         proposer.observe(prefilled.hidden[None])
 
-        out: list[int] = []
-        emitted = 0
+        with stage("decode"):
+            out: list[int] = []
+            emitted = 0
 
-        def emit(tokens: list[int]) -> int:
-            """Append tokens up to EOS or the cap; how many were appended."""
-            nonlocal emitted
-            before = len(out)
-            for token in tokens:
-                out.append(token)
-                if len(out) >= cap or token in eos:
-                    break
-            while on_token is not None and emitted < len(out):
-                on_token(emitted)
-                emitted += 1
-            return len(out) - before
+            def emit(tokens: list[int]) -> int:
+                """Append tokens up to EOS or the cap; how many were appended."""
+                nonlocal emitted
+                before = len(out)
+                for token in tokens:
+                    out.append(token)
+                    if len(out) >= cap or token in eos:
+                        break
+                while on_token is not None and emitted < len(out):
+                    on_token(emitted)
+                    emitted += 1
+                return len(out) - before
 
-        def finished() -> bool:
-            return len(out) >= cap or out[-1] in eos
+            def finished() -> bool:
+                return len(out) >= cap or out[-1] in eos
 
-        # ---- first token: the first draft guesses it, the prefill logits decide
-        first = first.truncate(cap - 1)
-        prefill_row = _mask_eos(prefilled.logits[None], 0, min_new_tokens, eos)
-        t = _now(devices)
-        verdict = _verify(prefill_row, first.truncate(1), sampling, generator)
-        timings.verify_s += _now(devices) - t
-        carry: Proposal | None = None
-        if verdict.n_accepted == 1:
-            carry = first.drop_first()
-            emit([first.token_ids[0]])
-        else:
-            counts.record_round(len(first), 0)
-            emit([verdict.next_token])  # type: ignore[list-item]
-        done = finished()
-        current_gamma = gamma
-        trace: list[int] = []
-
-        # ---- rounds
-        while not done:
-            room = cap - len(out) - 1  # drafts that fit: the pass adds len(drafts)+1 positions
-            requested = min(current_gamma, room)
+            # ---- first token: the first draft guesses it, the prefill logits decide
+            first = first.truncate(cap - 1)
+            prefill_row = _mask_eos(prefilled.logits[None], 0, min_new_tokens, eos)
             t = _now(devices)
-            if carry is not None:
-                proposal, carry = carry.truncate(room), None
-                first_round = True
-            else:
-                proposal = proposer.propose(out, requested) if requested > 0 else Proposal()
-                proposal = proposal.truncate(room)
-                first_round = False
-                timings.draft_s += _now(devices) - t
-                t = _now(devices)
-            step = state.extend(token_ids=[out[-1]] + proposal.token_ids)
-            logits = _mask_eos(step.logits, len(out), min_new_tokens, eos)
-            verdict = _verify(logits, proposal, sampling, generator)
+            verdict = _verify(prefill_row, first.truncate(1), sampling, generator)
             timings.verify_s += _now(devices) - t
-            counts.record_pass()
-            n = verdict.n_accepted
-            kept = min(n, emit(verdict.tokens(proposal.token_ids)))  # drafts past an accepted EOS do not count
-            if first_round:
-                counts.record_round(len(proposal) + 1, kept + 1)
+            carry: Proposal | None = None
+            if verdict.n_accepted == 1:
+                carry = first.drop_first()
+                emit([first.token_ids[0]])
             else:
-                counts.record_round(len(proposal), kept)
-                trace.append(len(proposal))
-                if adaptive_gamma:
-                    current_gamma = _next_gamma(current_gamma, requested, len(proposal), n, max_gamma)
+                counts.record_round(len(first), 0)
+                emit([verdict.next_token])  # type: ignore[list-item]
             done = finished()
-            if not done:
-                state.rollback(n_prompt + len(out) - 1)
-                proposer.observe(step.hidden[: n + 1])
-        if carry is not None:
-            counts.record_round(len(first), 1)  # the first drafts never reached a pass: EOS or the cap came first
+            current_gamma = gamma
+            trace: list[int] = []
+
+            # ---- rounds
+            while not done:
+                room = cap - len(out) - 1  # drafts that fit: the pass adds len(drafts)+1 positions
+                requested = min(current_gamma, room)
+                t = _now(devices)
+                if carry is not None:
+                    proposal, carry = carry.truncate(room), None
+                    first_round = True
+                else:
+                    proposal = proposer.propose(out, requested) if requested > 0 else Proposal()
+                    proposal = proposal.truncate(room)
+                    first_round = False
+                    timings.draft_s += _now(devices) - t
+                    t = _now(devices)
+                step = state.extend(token_ids=[out[-1]] + proposal.token_ids)
+                logits = _mask_eos(step.logits, len(out), min_new_tokens, eos)
+                verdict = _verify(logits, proposal, sampling, generator)
+                timings.verify_s += _now(devices) - t
+                counts.record_pass()
+                n = verdict.n_accepted
+                kept = min(n, emit(verdict.tokens(proposal.token_ids)))  # drafts past an accepted EOS do not count
+                if first_round:
+                    counts.record_round(len(proposal) + 1, kept + 1)
+                else:
+                    counts.record_round(len(proposal), kept)
+                    trace.append(len(proposal))
+                    if adaptive_gamma:
+                        current_gamma = _next_gamma(current_gamma, requested, len(proposal), n, max_gamma)
+                done = finished()
+                if not done:
+                    state.rollback(n_prompt + len(out) - 1)
+                    proposer.observe(step.hidden[: n + 1])
+            if carry is not None:
+                counts.record_round(len(first), 1)  # the first drafts never reached a pass: EOS or the cap came first
         timings.total_s = _now(devices) - start
     counts.emitted_tokens = len(out)
     return SpecOutcome(
         token_ids=out, text=tgt.decode_text(out), counts=counts, timings=timings,
         synthetic=proposer.synthetic, stopped_on_eos=bool(out) and out[-1] in eos,
-        gamma_trace=trace,
+        gamma_trace=trace, n_prompt_tokens=n_prompt,
     )
 
 
@@ -431,6 +459,14 @@ class Comparison:
         return self.spec.token_ids == self.baseline.token_ids if self.greedy else None
 
     @property
+    def first_divergence(self) -> int | None:
+        """Index of the first token where the speculative output leaves the baseline (None: equal)."""
+        a, b = self.spec.token_ids, self.baseline.token_ids
+        if a == b:
+            return None
+        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+    @property
     def speedup(self) -> float | None:
         return self.baseline.wall_s / self.spec.timings.total_s if self.spec.timings.total_s > 0 else None
 
@@ -453,6 +489,7 @@ class Comparison:
         """The JSON-ready per-sample record (``evspec spec``'s records.jsonl row, minus id/config)."""
         return {
             "lossless": self.lossless,
+            "first_divergence": self.first_divergence,
             "synthetic": self.spec.synthetic,
             "baseline": {
                 "token_ids": self.baseline.token_ids, "text": self.baseline.text,

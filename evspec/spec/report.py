@@ -16,10 +16,12 @@ With no dataset a small synthetic one is built into ``OUT/data`` by the bench's 
 
 from __future__ import annotations
 
+import gc
 import json
 import shlex
 import sys
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -320,6 +322,8 @@ def run_spec(
         proposer = build_proposer(config, target, model_loader, draft_device, dtype)
         target_factory = state_factory_for(config.cache, target.language_model)
         torch.manual_seed(config.seed)
+        gc.collect()
+        gc.freeze()  # the models' objects: later collections need not walk them
         for i in range(config.warmup):
             progress.status("warming up (discarded)")
             run_sample(config, target, proposer, samples[i % len(samples)], target_factory)
@@ -331,6 +335,10 @@ def run_spec(
                 handle.flush()
                 progress.advance(record)
 
+        del target, proposer
+        gc.unfreeze()
+        gc.collect()
+
     wanted = {s.id: i for i, s in enumerate(samples)}
     latest = {r["id"]: r for r in read_records(records_path) if r["id"] in wanted}
     records = sorted(latest.values(), key=lambda r: wanted[r["id"]])
@@ -338,6 +346,85 @@ def run_spec(
     (out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     report = write_report(out_dir, summary, records)
     return SpecRunResult(out_dir, records, summary, report)
+
+
+# --------------------------------------------------------------------------- the bench's decoder seam
+
+
+class SpecDecoder:
+    """``evspec bench --draft``: the speculative engine behind the bench's ``Decoder`` seam.
+
+    Stages it times (``StageTimer``): ``prefill`` (the target's prompt pass; with parallel prefill
+    the concurrent region of both models), ``draft_prefill`` (sequential only: the draft's own
+    load/preprocess/encode/prefill and first proposal) and ``decode`` (first token and rounds; every
+    emitted token is marked when its round ends, so a round's tokens arrive together). The oracle
+    needs the target-only greedy tokens: they are computed first, outside every stage.
+    One proposer per target model (the vocabulary bridge depends on the pair), one draft model.
+    """
+
+    def __init__(
+        self, draft: str, *, gamma: int = 4, max_gamma: int | None = None, adaptive_gamma: bool = False,
+        parallel_prefill: bool = False, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+        draft_device: str | None = None, cache: str = "eager", oracle_draft: str = "tiny-eventgpt",
+        bridge: str = "auto", seed: int = 0, model_loader: ModelLoader | None = None,
+    ) -> None:
+        self.config = SpecRunConfig(
+            draft=draft, gamma=gamma, max_gamma=max_gamma, adaptive_gamma=adaptive_gamma,
+            parallel_prefill=parallel_prefill, draft_device=draft_device, cache=cache, oracle_draft=oracle_draft,
+            bridge=bridge, seed=seed,
+        )
+        self.name = f"spec:{draft}"
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.loader = model_loader or registry_loader
+        self._proposers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._factories: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+    def describe(self) -> dict[str, Any]:
+        c = self.config
+        return {"name": self.name, "draft": c.draft, "gamma": c.gamma, "max_gamma": c.max_gamma,
+                "adaptive_gamma": c.adaptive_gamma, "parallel_prefill": c.parallel_prefill,
+                "draft_device": c.draft_device, "cache": c.cache, "bridge": c.bridge,
+                "oracle_draft": c.oracle_draft if c.draft_kind == "oracle" else None}
+
+    def _setup(self, model: VisionLanguageModel) -> tuple[Any, Any]:
+        if model not in self._proposers:
+            draft_device = resolve_device(self.config.draft_device) if self.config.draft_device else self.device
+            self._proposers[model] = build_proposer(self.config, model, self.loader, draft_device, self.dtype)
+            self._factories[model] = state_factory_for(self.config.cache, model.language_model)
+        return self._proposers[model], self._factories[model]
+
+    def run(self, model: VisionLanguageModel, prepared: Any, features: Any, sample: Sample, timer: Any,
+            settings: Any) -> Any:
+        from evspec.bench.runner import DecodeOutcome
+        from evspec.spec.engine import speculative_generate, target_only
+
+        proposer, factory = self._setup(model)
+        common = dict(prepared=prepared, features=features, sample=sample)
+        reference = None
+        if self.config.draft_kind == "oracle":
+            if not settings.sampling.greedy:
+                raise ConfigError("oracle:ALPHA is greedy only: use --temperature 0")
+            reference = target_only(model, max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.min_new_tokens,
+                                    state_factory=factory, **common).token_ids
+        out = speculative_generate(
+            model, proposer, gamma=self.config.gamma, max_new_tokens=settings.max_new_tokens,
+            min_new_tokens=settings.min_new_tokens, sampling=settings.sampling, adaptive_gamma=self.config.adaptive_gamma,
+            max_gamma=self.config.max_gamma, parallel_prefill=self.config.parallel_prefill, state_factory=factory,
+            reference_ids=reference, on_token=timer.mark_token, stage=timer.stage, **common,
+        )
+        c, t = out.counts, out.timings
+        metrics: dict[str, Any] = {
+            "acceptance_rate": c.acceptance_rate, "mean_acceptance_length": c.mean_acceptance_length,
+            "drafts": c.drafts, "drafted_tokens": c.drafted_tokens, "accepted_tokens": c.accepted_tokens,
+            "target_passes": c.target_passes, "tokens_per_target_pass": c.tokens_per_target_pass,
+            "draft_s": t.draft_s, "verify_s": t.verify_s, "prefill_overlap": t.prefill_overlap,
+            "per_position_acceptance_rate": c.per_position_acceptance_rate, "synthetic": out.synthetic,
+        }
+        if reference is not None:
+            metrics["lossless"] = out.token_ids == reference
+        return DecodeOutcome(token_ids=out.token_ids, n_prompt_tokens=out.n_prompt_tokens,
+                             stopped_on_eos=out.stopped_on_eos, metrics=metrics)
 
 
 # --------------------------------------------------------------------------- report

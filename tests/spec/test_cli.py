@@ -89,3 +89,20 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path: Path, dataset: Path, capsys
     assert code == 1
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and message in lines[0]
+
+
+def test_bench_draft_plugs_the_engine_into_the_bench(tmp_path: Path, dataset: Path) -> None:
+    """`evspec bench --draft`: the runner's Decoder seam drives the speculative engine."""
+    out = tmp_path / "bench"
+    assert main(["bench", "--model", "tiny-videollava", "--draft", "oracle:0.9", "--gamma", "3", "--dataset", str(dataset),
+                 "--max-samples", "1", "--max-new-tokens", "8", "--warmup", "0", "--out", str(out)]) == 0
+    (row,) = _rows(out)
+    assert row["error"] is None and row["decoder"] == "spec:oracle:0.9"
+    assert row["n_new_tokens"] == len(row["token_ids"]) == len(row["token_latencies_s"])
+    assert "draft_prefill" in row["extra_stages_s"] and row["prefill_s"] > 0 and row["decode_s"] > 0
+    metrics = row["metrics"]
+    assert metrics["synthetic"] is True and metrics["lossless"] is True and metrics["drafts"] >= 1
+    assert 0 <= metrics["acceptance_rate"] <= 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["identity"]["decoder"]["name"] == "spec:oracle:0.9"
+    assert "--draft oracle:0.9" in summary["command"]
