@@ -4,9 +4,8 @@ The classes reproduce upstream's module tree and state-dict keys (``model/EventC
 its checkpoints load unchanged: ``EventChatModel(LlamaForCausalLM)`` whose ``.model`` is a
 ``LlamaModel`` carrying ``visual_tower`` (a wrapper holding a ``CLIPVisionModel``, hence keys
 ``model.visual_tower.visual_tower.vision_model.*`` in upstream's files; transformers 5's CLIP is
-flat, so :func:`upstream_key` / ``key_mapping`` translate both ways), ``visual_projector`` (Linear,
-GELU, Linear) and
-``feature_adaptor`` (Linear). Per sample, each of T event frames goes through tower ->
+flat, so :func:`upstream_key` / ``key_mapping`` translate both ways), ``visual_projector``
+(Linear, GELU, Linear) and ``feature_adaptor`` (Linear). Per sample, each of T event frames goes through tower ->
 ``last_hidden_state`` (CLS kept) -> projector -> adaptor, giving [T, P+1, D]; the block spliced in
 place of ``<event>`` is [mean over patches (T rows); mean over time (P+1 rows)] = [T+P+1, D]
 (582 rows for 5 frames of CLIP-L/336).
