@@ -146,6 +146,10 @@ DEFINITIONS: dict[str, str] = {
     "samples_per_s": "successful samples / sum of their total_s",
     "tokens_per_s": "generated tokens / sum of total_s",
     "decode_tokens_per_s": "generated tokens / sum of decode_s",
-    "peak_memory_bytes": "torch.cuda.max_memory_allocated after the stage, peak stats reset before it; max over samples",
+    "peak_memory_bytes": "torch.cuda.max_memory_allocated after the stage, peak stats reset before it (so it "
+    "includes weights and caches already allocated); max over samples; null on CPU",
+    "garbage collection": "Python's cyclic GC is paused while a sample runs and the model's objects are frozen "
+    "(gc.freeze), so no full collection lands inside a timed stage",
+    "warm-up": "the first --warmup samples run through every stage per model and are discarded",
     "percentiles": "numpy.percentile, linear interpolation; stdev is the population standard deviation",
 }
