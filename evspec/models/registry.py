@@ -1,7 +1,8 @@
 """Model names -> loaded models, and the checks every loader shares.
 
 Names: ``tiny-eventgpt``, ``tiny-videollava``, ``tiny-llava`` (seeded random checkpoints built once
-and cached, see :mod:`evspec.models.tiny`), or ``FAMILY:PATH`` with FAMILY one of ``eventgpt``,
+and cached, see :mod:`evspec.models.tiny`), ``random-7b-eventgpt|videollava|llava`` (real shapes,
+random weights, built in memory: for speed measurements without checkpoints), or ``FAMILY:PATH`` with FAMILY one of ``eventgpt``,
 ``videollava``, ``llava`` and PATH a local checkpoint folder. A tiny name resolves to its cached
 folder and then takes exactly the path a real checkpoint takes.
 
@@ -291,7 +292,8 @@ def parse_name(name: str) -> tuple[str, Path | None]:
     if sep and family in FAMILIES and path:
         return family, Path(path).expanduser()
     raise ModelError(
-        f"unknown model {name!r}: use one of {', '.join(TINY_NAMES)}, or FAMILY:PATH with FAMILY in {', '.join(FAMILIES)}"
+        f"unknown model {name!r}: use one of {', '.join(TINY_NAMES)}, random-7b-FAMILY (real shapes, random "
+        f"weights), or FAMILY:PATH with FAMILY in {', '.join(FAMILIES)}"
     )
 
 
@@ -299,8 +301,14 @@ def load_model(
     name: str, *, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32", quantize: str | None = None
 ) -> VisionLanguageModel:
     """Load a model by name (module docstring) on ``device`` in ``dtype``, optionally 4-/8-bit."""
-    family, folder = parse_name(name)
+    from evspec.models.tiny import RANDOM_NAMES, random_model
+
     options = LoadOptions.resolve(device, dtype, quantize)
+    if name in RANDOM_NAMES:
+        if quantize is not None:
+            raise ConfigError(f"{name} has random weights: quantising them measures nothing real")
+        return random_model(name, options.device, options.torch_dtype)
+    family, folder = parse_name(name)
     if folder is None:
         from evspec.models.tiny import tiny_checkpoint
 

@@ -50,17 +50,74 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EVSPEC_CACHE") or "~/.cache/evspec").expanduser() / "tiny"
 
 
-def _clip_config():
+def _clip_config(clip: dict = CLIP):
     from transformers import CLIPVisionConfig
 
-    return CLIPVisionConfig(**CLIP)
+    return CLIPVisionConfig(**clip)
 
 
-def _clip_image_processor():
+def _clip_image_processor(size: int = IMAGE_SIZE):
     from transformers import CLIPImageProcessor
 
-    size = {"shortest_edge": IMAGE_SIZE}
-    return CLIPImageProcessor(size=size, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def _eventgpt_tokenizer():
+    from evspec.models.eventgpt import EV_END_TOKEN, EV_START_TOKEN, EVENT_PATCH_TOKEN
+
+    tokenizer = build_base_tokenizer()
+    add_special_tokens(tokenizer, [EVENT_PATCH_TOKEN])
+    add_special_tokens(tokenizer, [EV_START_TOKEN, EV_END_TOKEN])
+    return tokenizer
+
+
+def _eventgpt_config(llama: dict, clip, vocab_size: int, context: int):
+    from evspec.models.eventgpt import EventChatConfig
+
+    return EventChatConfig(
+        **llama, vocab_size=vocab_size, mm_visual_tower="clip_tower", event_feature_adaptor=True,
+        mm_use_im_patch_token=True, mm_use_im_start_end=True, tokenizer_model_max_length=context,
+        visual_tower_config=clip.to_dict(), architectures=["EventChatModel"],
+    )
+
+
+def _llava_tokenizer(special: list[str]):
+    tokenizer = build_base_tokenizer()
+    add_special_tokens(tokenizer, special)
+    tokenizer.pad_token = "<pad>"
+    return tokenizer
+
+
+def _videollava_config(llama: dict, clip, tokenizer, vocab_size: int):
+    from transformers import LlamaConfig, VideoLlavaConfig
+
+    return VideoLlavaConfig(
+        vision_config=clip,
+        text_config=LlamaConfig(**llama, vocab_size=vocab_size, pad_token_id=tokenizer.pad_token_id),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
+    )
+
+
+def _llava_config(llama: dict, clip, tokenizer, vocab_size: int):
+    from transformers import LlamaConfig, LlavaConfig
+
+    return LlavaConfig(
+        vision_config=clip,
+        text_config=LlamaConfig(**llama, vocab_size=vocab_size, pad_token_id=tokenizer.pad_token_id),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
+    )
+
+
+def _llava_processor(tokenizer, image_size: int, patch_size: int):
+    from transformers import LlavaProcessor
+
+    return LlavaProcessor(
+        image_processor=_clip_image_processor(image_size), tokenizer=tokenizer, patch_size=patch_size,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+    )
 
 
 def build_tiny_eventgpt(folder: Path) -> None:
@@ -68,28 +125,15 @@ def build_tiny_eventgpt(folder: Path) -> None:
     folder ``clip_tower/`` that ``mm_visual_tower`` points to (relative to the checkpoint)."""
     from transformers import CLIPVisionModel
 
-    from evspec.models.eventgpt import (
-        EV_END_TOKEN,
-        EV_START_TOKEN,
-        EVENT_PATCH_TOKEN,
-        EventChatConfig,
-        EventChatModel,
-        save_eventgpt,
-    )
+    from evspec.models.eventgpt import EventChatModel, save_eventgpt
 
-    tokenizer = build_base_tokenizer()
-    add_special_tokens(tokenizer, [EVENT_PATCH_TOKEN])
-    add_special_tokens(tokenizer, [EV_START_TOKEN, EV_END_TOKEN])
+    tokenizer = _eventgpt_tokenizer()
     clip = _clip_config()
     torch.manual_seed(SEED)
     tower = CLIPVisionModel(clip).eval()
     tower.save_pretrained(folder / "clip_tower")
     _clip_image_processor().save_pretrained(folder / "clip_tower")
-    config = EventChatConfig(
-        **LLAMA, vocab_size=len(tokenizer), mm_visual_tower="clip_tower", event_feature_adaptor=True,
-        mm_use_im_patch_token=True, mm_use_im_start_end=True, tokenizer_model_max_length=CONTEXT,
-        visual_tower_config=clip.to_dict(), architectures=["EventChatModel"],
-    )
+    config = _eventgpt_config(LLAMA, clip, len(tokenizer), CONTEXT)
     torch.manual_seed(SEED + 1)
     model = EventChatModel(config).eval()
     model.model.visual_tower.visual_tower.load_state_dict(tower.state_dict())
@@ -99,23 +143,10 @@ def build_tiny_eventgpt(folder: Path) -> None:
 
 def build_tiny_videollava(folder: Path) -> None:
     """Video-LLaVA: ``<image>``, ``<video>``, ``<pad>`` after the base vocabulary (as 32000-32002)."""
-    from transformers import (
-        LlamaConfig,
-        VideoLlavaConfig,
-        VideoLlavaForConditionalGeneration,
-        VideoLlavaImageProcessor,
-    )
+    from transformers import VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor
 
-    tokenizer = build_base_tokenizer()
-    add_special_tokens(tokenizer, ["<image>", "<video>", "<pad>"])
-    tokenizer.pad_token = "<pad>"
-    config = VideoLlavaConfig(
-        vision_config=_clip_config(),
-        text_config=LlamaConfig(**LLAMA, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
-        vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
-    )
+    tokenizer = _llava_tokenizer(["<image>", "<video>", "<pad>"])
+    config = _videollava_config(LLAMA, _clip_config(), tokenizer, len(tokenizer))
     torch.manual_seed(SEED + 2)
     VideoLlavaForConditionalGeneration(config).eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -125,29 +156,13 @@ def build_tiny_videollava(folder: Path) -> None:
 
 def build_tiny_llava(folder: Path) -> None:
     """LLaVA-1.5: ``<image>``, ``<pad>`` after the base vocabulary; a saved ``LlavaProcessor``."""
-    from transformers import (
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    from transformers import LlavaForConditionalGeneration
 
-    tokenizer = build_base_tokenizer()
-    add_special_tokens(tokenizer, ["<image>", "<pad>"])
-    tokenizer.pad_token = "<pad>"
-    config = LlavaConfig(
-        vision_config=_clip_config(),
-        text_config=LlamaConfig(**LLAMA, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
-    )
+    tokenizer = _llava_tokenizer(["<image>", "<pad>"])
+    config = _llava_config(LLAMA, _clip_config(), tokenizer, len(tokenizer))
     torch.manual_seed(SEED + 3)
     LlavaForConditionalGeneration(config).eval().save_pretrained(folder)
-    processor = LlavaProcessor(
-        image_processor=_clip_image_processor(), tokenizer=tokenizer, patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,
-    )
-    processor.save_pretrained(folder)
+    _llava_processor(tokenizer, IMAGE_SIZE, PATCH_SIZE).save_pretrained(folder)
 
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
@@ -176,3 +191,51 @@ def tiny_checkpoint(name: str) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+# --------------------------------------------------------------------------- real shapes, random weights
+
+# Vicuna-7B (LLaMA-2-7B shape) and CLIP ViT-L/14: what EventGPT-7B, Video-LLaVA-7B and LLaVA-1.5-7B are
+# built from. With random weights these time the real work where no checkpoint can be had; their
+# answers are noise. The vocabulary is Video-LLaVA's 32064 for all three (EventGPT's is 32003).
+VICUNA_7B = dict(
+    hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
+)
+CLIP_L = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+              projection_dim=768, patch_size=14)
+VOCAB_7B = 32064
+RANDOM_NAMES = {"random-7b-eventgpt": "eventgpt", "random-7b-videollava": "videollava", "random-7b-llava": "llava"}
+
+
+def random_model(name: str, device: torch.device, dtype: torch.dtype):  # -> VisionLanguageModel
+    """A real-shape model with seeded random weights, built in memory on ``device`` (no 14 GB file)."""
+    from transformers import LlavaForConditionalGeneration, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor
+
+    from evspec.models.eventgpt import EventChatModel, EventGPT
+    from evspec.models.llava import Llava, VideoLlava
+
+    if name not in RANDOM_NAMES:
+        raise ModelError(f"unknown random-weight model {name!r}: use one of {', '.join(RANDOM_NAMES)}")
+    family = RANDOM_NAMES[name]
+    torch.manual_seed(SEED)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            if family == "eventgpt":
+                tokenizer = _eventgpt_tokenizer()
+                clip = _clip_config({**CLIP_L, "image_size": 336})
+                model = EventChatModel(_eventgpt_config(VICUNA_7B, clip, VOCAB_7B, 2048)).eval()
+                return EventGPT(model, tokenizer, _clip_image_processor(336), name=name)
+            if family == "videollava":
+                tokenizer = _llava_tokenizer(["<image>", "<video>", "<pad>"])
+                config = _videollava_config(VICUNA_7B, _clip_config({**CLIP_L, "image_size": 224}), tokenizer, VOCAB_7B)
+                size = {"shortest_edge": 224}
+                processor = VideoLlavaImageProcessor(size=size, crop_size={"height": 224, "width": 224})
+                return VideoLlava(VideoLlavaForConditionalGeneration(config).eval(), tokenizer, processor, name=name)
+            tokenizer = _llava_tokenizer(["<image>", "<pad>"])
+            config = _llava_config(VICUNA_7B, _clip_config({**CLIP_L, "image_size": 336}), tokenizer, VOCAB_7B)
+            return Llava(LlavaForConditionalGeneration(config).eval(), _llava_processor(tokenizer, 336, 14), name=name)
+    finally:
+        torch.set_default_dtype(previous)
