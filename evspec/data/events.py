@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import hdf5plugin  # importing it registers the Blosc filters DSEC files need before h5py opens them
 import numpy as np
 import numpy.lib.format as npy_format
 
@@ -278,6 +277,14 @@ def _require_events(stream: EventStream, path: str | Path, what: str) -> None:
         raise InputError(f"{what} needs an EventStream, got {type(stream).__name__}", path)
     if len(stream) == 0:
         raise InputError(f"refusing to {what} an empty event stream", path)
+
+
+def _register_blosc():  # noqa: ANN202 - the hdf5plugin module
+    """Importing hdf5plugin registers the Blosc filters DSEC files need before h5py opens them.
+    Imported here, not at module load: most evspec runs read no .h5 file."""
+    import hdf5plugin
+
+    return hdf5plugin
 
 
 def _temp_sibling(path: Path) -> Path:
@@ -605,6 +612,7 @@ class DsecEventFile:
         self.sensor_size = _check_sensor_size(sensor_size, path)
         cache = {} if chunk_cache_bytes is None else {"rdcc_nbytes": int(chunk_cache_bytes)}
         try:
+            _register_blosc()
             self._file = h5py.File(self.path, "r", **cache)
         except OSError as err:
             raise InputError(f"cannot open as HDF5 (truncated or not an HDF5 file: {err})", self.path) from None
@@ -735,6 +743,7 @@ class DsecEventWriter:
 
     def __enter__(self) -> DsecEventWriter:
         self._tmp = _temp_sibling(self.path)
+        hdf5plugin = _register_blosc()
         self._file = h5py.File(self._tmp, "w")
         compression = hdf5plugin.Blosc(cname="zstd", clevel=1, shuffle=hdf5plugin.Blosc.SHUFFLE)
         self._ds = {

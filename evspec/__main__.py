@@ -1,0 +1,5 @@
+"""`python -m evspec` runs the command line."""
+
+from evspec.cli import run
+
+run()
