@@ -86,6 +86,25 @@ class DecodeState(Protocol):
     def rollback(self, length: int) -> None: ...
 
 
+def extend_inputs(
+    state: DecodeState, embeds: torch.Tensor | None, token_ids: Sequence[int] | torch.Tensor | None
+) -> tuple[torch.Tensor, bool]:
+    """One ``extend`` call's input as a batch of one: ([1, k, D] embeddings, False) or ([1, k] ids,
+    True), after checking that exactly one was given and that the cache has room for it."""
+    if (embeds is None) == (token_ids is None):
+        raise ValueError("extend takes exactly one of embeds or token_ids")
+    if embeds is not None:
+        inputs, is_ids = (embeds if embeds.dim() == 3 else embeds.unsqueeze(0)), False
+    else:
+        inputs, is_ids = torch.as_tensor(token_ids, dtype=torch.long, device=state.lm.device).reshape(1, -1), True
+    k = inputs.shape[1]
+    if k == 0:
+        raise ValueError("extend needs at least one position")
+    if state.length + k > state.capacity:
+        raise ConfigError(f"sequence of {state.length + k} tokens exceeds the cache's {state.capacity} positions")
+    return inputs, is_ids
+
+
 class EagerState:
     """transformers modules + ``DynamicCache``: bit-identical to the family's ``generate()``."""
 
@@ -109,21 +128,9 @@ class EagerState:
         self, *, embeds: torch.Tensor | None = None, token_ids: Sequence[int] | torch.Tensor | None = None,
         last_only: bool = False,
     ) -> StepOutput:
-        if (embeds is None) == (token_ids is None):
-            raise ValueError("extend takes exactly one of embeds or token_ids")
-        if embeds is not None:
-            embeds = embeds if embeds.dim() == 3 else embeds.unsqueeze(0)
-            k = embeds.shape[1]
-            ids = None
-        else:
-            ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.lm.device).reshape(1, -1)
-            k = ids.shape[1]
-        if k == 0:
-            raise ValueError("extend needs at least one position")
-        if self._length + k > self.lm.context_length:
-            raise ConfigError(
-                f"sequence of {self._length + k} tokens exceeds the model's context of {self.lm.context_length}"
-            )
+        inputs, is_ids = extend_inputs(self, embeds, token_ids)
+        k = inputs.shape[1]
+        ids, embeds = (inputs, None) if is_ids else (None, inputs)
         device = self.lm.device
         positions = torch.arange(self._length, self._length + k, device=device)
         # generate() passes an all-ones mask for one unpadded sequence; do the same so the

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from evspec.errors import ConfigError
-from evspec.runtime.decode import LanguageModel, StepOutput
+from evspec.runtime.decode import LanguageModel, StepOutput, extend_inputs
 
 
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -149,18 +149,10 @@ class StaticState:
         decoder = self.decoder
         if decoder._active is not self:
             raise RuntimeError("this StaticState's cache was handed to a newer sequence")
-        if (embeds is None) == (token_ids is None):
-            raise ValueError("extend takes exactly one of embeds or token_ids")
-        device = self.lm.device
-        if embeds is None:
-            inputs = torch.as_tensor(token_ids, dtype=torch.long, device=device).reshape(1, -1)
-            step = decoder._step
-        else:
-            inputs = embeds if embeds.dim() == 3 else embeds.unsqueeze(0)
-            step = decoder._forward  # prefill: variable length, not worth a graph per prompt
-        k = inputs.shape[1]
-        if self._length + k > decoder.max_length:
-            raise ConfigError(f"sequence of {self._length + k} tokens exceeds the static cache of {decoder.max_length}")
+        inputs, is_ids = extend_inputs(self, embeds, token_ids)
+        # prefill (embeddings) runs eagerly: its length varies per prompt, not worth a graph each
+        step = decoder._step if is_ids else decoder._forward
+        k, device = inputs.shape[1], self.lm.device
         positions = torch.arange(self._length, self._length + k, device=device)
         hidden, logits = step(inputs, positions)
         # Graph outputs live in memory the next replay overwrites: keep copies.
