@@ -156,9 +156,30 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _timed(job: Callable[[], Any], device: torch.device | None) -> tuple[Any, float]:
+def _timed_synced(job: Callable[[], Any], devices: Sequence[torch.device]) -> tuple[Any, float]:
+    """Run ``job`` on the current stream; seconds until its device work is done."""
+    start = _now(devices)
+    result = job()
+    return result, _now(devices) - start
+
+
+_STREAMS: dict[tuple[int, str], torch.cuda.Stream] = {}
+
+
+def side_stream(device: torch.device, role: str) -> torch.cuda.Stream:
+    """One persistent CUDA stream per (device, role). Persistent because a stream's first GEMM
+    allocates cuBLAS workspace (a cudaMalloc, which waits for the whole device): a fresh stream
+    per call would serialize the very work it is meant to overlap."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    key = (index, role)
+    if key not in _STREAMS:
+        _STREAMS[key] = torch.cuda.Stream(torch.device("cuda", index))
+    return _STREAMS[key]
+
+
+def _timed(job: Callable[[], Any], device: torch.device | None, role: str = "target") -> tuple[Any, float]:
     """Run ``job`` (on its own CUDA stream when ``device`` is CUDA); its result and seconds."""
-    stream = torch.cuda.Stream(device) if device is not None and device.type == "cuda" else None
+    stream = side_stream(device, role) if device is not None and device.type == "cuda" else None
     with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else nullcontext()):
         start = time.perf_counter()
         result = job()
@@ -177,13 +198,26 @@ def run_concurrently(
     streams are synchronized before returning, so later work on the default stream sees the results.
     """
     devices = _devices(first_device, second_device)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evspec-draft") as pool:
-        start = _now(devices)
-        future = pool.submit(_timed, second, second_device)
-        first_result, first_s = _timed(first, first_device)
-        second_result, second_s = future.result()
-        wall = _now(devices) - start
+    start = _now(devices)
+    future = _worker().submit(_timed, second, second_device, "draft")
+    first_result, first_s = _timed(first, first_device, "target")
+    second_result, second_s = future.result()
+    wall = _now(devices) - start
     return first_result, first_s, second_result, second_s, wall
+
+
+_WORKER: ThreadPoolExecutor | None = None
+
+
+def _worker() -> ThreadPoolExecutor:
+    """One persistent worker thread for the draft side. Persistent because CUDA libraries keep
+    per-thread state (cuBLAS handles and workspaces): a new thread per sample re-creates them,
+    which synchronizes with the device and put the draft behind the target's whole prefill (seen
+    on H200s, with the draft on its own GPU)."""
+    global _WORKER
+    if _WORKER is None:
+        _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evspec-draft")
+    return _WORKER
 
 
 # --------------------------------------------------------------------------- outcomes
@@ -341,9 +375,9 @@ def speculative_generate(
                     target_job, lm.device, draft_job, proposer.device)
         else:
             with stage("prefill"):
-                prefilled, t_target = _timed(target_job, None)
+                prefilled, t_target = _timed_synced(target_job, devices)
             with stage("draft_prefill"):
-                first, t_draft = _timed(draft_job, None)
+                first, t_draft = _timed_synced(draft_job, devices)
             wall = _now(devices) - start
         timings.target_prefill_s, timings.draft_prefill_s, timings.prefill_wall_s = t_target, t_draft, wall
         state = prefilled.state
