@@ -50,7 +50,7 @@ import torch
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from evspec.runtime.decode import EagerState, LanguageModel, SamplingConfig
+from evspec.runtime.decode import EagerState, LanguageModel
 from evspec.spec.engine import speculative_generate, target_only
 from evspec.spec.metrics import expected_speedup, expected_tokens_per_pass
 from evspec.spec.proposers import DraftModelProposer, OracleProposer
@@ -193,7 +193,7 @@ def part_seeds(target, t_embeds, draft, d_embeds, args, factories, t_len, d_len)
     bridge = identity_map(draft.vocab_size, target.vocab_size)
     for parallel in (False, True):
         proposer = DraftModelProposer(draft, bridge, state_factory=d_factory, prompt=lambda ctx: d_embeds, name="eventgpt-like-7b")
-        outs = repeat(lambda: speculative_generate(
+        outs = repeat(lambda proposer=proposer, parallel=parallel: speculative_generate(
             target, proposer, prompt_embeds=t_embeds, eos_token_ids=EOS, gamma=args.gamma, max_new_tokens=args.max_new_tokens,
             min_new_tokens=args.max_new_tokens, parallel_prefill=parallel, state_factory=t_factory), args.repeats)
         split = split_summary(outs)
@@ -222,7 +222,7 @@ def part_oracle(target, t_embeds, draft, d_embeds, args, factories, t_len, d_len
         c = draft_step / target_pass
         for alpha in args.alphas:
             proposer = OracleProposer(draft, alpha, seed=args.seed, state_factory=d_factory, prompt=lambda ctx: d_embeds)
-            outs = repeat(lambda: speculative_generate(
+            outs = repeat(lambda proposer=proposer, gamma=gamma: speculative_generate(
                 target, proposer, prompt_embeds=t_embeds, eos_token_ids=EOS, gamma=gamma, max_new_tokens=args.max_new_tokens,
                 min_new_tokens=args.max_new_tokens, state_factory=t_factory, reference_ids=reference), args.repeats)
             split = split_summary(outs)
@@ -253,7 +253,7 @@ def part_overlap(target, t_embeds, draft, d_embeds, args, factories, t_len, d_le
     proposer = DraftModelProposer(draft, bridge, state_factory=d_factory, prompt=lambda ctx: d_embeds)
     result: dict[str, Any] = {"draft": label, "draft_device": str(draft.device)}
     for parallel in (False, True):
-        outs = repeat(lambda: speculative_generate(
+        outs = repeat(lambda parallel=parallel: speculative_generate(
             target, proposer, prompt_embeds=t_embeds, eos_token_ids=EOS, gamma=args.gamma, max_new_tokens=1,
             parallel_prefill=parallel, state_factory=t_factory), args.repeats)
         result["parallel" if parallel else "sequential"] = {
@@ -390,7 +390,7 @@ def report(results: dict[str, Any]) -> None:
             acc = r["realized_acceptance_rate"]
             print(f"  {r['gamma']:5d} {r['alpha']:5.2f} {acc if acc is not None else float('nan'):5.2f} {r['c']:5.3f} "
                   f"{r['tokens_per_pass']:8.2f} {r['formula_tokens_per_pass']:7.2f} {r['decode_speedup']:8.2f} "
-                  f"{r['speedup']:6.2f} {r['formula_speedup']:9.2f} {str(r['tokens_equal_target_alone']):>11s}")
+                  f"{r['speedup']:6.2f} {r['formula_speedup']:9.2f} {r['tokens_equal_target_alone']!s:>11s}")
     for key in ("overlap_1gpu_7b_draft", "overlap_2gpu_7b_draft", "overlap_1gpu_small_draft"):
         o = results.get(key)
         if o and "error" not in o:

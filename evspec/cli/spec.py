@@ -87,7 +87,13 @@ def spec(
     OUT/report.md. Rerunning with the same --out resumes.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from evspec.spec.report import SpecRunConfig, run_spec
 

@@ -40,7 +40,14 @@ import torch
 
 from evspec.errors import ConfigError
 from evspec.runtime.decode import (
-    DecodeState, EagerState, LanguageModel, Prefilled, SamplingConfig, decode, prefill, probabilities,
+    DecodeState,
+    EagerState,
+    LanguageModel,
+    Prefilled,
+    SamplingConfig,
+    decode,
+    prefill,
+    probabilities,
 )
 from evspec.spec.metrics import SpecCounts, SpecTimings, position_match
 from evspec.spec.proposers import DraftContext, DraftModelProposer, Proposal, Proposer
@@ -107,10 +114,10 @@ def target_input(
             if not ids:
                 raise ConfigError("the target prompt is empty")
             tensor = torch.tensor([ids], dtype=torch.long, device=lm.device)
-            embed = lambda: lm.embed_tokens(tensor)  # noqa: E731
+            embed = lambda: lm.embed_tokens(tensor)
         else:
             ids = []
-            embed = lambda: prompt_embeds  # noqa: E731
+            embed = lambda: prompt_embeds
         decode_text = (lambda t: tokenizer.decode(list(t), skip_special_tokens=True).strip()) if tokenizer else (lambda t: "")
         return TargetInput(lm, embed, ids, list(eos_token_ids or []), decode_text, key or "")
     model = target

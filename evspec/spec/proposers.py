@@ -34,7 +34,13 @@ import numpy as np
 import torch
 
 from evspec.errors import ConfigError
-from evspec.runtime.decode import DecodeState, EagerState, LanguageModel, SamplingConfig, probabilities
+from evspec.runtime.decode import (
+    DecodeState,
+    EagerState,
+    LanguageModel,
+    SamplingConfig,
+    probabilities,
+)
 from evspec.spec.vocab import TextBridge, TokenMap, common_prefix_length
 
 if TYPE_CHECKING:

@@ -16,10 +16,7 @@ import torch
 from evspec.runtime.decode import LanguageModel
 
 EOS = 2
-WORDS = (
-    "the quick brown fox jumps over lazy dog red green blue circle square moves left right up down "
-    "stands still camera scene"
-).split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "red", "green", "blue", "circle", "square", "moves", "left", "right", "up", "down", "stands", "still", "camera", "scene"]
 CORPUS = [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(8)) + "." for i in range(60)]
 CORPUS.append("0123456789 . , ? !")
 

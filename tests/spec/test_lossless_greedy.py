@@ -17,7 +17,12 @@ import torch
 from evspec.errors import ConfigError
 from evspec.runtime.decode import LanguageModel, SamplingConfig
 from evspec.spec.engine import speculative_generate, target_only
-from evspec.spec.proposers import DraftModelProposer, NgramProposer, OracleProposer, Proposer
+from evspec.spec.proposers import (
+    DraftModelProposer,
+    NgramProposer,
+    OracleProposer,
+    Proposer,
+)
 from evspec.spec.vocab import bridge_vocabularies, identity_map
 
 from .conftest import EOS, tiny_lm, with_context
@@ -101,7 +106,7 @@ def test_prompts_that_end_at_the_context_limit(room, proposers, target_lm) -> No
     prompt = prompt_for(room)
     short = with_context(target_lm, len(prompt) + room)
     for kind in ("near", "ngram", "oracle1", "cross"):
-        base, out = _check(short, proposers[kind](room), prompt, gamma=4, parallel=kind == "near", adaptive=room == 6,
+        base, _ = _check(short, proposers[kind](room), prompt, gamma=4, parallel=kind == "near", adaptive=room == 6,
                            max_new=40)
         assert len(base.token_ids) <= room + 1
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from evspec.spec.metrics import SpecCounts, SpecTimings, expected_speedup, expected_tokens_per_pass, position_match
+from evspec.spec.metrics import (
+    SpecCounts,
+    SpecTimings,
+    expected_speedup,
+    expected_tokens_per_pass,
+    position_match,
+)
 
 
 def test_counts_follow_vllm_definitions() -> None:

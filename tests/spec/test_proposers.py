@@ -10,7 +10,13 @@ import torch
 from evspec.runtime.decode import SamplingConfig
 from evspec.spec.engine import speculative_generate, target_only
 from evspec.spec.metrics import expected_tokens_per_pass
-from evspec.spec.proposers import DraftContext, DraftModelProposer, NgramProposer, OracleProposer, lookup
+from evspec.spec.proposers import (
+    DraftContext,
+    DraftModelProposer,
+    NgramProposer,
+    OracleProposer,
+    lookup,
+)
 from evspec.spec.vocab import identity_map
 
 from .conftest import EOS

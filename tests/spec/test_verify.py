@@ -9,7 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evspec.spec.verify import (
-    Verdict, acceptance_probabilities, residual_distribution, verify_greedy, verify_stochastic,
+    Verdict,
+    acceptance_probabilities,
+    residual_distribution,
+    verify_greedy,
+    verify_stochastic,
 )
 
 

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from evspec.errors import ConfigError
-from evspec.spec.vocab import TextBridge, TokenMap, bridge_vocabularies, identity_map, same_tokenizer
+from evspec.spec.vocab import (
+    TextBridge,
+    TokenMap,
+    bridge_vocabularies,
+    identity_map,
+    same_tokenizer,
+)
 
 from .conftest import EOS
 
