@@ -23,6 +23,9 @@ from evspec.errors import ConfigError
 from evspec.runtime.decode import LanguageModel, StepOutput, extend_inputs
 
 
+KV_BUCKET = 256  # attended cache length is rounded up to this: one compiled graph per bucket
+
+
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -77,6 +80,10 @@ class StaticDecoder:
         if compile:
             # gpt-fast's setting: tunes the tile sizes of the batch-1 matrix-vector kernels.
             torch._inductor.config.coordinate_descent_tuning = True
+            # One graph per (query length, length bucket): more than dynamo's default of 8.
+            for limit in ("recompile_limit", "cache_size_limit"):
+                if hasattr(torch._dynamo.config, limit):
+                    setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 256))
         self._step = (
             torch.compile(self._forward_ids, mode="reduce-overhead", fullgraph=True) if compile else self._forward_ids
         )
@@ -88,14 +95,16 @@ class StaticDecoder:
         self._active = StaticState(self)
         return self._active
 
-    def _forward_ids(self, ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._forward(self.lm.embed_tokens(ids), positions)
+    def _forward_ids(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._forward(self.lm.embed_tokens(ids), positions, kv_len)
 
-    def _forward(self, embeds: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, embeds: torch.Tensor, positions: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attend over the first ``kv_len`` cache slots only: a batch-1 attention kernel reads every
+        slot it is given, and a 4096-slot cache holding a 2100-token prompt would double its reads."""
         body, k = self.lm.body, embeds.shape[1]
         cos, sin = body.rotary_emb(embeds, positions.unsqueeze(0))
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        mask = self.causal[positions].unsqueeze(0).unsqueeze(0)
+        mask = self.causal[positions, :kv_len].unsqueeze(0).unsqueeze(0)
         key_width = self.k_cache[0].shape[1] * self.head_dim
         x = embeds
         for layer, k_cache, v_cache, qkv, gate_up in zip(self.layers, self.k_cache, self.v_cache, self.qkv, self.gate_up):
@@ -112,7 +121,7 @@ class StaticDecoder:
             k_cache.index_copy_(2, positions, key)
             v_cache.index_copy_(2, positions, value)
             out = F.scaled_dot_product_attention(
-                q, k_cache, v_cache, attn_mask=mask, scale=self.scaling, enable_gqa=True
+                q, k_cache[:, :, :kv_len], v_cache[:, :, :kv_len], attn_mask=mask, scale=self.scaling, enable_gqa=True
             )
             x = x + attn.o_proj(out.transpose(1, 2).reshape(1, k, -1))
             h = layer.post_attention_layernorm(x)
@@ -154,7 +163,10 @@ class StaticState:
         step = decoder._step if is_ids else decoder._forward
         k, device = inputs.shape[1], self.lm.device
         positions = torch.arange(self._length, self._length + k, device=device)
-        hidden, logits = step(inputs, positions)
+        end = self._length + k
+        # Compiled steps see few distinct lengths (one graph per bucket); prefill runs eagerly at its own.
+        kv_len = min(decoder.max_length, -(-end // KV_BUCKET) * KV_BUCKET) if is_ids else end
+        hidden, logits = step(inputs, positions, kv_len)
         # Graph outputs live in memory the next replay overwrites: keep copies.
         hidden, logits = hidden.clone(), logits.clone()
         self._length += k

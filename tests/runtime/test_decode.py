@@ -147,3 +147,16 @@ def test_bad_sampling_settings() -> None:
         SamplingConfig(temperature=-1)
     with pytest.raises(ConfigError):
         SamplingConfig(top_p=0)
+
+
+def test_static_cache_attends_by_length_bucket(causal_lm: LlamaForCausalLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    import evspec.runtime.static as static
+
+    monkeypatch.setattr(static, "KV_BUCKET", 8)  # many bucket crossings in a short run
+    model = LlamaForCausalLM(causal_lm.config).eval().double()
+    model.load_state_dict(causal_lm.state_dict())
+    lm = LanguageModel.from_causal_lm(model)
+    embeds = model.get_input_embeddings()(_prompt(4, 13))
+    eager = decode(prefill(lm, embeds), max_new_tokens=50).token_ids
+    static_tokens = decode(prefill(lm, embeds, StaticDecoder(lm, max_length=100)), max_new_tokens=50).token_ids
+    assert eager == static_tokens
