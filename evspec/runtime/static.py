@@ -77,6 +77,10 @@ class StaticDecoder:
             torch._dynamo.mark_static_address(tensor)
         self.qkv = [_fuse_rows(l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj) if fuse else None for l in self.layers]
         self.gate_up = [_fuse_rows(l.mlp.gate_proj, l.mlp.up_proj) if fuse else None for l in self.layers]
+        for fused in (*self.qkv, *self.gate_up):
+            if fused is not None:
+                # Not a module parameter: unmarked, CUDA-graph replay would copy it in every step.
+                torch._dynamo.mark_static_address(fused)
         if compile:
             # gpt-fast's setting: tunes the tile sizes of the batch-1 matrix-vector kernels.
             torch._inductor.config.coordinate_descent_tuning = True
