@@ -1,11 +1,12 @@
 """The fast path: a static KV cache and a CUDA-graph-compiled forward over a LLaMA body's weights.
 
 gpt-fast's recipe (pytorch-labs/gpt-fast ``generate.py``): preallocate K/V for the whole sequence,
-write new positions in place, attend over the full buffer with a position mask, and compile the
+write new positions in place, attend over the filled part with a position mask, and compile the
 fixed-shape step with ``mode="reduce-overhead"`` so a decode step is one graph replay. We reuse the
 transformers LLaMA modules (norms, projections, MLP, rotary table) and own only the attention and the
 cache, because transformers' cache internals differ between 5.x releases and roll-back (rejected
-drafts) must be a length change, not a copy.
+drafts) must be a length change, not a copy. QKV and gate/up are not fused (gpt-fast fuses them):
+measured on an H100, fused weights made inductor's compiled step 2x slower (docs/BENCHMARKS.md).
 
 Numerics differ from transformers' eager path in the last bits (another attention call), so
 speculative decoding with ``StaticDecoder`` is lossless relative to ``StaticDecoder`` target-only
@@ -32,22 +33,6 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return x * cos + rotated * sin
 
 
-def _fuse_rows(*linears: torch.nn.Module) -> torch.Tensor | None:
-    """One weight for several projections of the same input, as gpt-fast's ``wqkv``: fewer, larger
-    batch-1 kernels. The modules' weights become row views of it, so nothing is stored twice and the
-    eager path keeps working. None where a projection is not a plain bias-free Linear (e.g. quantized)."""
-    if not all(type(m) is torch.nn.Linear and m.bias is None for m in linears):
-        return None
-    with torch.no_grad():
-        fused = torch.cat([m.weight for m in linears])
-        start = 0
-        for m in linears:
-            rows = m.weight.shape[0]
-            m.weight.data = fused[start : start + rows]
-            start += rows
-    return fused
-
-
 class StaticDecoder:
     """Owns one preallocated KV cache and the compiled step; hands out one ``StaticState`` at a time.
 
@@ -56,7 +41,7 @@ class StaticDecoder:
     verification); prefill runs eagerly because its length varies per sample.
     """
 
-    def __init__(self, lm: LanguageModel, max_length: int, *, compile: bool = False, fuse: bool = True) -> None:
+    def __init__(self, lm: LanguageModel, max_length: int, *, compile: bool = False) -> None:
         if max_length > lm.context_length:
             raise ConfigError(f"max_length {max_length} exceeds the model's context of {lm.context_length}")
         self.lm = lm
@@ -75,12 +60,6 @@ class StaticDecoder:
         self.causal = torch.ones(max_length, max_length, device=device, dtype=torch.bool).tril()
         for tensor in (*self.k_cache, *self.v_cache, self.causal):
             torch._dynamo.mark_static_address(tensor)
-        self.qkv = [_fuse_rows(l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj) if fuse else None for l in self.layers]
-        self.gate_up = [_fuse_rows(l.mlp.gate_proj, l.mlp.up_proj) if fuse else None for l in self.layers]
-        for fused in (*self.qkv, *self.gate_up):
-            if fused is not None:
-                # Not a module parameter: unmarked, CUDA-graph replay would copy it in every step.
-                torch._dynamo.mark_static_address(fused)
         if compile:
             # gpt-fast's setting: tunes the tile sizes of the batch-1 matrix-vector kernels.
             torch._inductor.config.coordinate_descent_tuning = True
@@ -109,15 +88,11 @@ class StaticDecoder:
         cos, sin = body.rotary_emb(embeds, positions.unsqueeze(0))
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         mask = self.causal[positions, :kv_len].unsqueeze(0).unsqueeze(0)
-        key_width = self.k_cache[0].shape[1] * self.head_dim
         x = embeds
-        for layer, k_cache, v_cache, qkv, gate_up in zip(self.layers, self.k_cache, self.v_cache, self.qkv, self.gate_up):
+        for layer, k_cache, v_cache in zip(self.layers, self.k_cache, self.v_cache):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
-            if qkv is not None:
-                q, key, value = F.linear(h, qkv).split([attn.q_proj.out_features, key_width, key_width], dim=-1)
-            else:
-                q, key, value = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+            q, key, value = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
             q = q.view(1, k, -1, self.head_dim).transpose(1, 2)
             key = key.view(1, k, -1, self.head_dim).transpose(1, 2)
             value = value.view(1, k, -1, self.head_dim).transpose(1, 2)
@@ -128,12 +103,7 @@ class StaticDecoder:
                 q, k_cache[:, :, :kv_len], v_cache[:, :, :kv_len], attn_mask=mask, scale=self.scaling, enable_gqa=True
             )
             x = x + attn.o_proj(out.transpose(1, 2).reshape(1, k, -1))
-            h = layer.post_attention_layernorm(x)
-            if gate_up is not None:
-                gate, up = F.linear(h, gate_up).chunk(2, dim=-1)
-                x = x + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
-            else:
-                x = x + layer.mlp(h)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
         hidden = body.norm(x)[0]
         return hidden, self.lm.lm_head(hidden).float()
 
