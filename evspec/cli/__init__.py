@@ -7,6 +7,7 @@ is a bug and says so in one line too. ``--debug`` anywhere on the line shows the
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -59,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit code (used by tests and ``run``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    if not debug:
+        # transformers' advice about optional backends and deprecations is noise on every run of a
+        # command; --debug shows it. Set before transformers is first imported.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         result = app(args=argv, prog_name="evspec", standalone_mode=False)
         return result if isinstance(result, int) else 0
