@@ -44,8 +44,7 @@ import shlex
 import sys
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -55,7 +54,7 @@ import torch
 from evspec.bench.records import RECORDS_NAME, Record, RecordLog, environment, latest_by_key, read_records
 from evspec.errors import ConfigError, EvspecError, InputError
 from evspec.runtime.decode import Prefilled, SamplingConfig, decode, prefill
-from evspec.runtime.timing import STAGES, StageTimer, Timings
+from evspec.runtime.timing import STAGES, StageTimer, Timings, collector_paused
 
 if TYPE_CHECKING:
     from evspec.data.dataset import Sample
@@ -369,18 +368,6 @@ def _check_or_reset(out_dir: Path, identity: dict[str, Any], force: bool) -> Non
         png.unlink()
 
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No cyclic GC inside a sample (module docstring); restored afterwards."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def _release_memory() -> None:
     """After a model is dropped: unfreeze, collect and return its memory before the next loads."""
     gc.unfreeze()
@@ -393,7 +380,7 @@ def _warm_up(model: VisionLanguageModel, name: str, samples: Sequence[Sample], n
              timer: StageTimer, settings: DecodeSettings) -> None:
     """Run the first ``n`` samples (cycling when there are fewer) and discard them."""
     for i in range(n if samples else 0):
-        with _collector_paused():
+        with collector_paused():
             run_sample(model, name, samples[i % len(samples)], decoder, timer, settings)
 
 
@@ -480,7 +467,7 @@ def run_bench(
             gc.collect()
             gc.freeze()  # the model's objects: later collections need not walk them
             for sample in pending:
-                with _collector_paused():
+                with collector_paused():
                     record = run_sample(model, name, sample, decoder, timer, settings)
                 log.append(record)
                 if record.error is not None:

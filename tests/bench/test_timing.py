@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from evspec.runtime.decode import LanguageModel, decode, prefill
-from evspec.runtime.timing import StageTimer, Timings
+from evspec.runtime.timing import StageTimer, Timings, collector_paused
 
 
 def _busy(seconds: float) -> None:
@@ -125,3 +126,19 @@ def test_derived_metrics_follow_their_definitions(before: list[float], latencies
     else:
         assert t.tpot_s == pytest.approx((stages["decode"] - latencies[0]) / (len(latencies) - 1))
     assert t.tokens_per_s == pytest.approx(len(latencies) / stages["decode"])
+
+
+def test_collector_paused_restores_the_collector_state_even_on_error() -> None:
+    assert gc.isenabled()
+    with pytest.raises(ValueError):
+        with collector_paused():
+            assert not gc.isenabled()
+            raise ValueError("inside")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # it was off before: it stays off
+    finally:
+        gc.enable()
