@@ -39,9 +39,6 @@ one-token-per-pass strategy; a speculative decoder is another class with the sam
 from __future__ import annotations
 
 import gc
-import json
-import shlex
-import sys
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -51,7 +48,15 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 
-from evspec.bench.records import RECORDS_NAME, Record, RecordLog, environment, latest_by_key, read_records
+from evspec.bench.records import Record, RecordLog, latest_by_key, read_records
+from evspec.bench.rundir import (
+    RECORDS_NAME,
+    REPORT_NAME,
+    SUMMARY_NAME,
+    check_or_reset,
+    write_json,
+    write_run_config,
+)
 from evspec.errors import ConfigError, EvspecError, InputError
 from evspec.runtime.decode import Prefilled, SamplingConfig, decode, prefill
 from evspec.runtime.timing import STAGES, StageTimer, Timings, collector_paused
@@ -61,9 +66,6 @@ if TYPE_CHECKING:
     from evspec.models.base import Prepared, VisionLanguageModel, VisualFeatures
 
 DEFAULT_MODELS: tuple[str, ...] = ("tiny-eventgpt", "tiny-videollava", "tiny-llava")
-CONFIG_NAME = "config.json"
-SUMMARY_NAME = "summary.json"
-REPORT_NAME = "report.md"
 SYNTH_DIR = "data"
 IDENTITY_FIELDS: tuple[str, ...] = (
     "dataset", "split", "max_new_tokens", "min_new_tokens", "temperature", "top_p", "seed",
@@ -345,27 +347,8 @@ def _identity(config: BenchConfig, dataset: str, device: torch.device, dtype: to
     return {k: values[k] for k in IDENTITY_FIELDS}
 
 
-def _check_or_reset(out_dir: Path, identity: dict[str, Any], force: bool) -> None:
-    """Refuse to mix records of different configs in one folder, unless ``force`` starts over."""
-    path = out_dir / CONFIG_NAME
-    if not path.is_file():
-        return
-    try:
-        previous = json.loads(path.read_text(encoding="utf-8")).get("identity", {})
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read the previous run's config ({exc}); rerun with --force to start over", path) from exc
-    differences = [k for k in IDENTITY_FIELDS if previous.get(k) != identity[k]]
-    if not differences:
-        return
-    if not force:
-        detail = "; ".join(f"{k}: was {previous.get(k)!r}, now {identity[k]!r}" for k in differences)
-        raise ConfigError(
-            f"{out_dir} holds a run with another config ({detail}); use another --out or --force to discard it"
-        )
-    for name in (RECORDS_NAME, SUMMARY_NAME, REPORT_NAME, CONFIG_NAME):
-        (out_dir / name).unlink(missing_ok=True)
-    for png in out_dir.glob("*.png"):
-        png.unlink()
+OUTPUTS: tuple[str, ...] = (RECORDS_NAME, SUMMARY_NAME, REPORT_NAME, "*.png")
+"""What ``--force`` deletes before a run of another identity (``config.json`` too)."""
 
 
 def _release_memory() -> None:
@@ -413,7 +396,7 @@ def run_bench(
     dataset_root = Path(config.dataset) if config.dataset is not None else out_dir / SYNTH_DIR
     identity = _identity(config, str(dataset_root.resolve()), device, dtype, decoder)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_or_reset(out_dir, identity, force)
+    check_or_reset(out_dir, identity, IDENTITY_FIELDS, force, OUTPUTS)
     if config.dataset is None:
         build_default_dataset(out_dir, reporter)
     samples = load_dataset(dataset_root, split=config.split, max_samples=config.max_samples)
@@ -424,11 +407,7 @@ def run_bench(
         duplicate = next(i for i in ids if ids.count(i) > 1)
         raise InputError(f"sample id {duplicate!r} appears more than once; records are keyed by id", dataset_root)
 
-    env = environment(str(device))
-    meta = {"identity": identity, "config": asdict(config), "environment": env,
-            "command": command or shlex.join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    meta = json.loads(json.dumps(meta))  # what summary.json will hold: tuples become lists
-    (out_dir / CONFIG_NAME).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    meta = write_run_config(out_dir, identity=identity, config=asdict(config), device=str(device), command=command)
 
     settings = DecodeSettings(config.max_new_tokens, config.min_new_tokens, config.sampling())
     timer = StageTimer(device)
@@ -488,6 +467,6 @@ def run_bench(
     from evspec.bench.stats import build_summary
 
     summary = build_summary(records, meta=meta, models=config.models, setup_s=setup_s)
-    (out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_json(out_dir / SUMMARY_NAME, summary)
     report_path = write_markdown(out_dir, summary, records) if write_report else None
     return BenchResult(out_dir=out_dir, records=records, summary=summary, report_path=report_path)

@@ -17,10 +17,6 @@ With no dataset a small synthetic one is built into ``OUT/data`` by the bench's 
 from __future__ import annotations
 
 import gc
-import json
-import shlex
-import sys
-import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -29,6 +25,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from evspec.bench.rundir import (
+    RECORDS_NAME,
+    REPORT_NAME,
+    SUMMARY_NAME,
+    JsonLinesLog,
+    check_or_reset,
+    dump_line,
+    json_object,
+    read_lines,
+    write_json,
+    write_run_config,
+)
 from evspec.errors import ConfigError, EvspecError, InputError
 from evspec.runtime.decode import SamplingConfig
 from evspec.spec.metrics import summarize
@@ -38,10 +46,6 @@ if TYPE_CHECKING:
     from evspec.models.base import VisionLanguageModel
     from evspec.spec.proposers import Proposer
 
-CONFIG_NAME = "config.json"
-RECORDS_NAME = "records.jsonl"
-SUMMARY_NAME = "summary.json"
-REPORT_NAME = "report.md"
 ACCEPTANCE_PNG = "acceptance_by_position.png"
 SPEEDUP_PNG = "speedup_per_sample.png"
 SPLIT_PNG = "time_split.png"
@@ -50,6 +54,8 @@ IDENTITY_FIELDS: tuple[str, ...] = (
     "min_new_tokens", "temperature", "top_p", "seed", "parallel_prefill", "device", "draft_device", "dtype", "cache",
     "bridge",
 )
+OUTPUTS: tuple[str, ...] = (RECORDS_NAME, SUMMARY_NAME, REPORT_NAME, ACCEPTANCE_PNG, SPEEDUP_PNG, SPLIT_PNG)
+"""What ``--force`` deletes before a run of another identity (``config.json`` too)."""
 
 
 # --------------------------------------------------------------------------- config
@@ -193,46 +199,17 @@ def build_proposer(
 # --------------------------------------------------------------------------- records file
 
 
+def _row(value: Any) -> dict[str, Any]:
+    """A line of ``records.jsonl``: a JSON object with the sample's ``id`` (the resume key)."""
+    row = json_object(value)
+    if "id" not in row:
+        raise ValueError("missing field 'id'")
+    return row
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Complete lines of ``records.jsonl``; a torn last line (killed run) is dropped."""
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    rows = []
-    for number, line in enumerate(lines[:-1], start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"line {number} is not valid JSON ({exc}); move the file away or rerun with --force", path) from exc
-    return rows
-
-
-def _truncate_torn_line(path: Path) -> None:
-    if path.exists():
-        data = path.read_bytes()
-        good = data.rfind(b"\n") + 1
-        if good < len(data):
-            with path.open("r+b") as handle:
-                handle.truncate(good)
-
-
-def _check_or_reset(out_dir: Path, identity: dict[str, Any], force: bool) -> None:
-    path = out_dir / CONFIG_NAME
-    if not path.is_file():
-        return
-    try:
-        previous = json.loads(path.read_text(encoding="utf-8")).get("identity", {})
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read the previous run's config ({exc}); rerun with --force to start over", path) from exc
-    differences = [k for k in IDENTITY_FIELDS if previous.get(k) != identity.get(k)]
-    if not differences:
-        return
-    if not force:
-        detail = "; ".join(f"{k}: was {previous.get(k)!r}, now {identity.get(k)!r}" for k in differences)
-        raise ConfigError(f"{out_dir} holds a run with another config ({detail}); use another --out or --force")
-    for name in (RECORDS_NAME, SUMMARY_NAME, REPORT_NAME, CONFIG_NAME, ACCEPTANCE_PNG, SPEEDUP_PNG, SPLIT_PNG):
-        (out_dir / name).unlink(missing_ok=True)
+    return read_lines(path, _row)
 
 
 # --------------------------------------------------------------------------- the run
@@ -286,7 +263,6 @@ def run_spec(
     command: str | None = None,
 ) -> SpecRunResult:
     """Run (or resume) ``config`` into ``out_dir``; see the module docstring for the files."""
-    from evspec.bench.records import environment
     from evspec.bench.runner import SYNTH_DIR, SilentReporter, build_default_dataset
     from evspec.data.dataset import load_dataset
 
@@ -300,19 +276,16 @@ def run_spec(
     identity.update(dataset=str(dataset_root.resolve()), device=str(device), draft_device=str(draft_device),
                     dtype=str(dtype).removeprefix("torch."))
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_or_reset(out_dir, identity, force)
+    check_or_reset(out_dir, identity, IDENTITY_FIELDS, force, OUTPUTS)
     if config.dataset is None:
         build_default_dataset(out_dir, SilentReporter())
     samples = load_dataset(dataset_root, split=config.split, max_samples=config.max_samples)
     if not samples:
         raise InputError("no samples", dataset_root)
 
-    meta = {"identity": identity, "config": asdict(config), "environment": environment(str(device)),
-            "command": command or shlex.join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    (out_dir / CONFIG_NAME).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    meta = write_run_config(out_dir, identity=identity, config=asdict(config), device=str(device), command=command)
 
     records_path = out_dir / RECORDS_NAME
-    _truncate_torn_line(records_path)
     done = {r["id"] for r in read_records(records_path) if not r.get("error")}
     pending = [s for s in samples if s.id not in done]
     progress.start(len(samples), len(samples) - len(pending))
@@ -328,11 +301,10 @@ def run_spec(
             progress.status("warming up (discarded)")
             run_sample(config, target, proposer, samples[i % len(samples)], target_factory)
         progress.status(f"running {config.target} <- {config.draft}")
-        with records_path.open("a", encoding="utf-8") as handle:
+        with JsonLinesLog(records_path, _row, dump_line) as log:  # truncates a torn last line
             for sample in pending:
                 record = run_sample(config, target, proposer, sample, target_factory)
-                handle.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
-                handle.flush()
+                log.append(record)
                 progress.advance(record)
 
         del target, proposer
@@ -343,7 +315,7 @@ def run_spec(
     latest = {r["id"]: r for r in read_records(records_path) if r["id"] in wanted}
     records = sorted(latest.values(), key=lambda r: wanted[r["id"]])
     summary = {**summarize(records), "synthetic": config.draft_kind == "oracle", **meta}
-    (out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_json(out_dir / SUMMARY_NAME, summary)
     report = write_report(out_dir, summary, records)
     return SpecRunResult(out_dir, records, summary, report)
 
