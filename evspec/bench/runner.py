@@ -75,14 +75,55 @@ IDENTITY_FIELDS: tuple[str, ...] = (
 ``models``, ``max_samples`` and ``warmup`` may change between runs (a rerun can add models or
 samples to a run)."""
 
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
-}
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DTYPE_NAMES: tuple[str, ...] = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+"""What ``--dtype`` takes besides ``auto``: the registry's names and their short aliases."""
 CacheKind = Literal["eager", "static", "compiled"]
+CACHES: tuple[str, ...] = ("eager", "static", "compiled")
 
 
 # --------------------------------------------------------------------------- config
+
+
+def check_run_options(
+    *, max_new_tokens: int, min_new_tokens: int, max_samples: int | None, warmup: int, dtype: str, cache: str,
+) -> None:
+    """The option checks every run command shares (``evspec bench``, ``evspec spec``), with the
+    CLI's option names in the messages."""
+    if max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if not 0 <= min_new_tokens <= max_new_tokens:
+        raise ConfigError(
+            f"--min-new-tokens must be between 0 and --max-new-tokens ({max_new_tokens}), got {min_new_tokens}"
+        )
+    if max_samples is not None and max_samples < 1:
+        raise ConfigError(f"--max-samples must be >= 1, got {max_samples}")
+    if warmup < 0:
+        raise ConfigError(f"--warmup must be >= 0, got {warmup}")
+    if dtype != "auto" and dtype not in DTYPE_NAMES:
+        raise ConfigError(f"unknown --dtype {dtype!r}; use auto, {', '.join(DTYPE_NAMES)}")
+    if cache not in CACHES:
+        raise ConfigError(f"unknown --cache {cache!r}; use eager, static or compiled")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when this torch sees one, else the CPU; any other name goes through the
+    registry's checks (the device must exist here), the same the model loader applies."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from evspec.models.registry import resolve_device as registry_device
+
+    return registry_device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on CUDA (what the models ship in), float32 on CPU; short aliases
+    (bf16, fp16, fp32) accepted; the registry checks that the device can do it."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    from evspec.models.registry import resolve_dtype as registry_dtype
+
+    return registry_dtype(DTYPE_ALIASES.get(name, name), device)
 
 
 @dataclass(frozen=True)
@@ -108,41 +149,18 @@ class BenchConfig:
             raise ConfigError("give at least one model name")
         if len(set(self.models)) != len(self.models):
             raise ConfigError(f"a model is named twice in {', '.join(self.models)}")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise ConfigError(
-                f"--min-new-tokens must be between 0 and --max-new-tokens ({self.max_new_tokens}), got {self.min_new_tokens}"
-            )
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ConfigError(f"--max-samples must be >= 1, got {self.max_samples}")
-        if self.warmup < 0:
-            raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
-        if self.dtype != "auto" and self.dtype not in _DTYPES:
-            raise ConfigError(f"unknown --dtype {self.dtype!r}; use auto, {', '.join(_DTYPES)}")
-        if self.cache not in ("eager", "static", "compiled"):
-            raise ConfigError(f"unknown --cache {self.cache!r}; use eager, static or compiled")
+        check_run_options(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
+                          max_samples=self.max_samples, warmup=self.warmup, dtype=self.dtype, cache=self.cache)
         self.sampling()  # validates temperature and top_p
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
 
     def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError as exc:
-            raise ConfigError(f"unknown --device {self.device!r} ({exc})") from exc
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device {self.device} asked for, but this torch sees no CUDA device")
-        return device
+        return resolve_device(self.device)
 
     def resolved_dtype(self, device: torch.device) -> torch.dtype:
-        """``auto``: bfloat16 on CUDA (what the models ship in), float32 on CPU."""
-        if self.dtype == "auto":
-            return torch.bfloat16 if device.type == "cuda" else torch.float32
-        return _DTYPES[self.dtype]
+        return resolve_dtype(self.dtype, device)
 
 
 @dataclass
@@ -230,12 +248,13 @@ class TargetDecoder:
 
 
 class Reporter(Protocol):
-    """How the runner tells its caller what happens (the CLI draws a rich progress bar)."""
+    """How a run tells its caller what happens (the CLI draws a rich progress bar). ``advance``
+    gets the record just written: a :class:`Record` here, a dict from ``evspec spec``."""
 
     def start(self, total: int, done: int) -> None: ...
     def status(self, message: str) -> None: ...
     def warn(self, message: str) -> None: ...
-    def advance(self, record: Record) -> None: ...
+    def advance(self, record: Any) -> None: ...
 
 
 class SilentReporter:
@@ -244,7 +263,7 @@ class SilentReporter:
     def start(self, total: int, done: int) -> None: ...
     def status(self, message: str) -> None: ...
     def warn(self, message: str) -> None: ...
-    def advance(self, record: Record) -> None: ...
+    def advance(self, record: Any) -> None: ...
 
 
 # --------------------------------------------------------------------------- one sample
@@ -339,6 +358,31 @@ def build_default_dataset(out_dir: Path, reporter: Reporter) -> Path:
     return root
 
 
+def dataset_root(dataset: str | None, out_dir: Path) -> Path:
+    """The run's dataset folder: ``dataset``, or the built-in synthetic set in ``out_dir/data``."""
+    return Path(dataset) if dataset is not None else out_dir / SYNTH_DIR
+
+
+def load_samples(
+    dataset: str | None, out_dir: Path, *, split: str | None, max_samples: int | None, reporter: Reporter,
+) -> list[Sample]:
+    """The run's samples, building the built-in set first when ``dataset`` is None. No sample,
+    or a sample id twice, is an error: records are keyed by id."""
+    from evspec.data.dataset import load_dataset
+
+    root = dataset_root(dataset, out_dir)
+    if dataset is None:
+        build_default_dataset(out_dir, reporter)
+    samples = load_dataset(root, split=split, max_samples=max_samples)
+    if not samples:
+        raise InputError(f"no samples{f' in split {split!r}' if split else ''}", root)
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise InputError(f"sample id {duplicate!r} appears more than once; records are keyed by id", root)
+    return samples
+
+
 def _identity(config: BenchConfig, dataset: str, device: torch.device, dtype: torch.dtype,
               decoder: Decoder) -> dict[str, Any]:
     values = asdict(config)
@@ -351,7 +395,7 @@ OUTPUTS: tuple[str, ...] = (RECORDS_NAME, SUMMARY_NAME, REPORT_NAME, "*.png")
 """What ``--force`` deletes before a run of another identity (``config.json`` too)."""
 
 
-def _release_memory() -> None:
+def release_memory() -> None:
     """After a model is dropped: unfreeze, collect and return its memory before the next loads."""
     gc.unfreeze()
     gc.collect()
@@ -385,27 +429,19 @@ def run_bench(
     refused unless ``force``, which deletes the old results first. ``command`` is the command
     line recorded in the results (the CLI passes its own; default ``sys.argv``).
     """
-    from evspec.data.dataset import load_dataset
-
     reporter = reporter or SilentReporter()
     model_loader = model_loader or registry_loader
     decoder = decoder or TargetDecoder(config.cache)
     out_dir = Path(out_dir)
     device = config.resolved_device()
     dtype = config.resolved_dtype(device)
-    dataset_root = Path(config.dataset) if config.dataset is not None else out_dir / SYNTH_DIR
-    identity = _identity(config, str(dataset_root.resolve()), device, dtype, decoder)
+    root = dataset_root(config.dataset, out_dir)
+    identity = _identity(config, str(root.resolve()), device, dtype, decoder)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_or_reset(out_dir, identity, IDENTITY_FIELDS, force, OUTPUTS)
-    if config.dataset is None:
-        build_default_dataset(out_dir, reporter)
-    samples = load_dataset(dataset_root, split=config.split, max_samples=config.max_samples)
-    if not samples:
-        raise InputError(f"no samples{f' in split {config.split!r}' if config.split else ''}", dataset_root)
+    samples = load_samples(config.dataset, out_dir, split=config.split, max_samples=config.max_samples,
+                           reporter=reporter)
     ids = [s.id for s in samples]
-    if len(set(ids)) != len(ids):
-        duplicate = next(i for i in ids if ids.count(i) > 1)
-        raise InputError(f"sample id {duplicate!r} appears more than once; records are keyed by id", dataset_root)
 
     meta = write_run_config(out_dir, identity=identity, config=asdict(config), device=str(device), command=command)
 
@@ -453,7 +489,7 @@ def run_bench(
                     reporter.warn(f"{name} / {sample.id}: {record.error}")
                 reporter.advance(record)
             del model
-            _release_memory()
+            release_memory()
 
     wanted = {(s.id, m) for s in samples for m in config.models}
     latest = latest_by_key(read_records(out_dir / RECORDS_NAME))

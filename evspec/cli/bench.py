@@ -7,48 +7,18 @@ fly into the run folder: the project's smoke-sized main job.
 from __future__ import annotations
 
 import shlex
-import time
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from evspec.cli import err_console
-
-
-class RichReporter:
-    """The runner's Reporter as a rich progress bar; warnings print above the bar.
-
-    The bar is redrawn only when the runner reports (between samples), never by rich's refresh
-    thread, so no thread of ours competes with a timed stage for the GIL.
-    """
-
-    def __init__(self, progress: Any) -> None:
-        self.progress = progress
-        self.task = progress.add_task("starting", total=None)
-
-    def start(self, total: int, done: int) -> None:
-        self.progress.update(self.task, total=total, completed=done, refresh=True)
-
-    def status(self, message: str) -> None:
-        self.progress.update(self.task, description=message, refresh=True)
-
-    def warn(self, message: str) -> None:
-        self.progress.console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
-
-    def advance(self, record: Any) -> None:
-        self.progress.update(self.task, advance=1, refresh=True)
+from evspec.cli.common import dataset_args, default_out, progress_reporter
 
 
 def _command_line(config: Any, out: Path, force: bool) -> str:
     """The full, explicit command that reproduces this run (recorded in the results)."""
-    args = ["evspec", "bench", "--model", ",".join(config.models)]
-    if config.dataset is not None:
-        args += ["--dataset", config.dataset]
-    if config.split is not None:
-        args += ["--split", config.split]
-    if config.max_samples is not None:
-        args += ["--max-samples", str(config.max_samples)]
+    args = ["evspec", "bench", "--model", ",".join(config.models), *dataset_args(config)]
     args += [
         "--max-new-tokens", str(config.max_new_tokens), "--min-new-tokens", str(config.min_new_tokens),
         "--warmup", str(config.warmup), "--temperature", str(config.temperature), "--top-p", str(config.top_p),
@@ -93,7 +63,6 @@ def bench(
     with plots. Rerunning with the same --out resumes: finished pairs are skipped.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from evspec.bench.report import summary_table
     from evspec.bench.runner import BenchConfig, run_bench
@@ -104,9 +73,8 @@ def bench(
         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, warmup=warmup,
         temperature=temperature, top_p=top_p, seed=seed, device=device, dtype=dtype, cache=cache,  # type: ignore[arg-type]
     )
-    out = out if out is not None else Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = out if out is not None else default_out("bench")
     console = Console(highlight=False, soft_wrap=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     decoder = None
     command = _command_line(config, out, force)
     if draft is not None:  # the speculative engine behind the runner's Decoder seam
@@ -119,8 +87,8 @@ def bench(
         extra = ["--draft", draft, "--gamma", str(gamma)] + (["--draft-device", draft_device] if draft_device else [])
         extra += [f for f, on in (("--adaptive-gamma", adaptive_gamma), ("--parallel-prefill", parallel_prefill)) if on]
         command += " " + shlex.join(extra)
-    with Progress(*columns, console=err_console, transient=True, auto_refresh=False) as progress:
-        result = run_bench(config, out, force=force, reporter=RichReporter(progress), decoder=decoder, command=command)
+    with progress_reporter() as reporter:
+        result = run_bench(config, out, force=force, reporter=reporter, decoder=decoder, command=command)
     console.print(summary_table(result.summary))
     console.print(f"wrote {out}/records.jsonl, {out}/summary.json and {result.report_path}")
     failed = [m for m in config.models if result.n_ok(m) == 0]

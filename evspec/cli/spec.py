@@ -6,40 +6,17 @@ With no --dataset it runs on the small synthetic set the bench builds into OUT/d
 from __future__ import annotations
 
 import shlex
-import time
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from evspec.cli import err_console
-
-
-class _RichProgress:
-    def __init__(self, progress: Any) -> None:
-        self.progress = progress
-        self.task = progress.add_task("starting", total=None)
-
-    def status(self, message: str) -> None:
-        self.progress.update(self.task, description=message)
-
-    def start(self, total: int, done: int) -> None:
-        self.progress.update(self.task, total=total, completed=done)
-
-    def advance(self, record: dict[str, Any]) -> None:
-        if record.get("error"):
-            self.progress.console.print(f"[yellow]warning:[/] {record['id']}: {record['error']}", highlight=False)
-        self.progress.advance(self.task)
+from evspec.cli.common import dataset_args, default_out, progress_reporter
 
 
 def _command_line(config: Any, out: Path, force: bool) -> str:
-    args = ["evspec", "spec", "--target", config.target, "--draft", config.draft]
-    if config.dataset is not None:
-        args += ["--dataset", config.dataset]
-    if config.split is not None:
-        args += ["--split", config.split]
-    if config.max_samples is not None:
-        args += ["--max-samples", str(config.max_samples)]
+    args = ["evspec", "spec", "--target", config.target, "--draft", config.draft, *dataset_args(config)]
     args += ["--gamma", str(config.gamma), "--max-new-tokens", str(config.max_new_tokens),
              "--min-new-tokens", str(config.min_new_tokens), "--temperature", str(config.temperature),
              "--top-p", str(config.top_p), "--seed", str(config.seed), "--device", config.device,
@@ -87,13 +64,6 @@ def spec(
     OUT/report.md. Rerunning with the same --out resumes.
     """
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
 
     from evspec.spec.report import SpecRunConfig, run_spec
 
@@ -104,11 +74,9 @@ def spec(
         seed=seed, parallel_prefill=parallel_prefill, device=device, draft_device=draft_device, dtype=dtype,
         cache=cache, warmup=warmup, oracle_draft=oracle_draft, bridge=bridge,
     )
-    out = out if out is not None else Path("runs") / f"spec-{time.strftime('%Y%m%d-%H%M%S')}"
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        result = run_spec(config, out, force=force, progress=_RichProgress(progress),
-                          command=_command_line(config, out, force))
+    out = out if out is not None else default_out("spec")
+    with progress_reporter() as reporter:
+        result = run_spec(config, out, force=force, progress=reporter, command=_command_line(config, out, force))
     s, c = result.summary, result.summary["counts"]
     console = Console(highlight=False, soft_wrap=True)
     tag = " [synthetic]" if s["synthetic"] else ""

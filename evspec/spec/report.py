@@ -11,14 +11,17 @@ the run folder:
     summary.json    totals with vLLM's metric definitions, config, versions, device, seed
     report.md       tables and plots: acceptance by position, speedup per sample, time split
 
-With no dataset a small synthetic one is built into ``OUT/data`` by the bench's own helper.
+The folder is kept as the bench's is (:mod:`evspec.bench.rundir`: identity check, ``--force``,
+torn-line handling), and the shared options, device/dtype resolution, dataset loading and
+progress reporting are the bench runner's; only what a record holds is this module's. With no
+dataset a small synthetic one is built into ``OUT/data`` by the bench's own helper.
 """
 
 from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +40,20 @@ from evspec.bench.rundir import (
     write_json,
     write_run_config,
 )
-from evspec.errors import ConfigError, EvspecError, InputError
+from evspec.bench.runner import (
+    DecodeOutcome,
+    ModelLoader,
+    Reporter,
+    SilentReporter,
+    check_run_options,
+    dataset_root,
+    load_samples,
+    registry_loader,
+    release_memory,
+    resolve_device,
+    resolve_dtype,
+)
+from evspec.errors import ConfigError, EvspecError
 from evspec.runtime.decode import SamplingConfig
 from evspec.spec.metrics import summarize
 
@@ -92,16 +108,8 @@ class SpecRunConfig:
             raise ConfigError(f"--gamma must be >= 1, got {self.gamma}")
         if self.max_gamma is not None and self.max_gamma < self.gamma:
             raise ConfigError(f"--max-gamma ({self.max_gamma}) must be >= --gamma ({self.gamma})")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise ConfigError(f"--min-new-tokens must be between 0 and --max-new-tokens, got {self.min_new_tokens}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ConfigError(f"--max-samples must be >= 1, got {self.max_samples}")
-        if self.warmup < 0:
-            raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
-        if self.cache not in ("eager", "static", "compiled"):
-            raise ConfigError(f"unknown --cache {self.cache!r}; use eager, static or compiled")
+        check_run_options(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
+                          max_samples=self.max_samples, warmup=self.warmup, dtype=self.dtype, cache=self.cache)
         if self.bridge not in ("auto", "same", "cross"):
             raise ConfigError(f"unknown --bridge {self.bridge!r}; use auto, same or cross")
         sampling = self.sampling()
@@ -133,33 +141,7 @@ class SpecRunConfig:
         return "oracle" if self.oracle_alpha is not None else "model"
 
 
-# --------------------------------------------------------------------------- devices and models
-
-
-def resolve_device(name: str) -> torch.device:
-    from evspec.models.registry import resolve_device as registry_device
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return registry_device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    from evspec.models.registry import resolve_dtype as registry_dtype
-
-    aliases = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return registry_dtype(aliases.get(name, name), device)
-
-
-ModelLoader = Callable[[str, torch.device, torch.dtype], "VisionLanguageModel"]
-
-
-def registry_loader(name: str, device: torch.device, dtype: torch.dtype) -> VisionLanguageModel:
-    from evspec.models.registry import load_model
-
-    return load_model(name, device=device, dtype=dtype)
+# --------------------------------------------------------------------------- models
 
 
 def state_factory_for(kind: str, lm: Any) -> Any:
@@ -223,14 +205,6 @@ class SpecRunResult:
     report_path: Path
 
 
-class Progress:
-    """What the run tells its caller (the CLI draws a progress bar); the default tells no one."""
-
-    def status(self, message: str) -> None: ...
-    def start(self, total: int, done: int) -> None: ...
-    def advance(self, record: dict[str, Any]) -> None: ...
-
-
 def _error_text(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, EvspecError) else f"{type(exc).__name__}: {exc}"
 
@@ -259,29 +233,25 @@ def run_spec(
     *,
     force: bool = False,
     model_loader: ModelLoader = registry_loader,
-    progress: Progress | None = None,
+    progress: Reporter | None = None,
     command: str | None = None,
 ) -> SpecRunResult:
-    """Run (or resume) ``config`` into ``out_dir``; see the module docstring for the files."""
-    from evspec.bench.runner import SYNTH_DIR, SilentReporter, build_default_dataset
-    from evspec.data.dataset import load_dataset
+    """Run (or resume) ``config`` into ``out_dir``; see the module docstring for the files.
 
-    progress = progress or Progress()
+    ``progress``: the bench's :class:`~evspec.bench.runner.Reporter` (default: tells no one);
+    a sample that fails is passed to ``warn`` as well as to ``advance``."""
+    progress = progress or SilentReporter()
     out_dir = Path(out_dir)
     device = resolve_device(config.device)
     draft_device = resolve_device(config.draft_device) if config.draft_device else device
     dtype = resolve_dtype(config.dtype, device)
-    dataset_root = Path(config.dataset) if config.dataset is not None else out_dir / SYNTH_DIR
     identity = {k: v for k, v in asdict(config).items() if k in IDENTITY_FIELDS}
-    identity.update(dataset=str(dataset_root.resolve()), device=str(device), draft_device=str(draft_device),
-                    dtype=str(dtype).removeprefix("torch."))
+    identity.update(dataset=str(dataset_root(config.dataset, out_dir).resolve()), device=str(device),
+                    draft_device=str(draft_device), dtype=str(dtype).removeprefix("torch."))
     out_dir.mkdir(parents=True, exist_ok=True)
     check_or_reset(out_dir, identity, IDENTITY_FIELDS, force, OUTPUTS)
-    if config.dataset is None:
-        build_default_dataset(out_dir, SilentReporter())
-    samples = load_dataset(dataset_root, split=config.split, max_samples=config.max_samples)
-    if not samples:
-        raise InputError("no samples", dataset_root)
+    samples = load_samples(config.dataset, out_dir, split=config.split, max_samples=config.max_samples,
+                           reporter=progress)
 
     meta = write_run_config(out_dir, identity=identity, config=asdict(config), device=str(device), command=command)
 
@@ -305,11 +275,12 @@ def run_spec(
             for sample in pending:
                 record = run_sample(config, target, proposer, sample, target_factory)
                 log.append(record)
+                if record["error"] is not None:
+                    progress.warn(f"{record['id']}: {record['error']}")
                 progress.advance(record)
 
         del target, proposer
-        gc.unfreeze()
-        gc.collect()
+        release_memory()
 
     wanted = {s.id: i for i, s in enumerate(samples)}
     latest = {r["id"]: r for r in read_records(records_path) if r["id"] in wanted}
@@ -368,7 +339,6 @@ class SpecDecoder:
 
     def run(self, model: VisionLanguageModel, prepared: Any, features: Any, sample: Sample, timer: Any,
             settings: Any) -> Any:
-        from evspec.bench.runner import DecodeOutcome
         from evspec.spec.engine import speculative_generate, target_only
 
         proposer, factory = self._setup(model)

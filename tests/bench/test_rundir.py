@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from evspec.bench.rundir import (
     write_run_config,
 )
 from evspec.errors import ConfigError, InputError
+from tests.bench.conftest import make_dataset
 
 
 def _log(path: Path) -> JsonLinesLog[dict]:
@@ -72,3 +74,42 @@ def test_run_config_is_what_the_summary_will_hold(tmp_path: Path) -> None:
     assert meta["identity"] == {"models": ["a", "b"]}  # tuples read back as lists
     assert meta["command"] == "evspec bench" and meta["environment"]["device"] == "cpu"
     assert json.loads((tmp_path / CONFIG_NAME).read_text()) == meta
+
+
+class _Reporter:
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self.advanced: list[dict] = []
+
+    def start(self, total: int, done: int) -> None: ...
+    def status(self, message: str) -> None: ...
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def advance(self, record: dict) -> None:
+        self.advanced.append(record)
+
+
+def test_spec_runs_keep_the_folder_as_the_bench_does(tmp_path: Path, loader: Any) -> None:
+    """`evspec spec` through the shared pieces: reporter warnings, torn-line resume, identity check."""
+    from evspec.spec.report import SpecRunConfig, run_spec
+
+    data = make_dataset(tmp_path / "data", n=3, missing=(1,))
+    config = SpecRunConfig(target="a", draft="ngram", dataset=str(data), max_new_tokens=4, warmup=0, device="cpu")
+    out = tmp_path / "run"
+    reporter = _Reporter()
+    run_spec(config, out, model_loader=loader, progress=reporter)
+    assert [r["id"] for r in reporter.advanced] == ["clip0", "clip1", "clip2"]
+    assert len(reporter.warnings) == 1 and reporter.warnings[0].startswith("clip1: ")
+    records = out / "records.jsonl"
+    lines = records.read_bytes().splitlines(keepends=True)
+    records.write_bytes(b"".join(lines[:2]) + lines[2][:20])  # a kill while clip2 was written
+    resumed = _Reporter()
+    result = run_spec(config, out, model_loader=loader, progress=resumed)
+    assert [r["id"] for r in resumed.advanced] == ["clip1", "clip2"]  # the failed and the torn one
+    assert [r["id"] for r in result.records] == ["clip0", "clip1", "clip2"]
+    assert len(records.read_text().splitlines()) == 4  # torn line truncated, then two appended
+    with pytest.raises(ConfigError, match="max_new_tokens: was 4, now 5"):
+        run_spec(SpecRunConfig(target="a", draft="ngram", dataset=str(data), max_new_tokens=5, warmup=0, device="cpu"),
+                 out, model_loader=loader)

@@ -1,0 +1,70 @@
+"""What the run commands (``evspec bench``, ``evspec spec``) share: the progress bar, the default
+run folder and the dataset part of the command line each records in its results."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from evspec.cli import err_console
+
+
+class RichReporter:
+    """The runner's Reporter (:class:`evspec.bench.runner.Reporter`) as a rich progress bar;
+    warnings print above the bar.
+
+    The bar is redrawn only when the run reports (between samples), never by rich's refresh
+    thread, so no thread of ours competes with a timed stage for the GIL.
+    """
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self.task = progress.add_task("starting", total=None)
+
+    def start(self, total: int, done: int) -> None:
+        self.progress.update(self.task, total=total, completed=done, refresh=True)
+
+    def status(self, message: str) -> None:
+        self.progress.update(self.task, description=message, refresh=True)
+
+    def warn(self, message: str) -> None:
+        self.progress.console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+    def advance(self, record: Any) -> None:
+        self.progress.update(self.task, advance=1, refresh=True)
+
+
+@contextmanager
+def progress_reporter() -> Iterator[RichReporter]:
+    """A transient progress bar on stderr (gone when the run ends), as a :class:`RichReporter`."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True, auto_refresh=False) as progress:
+        yield RichReporter(progress)
+
+
+def default_out(command: str) -> Path:
+    """``runs/<command>-<timestamp>``: the run folder when ``--out`` is not given."""
+    return Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def dataset_args(config: Any) -> list[str]:
+    """``--dataset``, ``--split``, ``--max-samples`` as given (a config with those three fields)."""
+    args: list[str] = []
+    if config.dataset is not None:
+        args += ["--dataset", config.dataset]
+    if config.split is not None:
+        args += ["--split", config.split]
+    if config.max_samples is not None:
+        args += ["--max-samples", str(config.max_samples)]
+    return args
