@@ -28,11 +28,10 @@ it measures both devices when the draft sits on a second GPU (CUDA events only t
 
 from __future__ import annotations
 
-import gc
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +48,7 @@ from evspec.runtime.decode import (
     prefill,
     probabilities,
 )
+from evspec.runtime.timing import collector_paused
 from evspec.spec.metrics import SpecCounts, SpecTimings, position_match
 from evspec.spec.proposers import DraftContext, DraftModelProposer, Proposal, Proposer
 from evspec.spec.verify import Verdict, verify_greedy, verify_stochastic
@@ -80,6 +80,17 @@ class TargetInput:
     sample: Sample | None = None
     model: VisionLanguageModel | None = None
     prepared: Prepared | None = None
+
+    def draft_context(
+        self, sampling: SamplingConfig, max_new_tokens: int, reference_ids: Sequence[int] | None = None,
+    ) -> DraftContext:
+        """What a proposer may know about this sample (the speculative run and the draft alone)."""
+        return DraftContext(
+            sample=self.sample, target_prompt_ids=self.prompt_ids, target_vocab_size=self.lm.vocab_size,
+            sampling=sampling, max_new_tokens=max_new_tokens,
+            reference_ids=None if reference_ids is None else list(reference_ids),
+            eos_token_ids=tuple(self.eos_token_ids), key=self.key,
+        )
 
 
 def _text_ids(model: VisionLanguageModel, prepared: Prepared) -> list[int]:
@@ -148,19 +159,6 @@ def _now(devices: Sequence[torch.device]) -> float:
     for device in devices:
         torch.cuda.synchronize(device)
     return time.perf_counter()
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside a timed generation: one full collection over
-    transformers' objects costs hundreds of milliseconds (measured by the bench). Restored after."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _timed_synced(job: Callable[[], Any], devices: Sequence[torch.device]) -> tuple[Any, float]:
@@ -356,11 +354,7 @@ def speculative_generate(
         raise ConfigError(f"max_gamma ({max_gamma}) must be >= gamma ({gamma})")
     tgt = target_input(target, **inputs)
     lm, eos = tgt.lm, list(tgt.eos_token_ids)
-    ctx = DraftContext(
-        sample=tgt.sample, target_prompt_ids=tgt.prompt_ids, target_vocab_size=lm.vocab_size, sampling=sampling,
-        max_new_tokens=max_new_tokens, reference_ids=None if reference_ids is None else list(reference_ids),
-        eos_token_ids=tuple(eos), key=tgt.key,
-    )
+    ctx = tgt.draft_context(sampling, max_new_tokens, reference_ids)
     devices = _devices(lm.device, proposer.device)
     generator = None if sampling.greedy else sampling.generator()
     timings, counts = SpecTimings(), SpecCounts()
@@ -586,9 +580,6 @@ def compare(
             result.generate_ids = list(tgt.model.reference_generate(tgt.prepared, max_new_tokens, min_new_tokens))
             result.generate_s = _now(devices) - start
     if with_draft_alone and isinstance(proposer, DraftModelProposer) and not proposer.synthetic and sampling.greedy:
-        ctx = DraftContext(
-            sample=tgt.sample, target_prompt_ids=tgt.prompt_ids, target_vocab_size=tgt.lm.vocab_size,
-            sampling=sampling, max_new_tokens=max_new_tokens, eos_token_ids=tuple(tgt.eos_token_ids), key=tgt.key,
-        )
-        result.draft_alone_ids = proposer.standalone(ctx, max_new_tokens, tgt.eos_token_ids)
+        result.draft_alone_ids = proposer.standalone(tgt.draft_context(sampling, max_new_tokens), max_new_tokens,
+                                                     tgt.eos_token_ids)
     return result
