@@ -58,6 +58,7 @@ from evspec.bench.rundir import (
     write_run_config,
 )
 from evspec.errors import ConfigError, EvspecError, InputError
+from evspec.models.registry import check_model_name
 from evspec.runtime.decode import Prefilled, SamplingConfig, decode, prefill
 from evspec.runtime.timing import STAGES, StageTimer, Timings, collector_paused
 
@@ -149,6 +150,8 @@ class BenchConfig:
             raise ConfigError("give at least one model name")
         if len(set(self.models)) != len(self.models):
             raise ConfigError(f"a model is named twice in {', '.join(self.models)}")
+        for name in self.models:
+            check_model_name(name)
         check_run_options(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
                           max_samples=self.max_samples, warmup=self.warmup, dtype=self.dtype, cache=self.cache)
         self.sampling()  # validates temperature and top_p

@@ -297,6 +297,14 @@ def parse_name(name: str) -> tuple[str, Path | None]:
     )
 
 
+def check_model_name(name: str) -> None:
+    """A ``ModelError`` now, before any work, for a name no loader takes (folders are checked on load)."""
+    from evspec.models.tiny import RANDOM_NAMES
+
+    if name not in RANDOM_NAMES:
+        parse_name(name)
+
+
 def load_model(
     name: str, *, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32", quantize: str | None = None
 ) -> VisionLanguageModel:

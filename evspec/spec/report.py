@@ -54,6 +54,7 @@ from evspec.bench.runner import (
     resolve_dtype,
 )
 from evspec.errors import ConfigError, EvspecError
+from evspec.models.registry import check_model_name
 from evspec.runtime.decode import SamplingConfig
 from evspec.spec.metrics import summarize
 
@@ -112,8 +113,13 @@ class SpecRunConfig:
                           max_samples=self.max_samples, warmup=self.warmup, dtype=self.dtype, cache=self.cache)
         if self.bridge not in ("auto", "same", "cross"):
             raise ConfigError(f"unknown --bridge {self.bridge!r}; use auto, same or cross")
+        check_model_name(self.target)
+        if self.draft != "ngram" and not self.draft.startswith("oracle:"):
+            check_model_name(self.draft)
         sampling = self.sampling()
         alpha = self.oracle_alpha
+        if alpha is not None:
+            check_model_name(self.oracle_draft)
         if alpha is not None and not sampling.greedy:
             raise ConfigError("oracle:ALPHA is greedy only (it proposes the target's greedy tokens): use --temperature 0")
 
