@@ -150,8 +150,6 @@ class BenchConfig:
             raise ConfigError("give at least one model name")
         if len(set(self.models)) != len(self.models):
             raise ConfigError(f"a model is named twice in {', '.join(self.models)}")
-        for name in self.models:
-            check_model_name(name)
         check_run_options(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
                           max_samples=self.max_samples, warmup=self.warmup, dtype=self.dtype, cache=self.cache)
         self.sampling()  # validates temperature and top_p
@@ -433,7 +431,10 @@ def run_bench(
     line recorded in the results (the CLI passes its own; default ``sys.argv``).
     """
     reporter = reporter or SilentReporter()
-    model_loader = model_loader or registry_loader
+    if model_loader is None:
+        for name in config.models:
+            check_model_name(name)  # before any work: a typo should not cost a dataset build
+        model_loader = registry_loader
     decoder = decoder or TargetDecoder(config.cache)
     out_dir = Path(out_dir)
     device = config.resolved_device()

@@ -113,18 +113,19 @@ class SpecRunConfig:
                           max_samples=self.max_samples, warmup=self.warmup, dtype=self.dtype, cache=self.cache)
         if self.bridge not in ("auto", "same", "cross"):
             raise ConfigError(f"unknown --bridge {self.bridge!r}; use auto, same or cross")
-        check_model_name(self.target)
-        if self.draft != "ngram" and not self.draft.startswith("oracle:"):
-            check_model_name(self.draft)
         sampling = self.sampling()
         alpha = self.oracle_alpha
-        if alpha is not None:
-            check_model_name(self.oracle_draft)
         if alpha is not None and not sampling.greedy:
             raise ConfigError("oracle:ALPHA is greedy only (it proposes the target's greedy tokens): use --temperature 0")
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+
+    def model_names(self) -> list[str]:
+        """The registry names this run loads: the target, and the draft model (or the oracle's)."""
+        if self.oracle_alpha is not None:
+            return [self.target, self.oracle_draft]
+        return [self.target] if self.draft == "ngram" else [self.target, self.draft]
 
     @property
     def oracle_alpha(self) -> float | None:
@@ -247,6 +248,9 @@ def run_spec(
     ``progress``: the bench's :class:`~evspec.bench.runner.Reporter` (default: tells no one);
     a sample that fails is passed to ``warn`` as well as to ``advance``."""
     progress = progress or SilentReporter()
+    if model_loader is registry_loader:
+        for name in config.model_names():
+            check_model_name(name)  # before any work: a typo should not cost a dataset build
     out_dir = Path(out_dir)
     device = resolve_device(config.device)
     draft_device = resolve_device(config.draft_device) if config.draft_device else device
