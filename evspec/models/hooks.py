@@ -76,10 +76,11 @@ class HookReport:
     """Tower time seen by the hooks in one ``generate()``, and what the hooks cost."""
 
     tower_calls: int
-    tower_s: float  # summed over the calls of one generate()
+    tower_s: float  # summed over the calls of one generate(); median over the hooked runs
     generate_s: float  # median generate() time without hooks
     generate_hooked_s: float  # median generate() time with hooks
     same_tokens: bool  # hooked generate() gave the same tokens as the plain one
+    tower_fraction: float = float("nan")  # median over hooked runs of tower time / that run's time
 
     @property
     def overhead_s(self) -> float:
@@ -104,14 +105,15 @@ def measure_hook_overhead(
     tower: nn.Module, run: Callable[[], list[int]], device: torch.device | str = "cpu", *, repeats: int = 3
 ) -> HookReport:
     """Alternate ``repeats`` plain and hooked runs of ``run`` (a ``generate()`` returning tokens)
-    after one warm-up, and report median times, the tower time of the last hooked run, and
-    whether the hooked runs returned the plain run's tokens."""
+    after one warm-up, and report median times (the tower's share is taken within each hooked
+    run, since medians of different runs need not nest), and whether the hooked runs returned
+    the plain run's tokens."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     cuda = torch.device(device).type == "cuda"
     run()  # warm-up: first-call allocations and lazy initialisation
-    plain, hooked, same = [], [], True
-    tower_s, calls = 0.0, 0
+    plain, hooked, towers, same = [], [], [], True
+    calls = 0
     for _ in range(repeats):
         seconds, reference = _timed(run, cuda)
         plain.append(seconds)
@@ -120,5 +122,8 @@ def measure_hook_overhead(
         hooked.append(seconds)
         same = same and tokens == reference
         per_call = timer.seconds()
-        tower_s, calls = sum(per_call), len(per_call)
-    return HookReport(calls, tower_s, statistics.median(plain), statistics.median(hooked), same)
+        towers.append(sum(per_call))
+        calls = len(per_call)
+    fractions = [t / h for t, h in zip(towers, hooked)]
+    return HookReport(calls, statistics.median(towers), statistics.median(plain), statistics.median(hooked), same,
+                      statistics.median(fractions))
