@@ -38,6 +38,7 @@ one-token-per-pass strategy; a speculative decoder is another class with the sam
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
 import weakref
@@ -70,7 +71,7 @@ DEFAULT_MODELS: tuple[str, ...] = ("tiny-eventgpt", "tiny-videollava", "tiny-lla
 SYNTH_DIR = "data"
 IDENTITY_FIELDS: tuple[str, ...] = (
     "dataset", "split", "max_new_tokens", "min_new_tokens", "temperature", "top_p", "seed",
-    "device", "dtype", "cache", "decoder",
+    "device", "dtype", "cache", "quantize", "decoder",
 )
 """Config fields that change what a record means: a rerun into the same folder must match them.
 ``models``, ``max_samples`` and ``warmup`` may change between runs (a rerun can add models or
@@ -144,6 +145,7 @@ class BenchConfig:
     device: str = "auto"
     dtype: str = "auto"
     cache: CacheKind = "eager"
+    quantize: str | None = None  # "4bit" | "8bit": bitsandbytes, CUDA only
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -324,11 +326,13 @@ def run_sample(
 ModelLoader = Callable[[str, torch.device, torch.dtype], "VisionLanguageModel"]
 
 
-def registry_loader(name: str, device: torch.device, dtype: torch.dtype) -> VisionLanguageModel:
+def registry_loader(
+    name: str, device: torch.device, dtype: torch.dtype, quantize: str | None = None
+) -> VisionLanguageModel:
     """``evspec.models.registry.load_model`` (imported late: it pulls in the model families)."""
     from evspec.models.registry import load_model
 
-    return load_model(name, device=device, dtype=dtype)
+    return load_model(name, device=device, dtype=dtype, quantize=quantize)
 
 
 @dataclass
@@ -434,11 +438,18 @@ def run_bench(
     if model_loader is None:
         for name in config.models:
             check_model_name(name)  # before any work: a typo should not cost a dataset build
-        model_loader = registry_loader
+        model_loader = registry_loader if config.quantize is None else functools.partial(
+            registry_loader, quantize=config.quantize)
+    elif config.quantize is not None:
+        raise ConfigError("--quantize applies to models loaded by name (the registry), not to a custom loader")
     decoder = decoder or TargetDecoder(config.cache)
     out_dir = Path(out_dir)
     device = config.resolved_device()
     dtype = config.resolved_dtype(device)
+    if config.quantize is not None:
+        from evspec.models.registry import LoadOptions
+
+        LoadOptions.resolve(device, dtype, config.quantize)  # CUDA and bitsandbytes present, or one clear error
     root = dataset_root(config.dataset, out_dir)
     identity = _identity(config, str(root.resolve()), device, dtype, decoder)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,8 @@ def _command_line(config: Any, out: Path, force: bool) -> str:
         "--seed", str(config.seed), "--device", config.device, "--dtype", config.dtype, "--cache", config.cache,
         "--out", str(out),
     ]
+    if config.quantize is not None:
+        args += ["--quantize", config.quantize]
     return shlex.join(args + (["--force"] if force else []))
 
 
@@ -47,6 +49,7 @@ def bench(
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:1 ..."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
     cache: str = typer.Option("eager", "--cache", help="KV cache: eager (transformers), static, compiled (CUDA graphs)."),
+    quantize: str | None = typer.Option(None, "--quantize", help="4bit or 8bit weights (bitsandbytes; CUDA only)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder. Default: runs/bench-<timestamp>."),
     force: bool = typer.Option(False, "--force", help="Discard results of another config in --out."),
     draft: str | None = typer.Option(
@@ -72,6 +75,7 @@ def bench(
         dataset=str(dataset) if dataset is not None else None, split=split, max_samples=max_samples,
         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, warmup=warmup,
         temperature=temperature, top_p=top_p, seed=seed, device=device, dtype=dtype, cache=cache,  # type: ignore[arg-type]
+        quantize=quantize,
     )
     out = out if out is not None else default_out("bench")
     console = Console(highlight=False, soft_wrap=True)

@@ -87,6 +87,7 @@ def verify(
     min_new_tokens: int = typer.Option(0, "--min-new-tokens", help="EOS is masked below this length (longer checks)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on CUDA, float32 on CPU), float32, float16, bfloat16."),
+    quantize: str | None = typer.Option(None, "--quantize", help="4bit or 8bit weights (bitsandbytes; CUDA only)."),
     hooks: bool = typer.Option(True, "--hooks/--no-hooks", help="Also time the vision tower inside generate() with hooks."),
     repeats: int = typer.Option(3, "--repeats", help="generate() runs per side for the hook overhead medians."),
 ) -> None:
@@ -106,7 +107,7 @@ def verify(
         raise ConfigError(f"need 1 <= --max-new-tokens and 0 <= --min-new-tokens <= --max-new-tokens, got {max_new_tokens}, {min_new_tokens}")
     device, dtype = _resolve_auto(device, dtype)
     console = Console(highlight=False, soft_wrap=True)
-    vlm = load_model(model, device=device, dtype=dtype)
+    vlm = load_model(model, device=device, dtype=dtype, quantize=quantize)
     with tempfile.TemporaryDirectory(prefix="evspec-verify-") as tmp:
         rows = _samples(dataset, samples, Path(tmp))
         if not rows:

@@ -23,3 +23,17 @@ def test_unknown_model_is_one_line_and_no_work(args: list[str], tmp_path: Path, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "unknown model" in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["bench", "--quantize", "4bit"],
+    ["bench", "--quantize", "3bit"],
+    ["verify", "tiny-llava", "--quantize", "8bit"],
+])
+def test_quantize_without_cuda_is_one_line(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    extra = [] if args[0] == "verify" else ["--out", str(out)]
+    assert main([*args, *extra]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "quantis" in err and len(err.splitlines()) == 1
+    assert not (out / "records.jsonl").exists()
