@@ -296,6 +296,8 @@ def main() -> None:
     parser.add_argument("--alphas", default="0.3,0.5,0.7,0.8,0.9")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--draft-layers", type=int, default=12,
+                        help="layers of the small draft (1024 wide): 12 ~ 0.21B, 4 ~ 0.12B with the 32k vocabulary")
     parser.add_argument("--out", default=None, help="write all numbers as JSON here")
     args = parser.parse_args()
     args.gammas = [int(g) for g in args.gammas.split(",")]
@@ -307,7 +309,9 @@ def main() -> None:
     else:
         device = torch.device("cpu" if args.quick or not torch.cuda.is_available() else "cuda")
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
-    target_shape, big_draft, small_draft = (TINY, TINY, TINY_DRAFT) if args.quick else (VICUNA_7B, VICUNA_7B, DRAFT_200M)
+    target_shape, big_draft, small_draft = (
+        (TINY, TINY, TINY_DRAFT) if args.quick else (VICUNA_7B, VICUNA_7B, {**DRAFT_200M, "num_hidden_layers": args.draft_layers})
+    )
     vocab = 512 if args.quick else VOCAB
     sizes = QUICK_PROMPTS if args.quick else FULL_PROMPTS
     margin = args.max_new_tokens + max(args.gammas + [args.gamma]) + 8
