@@ -24,6 +24,8 @@ def _command_line(config: Any, out: Path, force: bool) -> str:
              "--oracle-draft", config.oracle_draft, "--bridge", config.bridge, "--out", str(out)]
     if config.max_gamma is not None:
         args += ["--max-gamma", str(config.max_gamma)]
+    if config.quantize is not None:
+        args += ["--quantize", config.quantize]
     if config.draft_device is not None:
         args += ["--draft-device", config.draft_device]
     flags = [("--parallel-prefill", config.parallel_prefill), ("--adaptive-gamma", config.adaptive_gamma), ("--force", force)]
@@ -52,6 +54,7 @@ def spec(
     draft_device: str | None = typer.Option(None, "--draft-device", help="The draft's device (e.g. cuda:1). Default: --device."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
     cache: str = typer.Option("eager", "--cache", help="KV cache of both models: eager, static, compiled."),
+    quantize: str | None = typer.Option(None, "--quantize", help="4bit or 8bit target and draft (bitsandbytes; CUDA only)."),
     warmup: int = typer.Option(1, "--warmup", help="Samples run first and discarded."),
     oracle_draft: str = typer.Option("tiny-eventgpt", "--oracle-draft", help="The model whose passes give oracle:ALPHA its real cost."),
     bridge: str = typer.Option("auto", "--bridge", help="Vocabulary bridge: auto, same (token ids), cross (text re-encoding)."),
@@ -72,7 +75,7 @@ def spec(
         max_samples=max_samples, gamma=gamma, max_gamma=max_gamma, adaptive_gamma=adaptive_gamma,
         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature, top_p=top_p,
         seed=seed, parallel_prefill=parallel_prefill, device=device, draft_device=draft_device, dtype=dtype,
-        cache=cache, warmup=warmup, oracle_draft=oracle_draft, bridge=bridge,
+        cache=cache, quantize=quantize, warmup=warmup, oracle_draft=oracle_draft, bridge=bridge,
     )
     out = out if out is not None else default_out("spec")
     with progress_reporter() as reporter:

@@ -19,6 +19,7 @@ dataset a small synthetic one is built into ``OUT/data`` by the bench's own help
 
 from __future__ import annotations
 
+import functools
 import gc
 import weakref
 from collections.abc import Sequence
@@ -69,7 +70,7 @@ SPLIT_PNG = "time_split.png"
 IDENTITY_FIELDS: tuple[str, ...] = (
     "target", "draft", "oracle_draft", "dataset", "split", "gamma", "max_gamma", "adaptive_gamma", "max_new_tokens",
     "min_new_tokens", "temperature", "top_p", "seed", "parallel_prefill", "device", "draft_device", "dtype", "cache",
-    "bridge",
+    "bridge", "quantize",
 )
 OUTPUTS: tuple[str, ...] = (RECORDS_NAME, SUMMARY_NAME, REPORT_NAME, ACCEPTANCE_PNG, SPEEDUP_PNG, SPLIT_PNG)
 """What ``--force`` deletes before a run of another identity (``config.json`` too)."""
@@ -100,6 +101,7 @@ class SpecRunConfig:
     draft_device: str | None = None
     dtype: str = "auto"
     cache: str = "eager"
+    quantize: str | None = None  # "4bit" | "8bit" for the target and a draft model (bitsandbytes, CUDA)
     warmup: int = 1
     oracle_draft: str = "tiny-eventgpt"
     bridge: str = "auto"
@@ -251,10 +253,18 @@ def run_spec(
     if model_loader is registry_loader:
         for name in config.model_names():
             check_model_name(name)  # before any work: a typo should not cost a dataset build
+    elif config.quantize is not None:
+        raise ConfigError("--quantize applies to models loaded by name (the registry), not to a custom loader")
     out_dir = Path(out_dir)
     device = resolve_device(config.device)
     draft_device = resolve_device(config.draft_device) if config.draft_device else device
     dtype = resolve_dtype(config.dtype, device)
+    if config.quantize is not None:
+        from evspec.models.registry import LoadOptions
+
+        for where in {device, draft_device}:
+            LoadOptions.resolve(where, dtype, config.quantize)  # CUDA and bitsandbytes present, or one clear error
+        model_loader = functools.partial(registry_loader, quantize=config.quantize)
     identity = {k: v for k, v in asdict(config).items() if k in IDENTITY_FIELDS}
     identity.update(dataset=str(dataset_root(config.dataset, out_dir).resolve()), device=str(device),
                     draft_device=str(draft_device), dtype=str(dtype).removeprefix("torch."))

@@ -28,6 +28,7 @@ def test_unknown_model_is_one_line_and_no_work(args: list[str], tmp_path: Path, 
 @pytest.mark.parametrize("args", [
     ["bench", "--quantize", "4bit"],
     ["bench", "--quantize", "3bit"],
+    ["spec", "--quantize", "4bit"],
     ["verify", "tiny-llava", "--quantize", "8bit"],
 ])
 def test_quantize_without_cuda_is_one_line(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
