@@ -190,7 +190,7 @@ def _driver_version() -> str | None:
         finally:
             pynvml.nvmlShutdown()
         return version.decode() if isinstance(version, bytes) else str(version)
-    except Exception:  # noqa: BLE001 - optional: any failure means "ask nvidia-smi"
+    except Exception:
         pass
     try:
         out = subprocess.run(

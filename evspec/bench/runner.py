@@ -315,7 +315,7 @@ def run_sample(
         timings = timer.read()
         return _record(model_name, decoder.name, sample, timings, outcome, features.n_tokens,
                        model.decode_text(outcome.token_ids))
-    except Exception as exc:  # noqa: BLE001 - a failing sample is recorded and the run goes on
+    except Exception as exc:
         timer.reset()
         return Record(id=sample.id, model=model_name, decoder=decoder.name, error=_error_text(exc))
 
@@ -478,7 +478,7 @@ def run_bench(
             start = time.perf_counter()
             try:
                 model = model_loader(name, device, dtype)
-            except Exception as exc:  # noqa: BLE001 - recorded for every pending sample, run goes on
+            except Exception as exc:
                 message = f"model {name!r} failed to load: {_error_text(exc)}"
                 reporter.warn(message)
                 for sample in pending:

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         err_console.print(f"[red]error:[/] {error}")
         return 1
-    except Exception as error:  # noqa: BLE001 - a bug, but the user still gets one line
+    except Exception as error:
         if debug:
             raise
         err_console.print(

@@ -10,7 +10,13 @@ import numpy as np
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from evspec.errors import ConfigError, InputError
@@ -34,7 +40,7 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def synth_config(**options: object):  # noqa: ANN201 - SynthConfig, imported lazily
+def synth_config(**options: object):
     """A SynthConfig from CLI options, with pydantic's complaints turned into one line."""
     from evspec.data.synth.builder import SynthConfig
 

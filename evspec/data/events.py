@@ -279,7 +279,7 @@ def _require_events(stream: EventStream, path: str | Path, what: str) -> None:
         raise InputError(f"refusing to {what} an empty event stream", path)
 
 
-def _register_blosc():  # noqa: ANN202 - the hdf5plugin module
+def _register_blosc():
     """Importing hdf5plugin registers the Blosc filters DSEC files need before h5py opens them.
     Imported here, not at module load: most evspec runs read no .h5 file."""
     import hdf5plugin
@@ -410,7 +410,7 @@ def read_eventgpt_npy(path: str | Path, sensor_size: tuple[int, int] | None = No
             obj = _NumpyOnlyUnpickler(f).load()
         except UnsafeFileError as err:
             raise UnsafeFileError(str(err), path) from None
-        except Exception as err:  # noqa: BLE001 -- any unpickling failure means a corrupt payload
+        except Exception as err:
             raise InputError(f"corrupt or truncated pickle payload ({type(err).__name__}: {err})", path) from None
     if not (isinstance(obj, np.ndarray) and obj.dtype == np.dtype(object) and obj.shape == ()):
         raise InputError(f"payload is a {type(obj).__name__}, not a 0-d object array", path)

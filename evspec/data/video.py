@@ -8,6 +8,7 @@ subtly wrong) and decoding stops right after the last wanted frame.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -118,7 +119,7 @@ def probe_video(path: str | Path) -> VideoInfo:
         elif container.duration is not None:
             duration = container.duration / av.time_base
         else:
-            duration = n_frames / fps if fps == fps and fps > 0 else float("nan")
+            duration = n_frames / fps if math.isfinite(fps) and fps > 0 else float("nan")
         width, height = stream.codec_context.width, stream.codec_context.height
     finally:
         container.close()

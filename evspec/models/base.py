@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
-from evspec.runtime.decode import DecodeResult, LanguageModel, SamplingConfig, decode, prefill
+from evspec.runtime.decode import (
+    DecodeResult,
+    LanguageModel,
+    SamplingConfig,
+    decode,
+    prefill,
+)
 
 if TYPE_CHECKING:
     from evspec.data.dataset import Sample

@@ -365,7 +365,7 @@ def resolve_visual_tower(name: str, folder: Path) -> Path:
 
         try:
             return Path(snapshot_download(name, local_files_only=True))
-        except Exception as error:  # noqa: BLE001 - huggingface_hub raises several kinds here
+        except Exception as error:
             tried.append(f"hub cache '{name}' ({type(error).__name__})")
     raise ModelError(
         f"{folder}: the CLIP tower '{name}' (config mm_visual_tower) is not available locally; tried "

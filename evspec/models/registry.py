@@ -96,7 +96,7 @@ class LoadOptions:
             if dev.type != "cuda":
                 raise ConfigError(f"{quantize} quantisation (bitsandbytes) needs a CUDA device, got {dev}")
             try:
-                import bitsandbytes  # noqa: F401
+                import bitsandbytes
             except ImportError as error:
                 raise ConfigError(
                     f"{quantize} quantisation needs bitsandbytes: pip install 'evspec[quant]'"

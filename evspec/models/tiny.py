@@ -143,7 +143,10 @@ def build_tiny_eventgpt(folder: Path) -> None:
 
 def build_tiny_videollava(folder: Path) -> None:
     """Video-LLaVA: ``<image>``, ``<video>``, ``<pad>`` after the base vocabulary (as 32000-32002)."""
-    from transformers import VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor
+    from transformers import (
+        VideoLlavaForConditionalGeneration,
+        VideoLlavaImageProcessor,
+    )
 
     tokenizer = _llava_tokenizer(["<image>", "<video>", "<pad>"])
     config = _videollava_config(LLAMA, _clip_config(), tokenizer, len(tokenizer))
@@ -210,7 +213,11 @@ RANDOM_NAMES = {"random-7b-eventgpt": "eventgpt", "random-7b-videollava": "video
 
 def random_model(name: str, device: torch.device, dtype: torch.dtype):  # -> VisionLanguageModel
     """A real-shape model with seeded random weights, built in memory on ``device`` (no 14 GB file)."""
-    from transformers import LlavaForConditionalGeneration, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor
+    from transformers import (
+        LlavaForConditionalGeneration,
+        VideoLlavaForConditionalGeneration,
+        VideoLlavaImageProcessor,
+    )
 
     from evspec.models.eventgpt import EventChatModel, EventGPT
     from evspec.models.llava import Llava, VideoLlava

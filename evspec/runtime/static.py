@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from evspec.errors import ConfigError
 from evspec.runtime.decode import LanguageModel, StepOutput, extend_inputs
 
-
 KV_BUCKET = 256  # attended cache length is rounded up to this: one compiled graph per bucket
 
 

@@ -64,7 +64,7 @@ class SpecCounts:
 
     def __add__(self, other: SpecCounts) -> SpecCounts:
         n = max(len(self.accepted_per_position), len(other.accepted_per_position))
-        pad = lambda xs: list(xs) + [0] * (n - len(xs))  # noqa: E731
+        pad = lambda xs: list(xs) + [0] * (n - len(xs))
         return SpecCounts(
             drafts=self.drafts + other.drafts,
             drafted_tokens=self.drafted_tokens + other.drafted_tokens,

@@ -183,7 +183,7 @@ def _can_round_trip(tokenizer: Any) -> str | None:
     try:
         ids = tokenizer.encode(PROBE_TEXT, add_special_tokens=False)
         text = tokenizer.decode(ids, skip_special_tokens=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means: cannot bridge
+    except Exception as exc:
         return f"{type(tokenizer).__name__} failed to encode/decode text ({type(exc).__name__}: {exc})"
     if _normalise(text) != _normalise(PROBE_TEXT):
         return f"{type(tokenizer).__name__} does not round-trip plain text ({PROBE_TEXT!r} came back as {text!r})"

@@ -3,7 +3,12 @@ dataset builder that writes the seeds' layout (see :mod:`evspec.data.synth.build
 
 from __future__ import annotations
 
-from evspec.data.synth.builder import BuildSummary, SynthConfig, build_clip, build_dataset
+from evspec.data.synth.builder import (
+    BuildSummary,
+    SynthConfig,
+    build_clip,
+    build_dataset,
+)
 from evspec.data.synth.esim import EsimConfig, simulate_events
 from evspec.data.synth.questions import QA, QUESTION_TYPES, make_qa
 from evspec.data.synth.scenes import SceneSpec, render_frames, sample_scene

@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from evspec.data.dataset import ClipRecord, save_dataset_json
 from evspec.data.events import EventStream, atomic_path, write_eventgpt_npy
