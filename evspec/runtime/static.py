@@ -26,6 +26,20 @@ from evspec.runtime.decode import LanguageModel, StepOutput, extend_inputs
 KV_BUCKET = 256  # attended cache length is rounded up to this: one compiled graph per bucket
 
 
+def _pad_to_power_of_two(ids: torch.Tensor, room: int) -> torch.Tensor:
+    """Token ids [1, k] padded (with id 0) to the next power of two that fits in ``room``.
+
+    A compiled step records one CUDA graph per query length: verify passes (drafts + 1) and the
+    draft's catch-up passes vary in length, padding keeps them to a handful. The padding sits
+    after the real positions, which the causal mask keeps from seeing it; its K/V land past the
+    sequence's length and are overwritten by the next extend."""
+    k = ids.shape[1]
+    size = 1 << (k - 1).bit_length()
+    if size == k or size > room:
+        return ids
+    return torch.cat([ids, ids.new_zeros(1, size - k)], dim=1)
+
+
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -135,13 +149,15 @@ class StaticState:
         # prefill (embeddings) runs eagerly: its length varies per prompt, not worth a graph each
         step = decoder._step if is_ids else decoder._forward
         k, device = inputs.shape[1], self.lm.device
-        positions = torch.arange(self._length, self._length + k, device=device)
-        end = self._length + k
+        if is_ids:
+            inputs = _pad_to_power_of_two(inputs, room=decoder.max_length - self._length)
+        end = self._length + inputs.shape[1]
+        positions = torch.arange(self._length, end, device=device)
         # Compiled steps see few distinct lengths (one graph per bucket); prefill runs eagerly at its own.
         kv_len = min(decoder.max_length, -(-end // KV_BUCKET) * KV_BUCKET) if is_ids else end
         hidden, logits = step(inputs, positions, kv_len)
-        # Graph outputs live in memory the next replay overwrites: keep copies.
-        hidden, logits = hidden.clone(), logits.clone()
+        # Graph outputs live in memory the next replay overwrites: keep copies (of the real rows).
+        hidden, logits = hidden[:k].clone(), logits[:k].clone()
         self._length += k
         if last_only:
             hidden, logits = hidden[-1:], logits[-1:]

@@ -160,3 +160,30 @@ def test_static_cache_attends_by_length_bucket(causal_lm: LlamaForCausalLM, monk
     eager = decode(prefill(lm, embeds), max_new_tokens=50).token_ids
     static_tokens = decode(prefill(lm, embeds, StaticDecoder(lm, max_length=100)), max_new_tokens=50).token_ids
     assert eager == static_tokens
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 6, 7])
+def test_static_pads_passes_without_changing_results(causal_lm: LlamaForCausalLM, k: int) -> None:
+    """A k-token pass is padded to a power of two; the real rows and later passes are unaffected."""
+    model = LlamaForCausalLM(causal_lm.config).eval().double()
+    model.load_state_dict(causal_lm.state_dict())
+    lm = LanguageModel.from_causal_lm(model)
+    ids = _prompt(9, 30)[0]
+    eager = EagerState(lm)
+    eager.extend(token_ids=ids[:10])
+    reference = eager.extend(token_ids=ids[10:10 + k]).logits
+    after = eager.extend(token_ids=ids[10 + k:10 + k + 2]).logits
+    state = StaticDecoder(lm, max_length=64)(lm)
+    state.extend(token_ids=ids[:10])
+    padded = state.extend(token_ids=ids[10:10 + k])
+    assert padded.logits.shape[0] == k and state.length == 10 + k
+    torch.testing.assert_close(padded.logits, reference, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(state.extend(token_ids=ids[10 + k:10 + k + 2]).logits, after, rtol=1e-9, atol=1e-9)
+
+
+def test_static_does_not_pad_past_the_cache(causal_lm: LlamaForCausalLM) -> None:
+    lm = LanguageModel.from_causal_lm(causal_lm)
+    state = StaticDecoder(lm, max_length=16)(lm)
+    state.extend(token_ids=list(range(10)))
+    out = state.extend(token_ids=[1, 2, 3, 4, 5])  # 5 -> 8 would pass the 16-slot cache: stays 5
+    assert out.logits.shape[0] == 5 and state.length == 15
