@@ -51,6 +51,14 @@ DIRECTIONS: dict[str, tuple[float, float]] = {
 }
 
 
+def velocity(direction: str | None, speed: float) -> tuple[float, float]:
+    """Pixels per second along x and y for a named direction (None: standing still)."""
+    if direction is None:
+        return (0.0, 0.0)
+    dx, dy = DIRECTIONS[direction]
+    return (dx * speed, dy * speed)
+
+
 @dataclass(frozen=True)
 class ObjectSpec:
     """One shape. ``direction`` is None (and ``speed`` 0) for an object standing still."""
@@ -65,10 +73,7 @@ class ObjectSpec:
 
     @property
     def velocity(self) -> tuple[float, float]:
-        if self.direction is None:
-            return (0.0, 0.0)
-        dx, dy = DIRECTIONS[self.direction]
-        return (dx * self.speed, dy * self.speed)
+        return velocity(self.direction, self.speed)
 
 
 @dataclass(frozen=True)
@@ -94,10 +99,7 @@ class CameraSpec:
 
     @property
     def velocity(self) -> tuple[float, float]:
-        if self.direction is None:
-            return (0.0, 0.0)
-        dx, dy = DIRECTIONS[self.direction]
-        return (dx * self.speed, dy * self.speed)
+        return velocity(self.direction, self.speed)
 
 
 @dataclass(frozen=True)
