@@ -27,9 +27,12 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any, Generic, Self, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar
 
 from evspec.errors import ConfigError, InputError
+
+if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are not evaluated at run time
+    from typing_extensions import Self
 
 CONFIG_NAME = "config.json"
 RECORDS_NAME = "records.jsonl"
