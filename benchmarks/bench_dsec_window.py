@@ -32,18 +32,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from evspec.data.events import DEFAULT_SENSOR_SIZE, DsecEventFile, DsecEventWriter, EventStream
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from evspec.bench.rundir import cpu_name
+from evspec.data.events import (
+    DEFAULT_SENSOR_SIZE,
+    DsecEventFile,
+    DsecEventWriter,
+    EventStream,
+)
 
 
 def write_file(path: Path, n_events: int, rate_per_s: float, seed: int, chunk: int = 1_000_000) -> float:

@@ -24,21 +24,15 @@ from collections.abc import Callable
 
 import numpy as np
 
+from evspec.bench.rundir import cpu_name
 from evspec.data.events import EventStream
-from evspec.data.render import render_eventgpt_frames, render_histogram, render_voxel_grid
+from evspec.data.render import (
+    render_eventgpt_frames,
+    render_histogram,
+    render_voxel_grid,
+)
 
 TARGET_EVENTS_PER_S = 20e6
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_stream(n: int, width: int, height: int, duration_us: int, seed: int) -> EventStream:
