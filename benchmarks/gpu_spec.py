@@ -242,6 +242,10 @@ def part_oracle(target, t_embeds, draft, d_embeds, args, factories, t_len, d_len
                 "formula_speedup": expected_speedup(alpha, gamma, c),
                 **split,
             })
+            r = rows[-1]
+            print(f"  [oracle] gamma {gamma} alpha {alpha:.2f}: decode {r['decode_speedup']:.2f}x, end to end "
+                  f"{r['speedup']:.2f}x, formula {r['formula_speedup']:.2f}x (c {c:.3f}), same tokens "
+                  f"{r['tokens_equal_target_alone']}", flush=True)
     return {"baseline_wall_s": base_wall, "baseline_decode_s": base_decode, "target_step_s": target_step,
             "draft_step_s": draft_step, "rows": rows}
 
@@ -267,13 +271,17 @@ def part_overlap(target, t_embeds, draft, d_embeds, args, factories, t_len, d_le
     return result
 
 
-def guarded(name: str, results: dict[str, Any], fn: Callable[[], Any]) -> None:
-    """Run one part; a failure is recorded (with its traceback) and the other parts still run."""
+def guarded(name: str, results: dict[str, Any], fn: Callable[[], Any], out: str | None) -> None:
+    """Run one part; a failure is recorded (with its traceback) and the other parts still run.
+    The results so far are written after every part, so a run cut short keeps what it measured."""
     try:
         results[name] = fn()
     except Exception as exc:  # noqa: BLE001 - a benchmark part failing must not lose the others
         results[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
         print(f"[{name}] FAILED: {type(exc).__name__}: {exc}")
+    if out:
+        with open(out, "w") as handle:
+            json.dump(results, handle, indent=2)
 
 
 def release() -> None:
@@ -341,10 +349,10 @@ def main() -> None:
         d_embeds = prompt_embeds(draft, sizes["draft_visual"], sizes["draft_text"], args.seed + 1)
         results["params"]["draft_7b"] = n_params(draft)
         if 1 in parts:
-            guarded("seeds_config", results, lambda: part_seeds(target, t_embeds, draft, d_embeds, args, factories, t_len, d_len))
+            guarded("seeds_config", results, lambda: part_seeds(target, t_embeds, draft, d_embeds, args, factories, t_len, d_len), args.out)
         if 3 in parts:
             guarded("overlap_1gpu_7b_draft", results, lambda: part_overlap(
-                target, t_embeds, draft, d_embeds, args, factories, t_len, d_len, "7B-shaped, same GPU"))
+                target, t_embeds, draft, d_embeds, args, factories, t_len, d_len, "7B-shaped, same GPU"), args.out)
         factories.forget(draft)
         del draft, d_embeds
         release()
@@ -352,7 +360,7 @@ def main() -> None:
             draft = build_lm(big_draft, vocab, d_len, torch.device("cuda", 1), dtype, args.seed + 1)
             d_embeds = prompt_embeds(draft, sizes["draft_visual"], sizes["draft_text"], args.seed + 1)
             guarded("overlap_2gpu_7b_draft", results, lambda: part_overlap(
-                target, t_embeds, draft, d_embeds, args, factories, t_len, d_len, "7B-shaped, second GPU"))
+                target, t_embeds, draft, d_embeds, args, factories, t_len, d_len, "7B-shaped, second GPU"), args.out)
             factories.forget(draft)
             del draft, d_embeds
             release()
@@ -361,15 +369,12 @@ def main() -> None:
         d_embeds = prompt_embeds(draft, sizes["draft_visual"], sizes["draft_text"], args.seed + 2)
         results["params"]["draft_small"] = n_params(draft)
         if 2 in parts:
-            guarded("oracle_grid", results, lambda: part_oracle(target, t_embeds, draft, d_embeds, args, factories, t_len, d_len))
+            guarded("oracle_grid", results, lambda: part_oracle(target, t_embeds, draft, d_embeds, args, factories, t_len, d_len), args.out)
         if 3 in parts:
             guarded("overlap_1gpu_small_draft", results, lambda: part_overlap(
-                target, t_embeds, draft, d_embeds, args, factories, t_len, d_len, "small, same GPU"))
+                target, t_embeds, draft, d_embeds, args, factories, t_len, d_len, "small, same GPU"), args.out)
 
     report(results)
-    if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(results, handle, indent=2)
 
 
 def report(results: dict[str, Any]) -> None:

@@ -86,6 +86,17 @@ class DecodeState(Protocol):
     def rollback(self, length: int) -> None: ...
 
 
+def token_tensor(token_ids: Sequence[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Token ids as a long tensor on ``device``. A host list reaches a GPU through pinned memory
+    without blocking: a plain copy waits for all queued device work, a host sync per call."""
+    if isinstance(token_ids, torch.Tensor):
+        return token_ids.to(device=device, dtype=torch.long)
+    host = torch.tensor(list(token_ids), dtype=torch.long)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 def extend_inputs(
     state: DecodeState, embeds: torch.Tensor | None, token_ids: Sequence[int] | torch.Tensor | None
 ) -> tuple[torch.Tensor, bool]:
@@ -96,7 +107,7 @@ def extend_inputs(
     if embeds is not None:
         inputs, is_ids = (embeds if embeds.dim() == 3 else embeds.unsqueeze(0)), False
     else:
-        inputs, is_ids = torch.as_tensor(token_ids, dtype=torch.long, device=state.lm.device).reshape(1, -1), True
+        inputs, is_ids = token_tensor(token_ids, state.lm.device).reshape(1, -1), True
     k = inputs.shape[1]
     if k == 0:
         raise ValueError("extend needs at least one position")

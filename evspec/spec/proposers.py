@@ -40,6 +40,7 @@ from evspec.runtime.decode import (
     LanguageModel,
     SamplingConfig,
     probabilities,
+    token_tensor,
 )
 from evspec.spec.vocab import TextBridge, TokenMap, common_prefix_length
 
@@ -246,10 +247,13 @@ class DraftModelProposer(Proposer):
     def _to_draft(self, target_ids: Sequence[int]) -> list[int]:
         return self.bridge.to_draft(target_ids)
 
-    def _feed(self, draft_ids: Sequence[int]) -> torch.Tensor:
+    def _feed(self, draft_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Append tokens to the draft's cache. A device tensor of ids is fed without a host sync;
+        the caller records those ids in ``_fed`` once it reads them back."""
         assert self.state is not None
-        step = self.state.extend(token_ids=list(draft_ids))
-        self._fed.extend(draft_ids)
+        step = self.state.extend(token_ids=draft_ids)
+        if not isinstance(draft_ids, torch.Tensor):
+            self._fed.extend(draft_ids)
         self._last_logits = step.logits[-1]
         self.draft_hidden = step.hidden
         return self._last_logits
@@ -276,13 +280,13 @@ class DraftModelProposer(Proposer):
         return self._feed(draft_seq[n:])
 
     # ---- drafting
-    def _choose(self, logits: torch.Tensor, position: int) -> tuple[int, torch.Tensor | None]:
-        """One draft token (draft vocabulary) and its distribution over the draft vocabulary."""
-        if self._allowed is not None:
-            logits = logits.masked_fill(~self._allowed, float("-inf"))
-        if self._sampling.greedy:
-            return int(logits.argmax(-1)), None
-        probs = probabilities(logits, self._sampling)
+    def _masked(self, logits: torch.Tensor) -> torch.Tensor:
+        """Draft logits with tokens the target vocabulary cannot express ruled out."""
+        return logits if self._allowed is None else logits.masked_fill(~self._allowed, float("-inf"))
+
+    def _sample(self, logits: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """One sampled draft token (draft vocabulary) and its distribution over the draft vocabulary."""
+        probs = probabilities(self._masked(logits), self._sampling)
         token = int(torch.multinomial(probs.cpu(), 1, generator=self._generator))
         return token, probs
 
@@ -298,20 +302,42 @@ class DraftModelProposer(Proposer):
             return Proposal()
         draft_seq = self._to_draft(accepted)
         logits = self._sync(draft_seq)
+        if logits is None:
+            return Proposal()
         assert self.state is not None
+        gamma = min(gamma, self.state.capacity - self.state.length + 1)  # the last draft needs no slot
+        if self._sampling.greedy:
+            drafted, rows = self._draft_greedy(logits, gamma), []
+        else:
+            drafted, rows = self._draft_sampled(logits, gamma)
+        return self._to_proposal(accepted, draft_seq, drafted, rows, gamma)
+
+    def _draft_greedy(self, logits: torch.Tensor, gamma: int) -> list[int]:
+        """gamma argmax steps with the tokens kept on the device: one host sync per round, not per
+        token (gpt-fast's loop), so the host queues step j+1 while the device runs step j.
+        Drafts after an end-of-answer token are cut afterwards (a wasted step only then)."""
+        tokens = [self._masked(logits).argmax(-1, keepdim=True)]
+        for _ in range(gamma - 1):
+            tokens.append(self._masked(self._feed(tokens[-1])).argmax(-1, keepdim=True))
+        drafted = torch.cat(tokens).tolist()
+        self._fed.extend(drafted[:-1])  # every draft but the last went into the cache
+        for j, token in enumerate(drafted):
+            if self._is_eos(token):
+                return drafted[: j + 1]
+        return drafted
+
+    def _draft_sampled(self, logits: torch.Tensor, gamma: int) -> tuple[list[int], list[torch.Tensor]]:
+        """gamma sampled steps; the tokens come from a host generator (repeatable across devices)."""
         drafted: list[int] = []
         rows: list[torch.Tensor] = []
         for j in range(gamma):
-            if logits is None:
-                break
-            token, probs = self._choose(logits, len(accepted) + j)
+            token, probs = self._sample(logits)
             drafted.append(token)
-            if probs is not None:
-                rows.append(probs)
-            if self._is_eos(token) or j == gamma - 1 or self.state.length >= self.state.capacity:
+            rows.append(probs)
+            if self._is_eos(token) or j == gamma - 1:
                 break
             logits = self._feed([token])
-        return self._to_proposal(accepted, draft_seq, drafted, rows, gamma)
+        return drafted, rows
 
     def _to_proposal(
         self, accepted: Sequence[int], draft_seq: list[int], drafted: list[int], rows: list[torch.Tensor], gamma: int,
@@ -405,20 +431,25 @@ class OracleProposer(DraftModelProposer):
         if gamma < 1:
             return Proposal()
         logits = self._sync(self._to_draft(accepted))
+        if logits is None:
+            return Proposal()
         assert self.state is not None
-        proposed: list[int] = []
-        for j in range(gamma):
-            if logits is None:
-                break
-            int(logits.argmax(-1))  # what a real draft pays to pick its token (a device sync)
-            truth = self._reference[len(accepted) + j]
-            if self._rng.random() < self.alpha:
-                token = truth
-            else:
-                token = self._rng.randrange(self._target_vocab - 1)
-                token += token >= truth
-            proposed.append(token)
-            if j == gamma - 1 or self.state.length >= self.state.capacity:
-                break
-            logits = self._feed(self._to_draft([token]))
+        gamma = min(gamma, self.state.capacity - self.state.length + 1)
+        proposed = [self._draw(self._reference[len(accepted) + j]) for j in range(gamma)]
+        # The draft's passes, as a greedy draft runs them (argmax on the device, no per-token
+        # host sync), fed the oracle's tokens: one host-to-device copy per round.
+        fed = self._to_draft(proposed[:-1])
+        ids = token_tensor(fed, self.lm.device)
+        self._masked(logits).argmax(-1)
+        for j in range(len(fed)):
+            self._masked(self._feed(ids[j: j + 1])).argmax(-1)
+        self._fed.extend(fed)
         return Proposal(proposed)
+
+    def _draw(self, truth: int) -> int:
+        """The true token with probability alpha, else a uniformly drawn wrong one."""
+        if self._rng.random() < self.alpha:
+            return truth
+        token = self._rng.randrange(self._target_vocab - 1)
+        return token + (token >= truth)
+

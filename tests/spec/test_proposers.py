@@ -3,6 +3,8 @@ and the hidden states the engine hands to a proposer."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -53,6 +55,23 @@ def test_draft_cache_rolls_back_to_the_accepted_prefix(target_lm, same_draft_lm)
         fresh.start(ctx)
         assert used.propose(accepted, 4).token_ids == fresh.propose(accepted, 4).token_ids
         assert used.state.length == used._prompt_len + len(used._fed)
+
+
+def test_greedy_drafts_stop_after_an_end_of_answer_token(target_lm, same_draft_lm) -> None:
+    """Drafting runs on the device without per-token checks; an EOS draft still ends the proposal,
+    and the cache bookkeeping stays exact for the next round."""
+    bridge = identity_map(same_draft_lm.vocab_size, target_lm.vocab_size)
+    ctx = DraftContext(sample=None, target_prompt_ids=[1, 5, 6, 7], target_vocab_size=target_lm.vocab_size)
+    free = DraftModelProposer(same_draft_lm, bridge)
+    free.start(ctx)
+    drafts = free.propose([9], 6).token_ids
+    assert len(drafts) == 6
+    stop = drafts[2]
+    cut = DraftModelProposer(same_draft_lm, bridge)
+    cut.start(dataclasses.replace(ctx, eos_token_ids=(stop,)))
+    assert cut.propose([9], 6).token_ids == drafts[: drafts.index(stop) + 1]
+    assert cut.state.length == cut._prompt_len + len(cut._fed)
+    assert cut.propose([9, 4], 3).token_ids == free.propose([9, 4], 3).token_ids
 
 
 def test_oracle_realizes_its_alpha(target_lm, same_draft_lm) -> None:
