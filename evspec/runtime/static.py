@@ -1,12 +1,18 @@
-"""The fast path: a static KV cache and a CUDA-graph-compiled forward over a LLaMA body's weights.
+"""The fast path: a static KV cache and compiled steps replayed as CUDA graphs, over a LLaMA body's weights.
 
 gpt-fast's recipe (pytorch-labs/gpt-fast ``generate.py``): preallocate K/V for the whole sequence,
 write new positions in place, attend over the filled part with a position mask, and compile the
-fixed-shape step with ``mode="reduce-overhead"`` so a decode step is one graph replay. We reuse the
-transformers LLaMA modules (norms, projections, MLP, rotary table) and own only the attention and the
-cache, because transformers' cache internals differ between 5.x releases and roll-back (rejected
-drafts) must be a length change, not a copy. QKV and gate/up are not fused (gpt-fast fuses them):
-measured on an H100, fused weights made inductor's compiled step 2x slower (docs/BENCHMARKS.md).
+fixed-shape step. We reuse the transformers LLaMA modules (norms, projections, MLP, rotary table)
+and own only the attention and the cache, because transformers' cache internals differ between
+5.x releases and roll-back (rejected drafts) must be a length change, not a copy. QKV and gate/up
+are not fused (gpt-fast fuses them): measured on an H100, fused weights made inductor's compiled
+step 2x slower (docs/BENCHMARKS.md).
+
+CUDA graphs are captured here, one per (query length, attended length), vLLM-style, rather than by
+``torch.compile(mode="reduce-overhead")``: its CUDA-graph trees assume one call order per
+iteration, and speculative decoding interleaves a draft's and a target's steps in an order that
+changes with every rejection. On an H100 the trees made a 4-layer draft's step cost
+0.089 of a 7B verify pass, several times its kernels' time (docs/BENCHMARKS.md has both figures).
 
 Numerics differ from transformers' eager path in the last bits (another attention call), so
 speculative decoding with ``StaticDecoder`` is lossless relative to ``StaticDecoder`` target-only
@@ -15,7 +21,8 @@ decoding; ``EagerState`` stays the reference for equality with ``generate()``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +30,10 @@ import torch.nn.functional as F
 from evspec.errors import ConfigError
 from evspec.runtime.decode import LanguageModel, StepOutput, extend_inputs
 
-KV_BUCKET = 256  # attended cache length is rounded up to this: one compiled graph per bucket
+# The attended cache length is rounded up to a multiple of this: one compiled graph per bucket.
+# Coarse on purpose: each bucket costs a compilation (tens of seconds at 7B), and up to 1023 extra
+# slots cost a 7B step ~5% more reads (its K/V: 0.5 MB per slot, against 13.5 GB of weights).
+KV_BUCKET = 1024
 
 
 def _pad_to_power_of_two(ids: torch.Tensor, room: int) -> torch.Tensor:
@@ -51,7 +61,8 @@ class StaticDecoder:
 
     Use it as the ``state_factory`` of ``prefill``/the speculative engine: ``prefill(lm, embeds, decoder)``.
     ``compile=True`` compiles the step for each query length it sees (1 for decoding, gamma+1 for
-    verification); prefill runs eagerly because its length varies per sample.
+    verification, padded to powers of two) and, on CUDA, captures each as a CUDA graph on first
+    use; prefill runs eagerly because its length varies per sample.
     """
 
     def __init__(self, lm: LanguageModel, max_length: int, *, compile: bool = False) -> None:
@@ -71,8 +82,9 @@ class StaticDecoder:
         self.v_cache = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
         # mask[i, j]: query at position i may attend key j (j <= i); rows are picked per step.
         self.causal = torch.ones(max_length, max_length, device=device, dtype=torch.bool).tril()
-        for tensor in (*self.k_cache, *self.v_cache, self.causal):
-            torch._dynamo.mark_static_address(tensor)
+        self._compiled: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._graphs: dict[tuple[int, int], _CapturedStep] = {}
+        self._pool = None
         if compile:
             # gpt-fast's setting: tunes the tile sizes of the batch-1 matrix-vector kernels.
             torch._inductor.config.coordinate_descent_tuning = True
@@ -80,9 +92,10 @@ class StaticDecoder:
             for limit in ("recompile_limit", "cache_size_limit"):
                 if hasattr(torch._dynamo.config, limit):
                     setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 256))
-        self._step = (
-            torch.compile(self._forward_ids, mode="reduce-overhead", fullgraph=True) if compile else self._forward_ids
-        )
+            # dynamic=False: one specialised kernel set per shape (the batch-1 GEMVs need M fixed).
+            self._compiled = torch.compile(self._forward_ids, fullgraph=True, dynamic=False)
+            if device.type == "cuda":
+                self._pool = torch.cuda.graph_pool_handle()  # this decoder's graphs share one pool
         self._active: StaticState | None = None
 
     def __call__(self, lm: LanguageModel) -> StaticState:
@@ -93,6 +106,40 @@ class StaticDecoder:
 
     def _forward_ids(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self._forward(self.lm.embed_tokens(ids), positions, kv_len)
+
+    def _step(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token pass: eager, compiled (CPU), or the replay of a captured CUDA graph. Graph
+        outputs are overwritten by the next replay of the same graph: callers copy what they keep."""
+        if self._compiled is None:
+            return self._forward_ids(ids, positions, kv_len)
+        if self._pool is None:
+            return self._compiled(ids, positions, kv_len)
+        key = (ids.shape[1], kv_len)
+        captured = self._graphs.get(key)
+        if captured is None:
+            captured = self._graphs[key] = self._capture(ids, positions, kv_len)
+        return captured.replay(ids, positions)
+
+    def _capture(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int) -> _CapturedStep:
+        """Compile for this shape, then record one graph of it (PyTorch's CUDA-graph recipe).
+
+        The warm-up passes really run: they write this call's K/V at this call's positions, which
+        the replay that follows writes again with the same values, so capturing mid-sequence is safe.
+        ``thread_local``: parallel prefill may run the target on another thread while the draft
+        captures."""
+        assert self._compiled is not None
+        device = ids.device
+        static_ids, static_positions = ids.clone(), positions.clone()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # compile, autotune and allocate outside the capture
+                self._compiled(static_ids, static_positions, kv_len)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            hidden, logits = self._compiled(static_ids, static_positions, kv_len)
+        return _CapturedStep(graph, static_ids, static_positions, hidden, logits)
 
     def _forward(self, embeds: torch.Tensor, positions: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Attend over the first ``kv_len`` cache slots only: a batch-1 attention kernel reads every
@@ -119,6 +166,23 @@ class StaticDecoder:
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         hidden = body.norm(x)[0]
         return hidden, self.lm.lm_head(hidden).float()
+
+
+@dataclass
+class _CapturedStep:
+    """One recorded CUDA graph and its fixed input and output buffers."""
+
+    graph: torch.cuda.CUDAGraph
+    ids: torch.Tensor
+    positions: torch.Tensor
+    hidden: torch.Tensor
+    logits: torch.Tensor
+
+    def replay(self, ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.ids.copy_(ids, non_blocking=True)
+        self.positions.copy_(positions, non_blocking=True)
+        self.graph.replay()
+        return self.hidden, self.logits
 
 
 class StaticState:
