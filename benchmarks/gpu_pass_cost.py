@@ -1,0 +1,144 @@
+"""What one target pass costs as its query length grows: the verify pass of speculative decoding.
+
+Leviathan's formula assumes a pass over gamma+1 tokens costs what a one-token step costs. This
+measures, on a Vicuna-7B-shaped LLaMA (random bf16 weights) after a prompt of --prompt tokens,
+the time of one pass over k = 1, 2, 4, 8, 16 tokens through evspec's static KV cache:
+
+  * ``eager``:    the static cache's forward, uncompiled (PyTorch's own kernels: cuBLAS GEMMs);
+  * ``compiled``: the same forward compiled by inductor and replayed as a CUDA graph (what the
+                  speculative engine runs);
+  * ``autotuned`` (--autotune K,...): compiled with ``mode="max-autotune-no-cudagraphs"`` (inductor
+                  benchmarks Triton GEMM templates against cuBLAS for these shapes), graph-replayed.
+
+and the top GPU kernels of one compiled pass at k=1 and k=8 (torch.profiler), to show where a
+longer pass spends its extra time. Each time is the median of --repeats CUDA-event-timed passes
+after warm-up; the cache is rolled back after every pass, so every pass sees the same length.
+
+    python benchmarks/gpu_pass_cost.py --out $OUT/pass_cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+from typing import Any
+
+import torch
+import transformers
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from evspec.runtime.decode import LanguageModel, prefill
+from evspec.runtime.static import StaticDecoder
+
+VICUNA_7B = {
+    "vocab_size": 32064, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+}
+
+
+def build(device: torch.device, seed: int) -> LanguageModel:
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(LlamaConfig(**VICUNA_7B)).to(torch.bfloat16).eval()
+    return LanguageModel.from_causal_lm(model)
+
+
+def pass_ms(decoder: StaticDecoder, embeds: torch.Tensor, k: int, repeats: int) -> float:
+    """Median CUDA-event time of one extend over k tokens at the prompt's end."""
+    state = prefill(decoder.lm, embeds, decoder).state
+    base = state.length
+    ids = list(range(5, 5 + k))
+    times = []
+    for i in range(repeats + 3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        state.extend(token_ids=ids)
+        end.record()
+        end.synchronize()
+        if i >= 3:
+            times.append(start.elapsed_time(end))
+        state.rollback(base)
+    return statistics.median(times)
+
+
+def top_kernels(decoder: StaticDecoder, embeds: torch.Tensor, k: int, n: int = 12) -> list[dict[str, Any]]:
+    """GPU time by kernel of the compiled forward (called directly: graph replays hide kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    state = prefill(decoder.lm, embeds, decoder).state
+    length = state.length
+    ids = torch.arange(5, 5 + k, device=embeds.device).reshape(1, k)
+    positions = torch.arange(length, length + k, device=embeds.device)
+    kv_len = decoder.max_length
+    assert decoder._compiled is not None
+    decoder._compiled(ids, positions, kv_len)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            decoder._compiled(ids, positions, kv_len)
+        torch.cuda.synchronize()
+    rows = sorted(prof.key_averages(), key=lambda e: e.device_time_total, reverse=True)[:n]
+    return [{"kernel": e.key[:90], "calls_per_pass": e.count / 5, "us_per_pass": e.device_time_total / 5} for e in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompt", type=int, default=2096, help="tokens before the pass (Video-LLaVA: 2056 + text)")
+    parser.add_argument("--lengths", default="1,2,4,8,16")
+    parser.add_argument("--autotune", default="", help="lengths to also time with max-autotune, e.g. 8")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_pass_cost.py needs a CUDA device")
+    device = torch.device("cuda")
+    lengths = [int(k) for k in args.lengths.split(",")]
+    autotune = [int(k) for k in args.autotune.split(",") if k]
+    lm = build(device, args.seed)
+    embeds = torch.randn(1, args.prompt, lm.hidden_size, device=device, dtype=lm.dtype) * 0.02
+    max_length = args.prompt + max(lengths + autotune) + 8
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device), "dtype": "bfloat16", "shape": VICUNA_7B, "prompt": args.prompt,
+        "repeats": args.repeats, "seed": args.seed,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "cuda": torch.version.cuda,
+                     "python": platform.python_version()},
+        "eager_ms": {}, "compiled_ms": {}, "autotuned_ms": {}, "kernels": {},
+    }
+
+    def save() -> None:
+        if args.out:
+            with open(args.out, "w") as handle:
+                json.dump(results, handle, indent=2)
+
+    with torch.inference_mode():
+        eager = StaticDecoder(lm, max_length)
+        compiled = StaticDecoder(lm, max_length, compile=True)
+        for k in lengths:
+            results["eager_ms"][k] = pass_ms(eager, embeds, k, args.repeats)
+            results["compiled_ms"][k] = pass_ms(compiled, embeds, k, args.repeats)
+            print(f"k={k:3d}  eager {results['eager_ms'][k]:6.2f} ms  compiled+graph {results['compiled_ms'][k]:6.2f} ms  "
+                  f"({results['compiled_ms'][k] / results['compiled_ms'][lengths[0]]:.2f}x of k={lengths[0]})", flush=True)
+            save()
+        for k in (1, 8):
+            if k in lengths:
+                results["kernels"][k] = top_kernels(compiled, embeds, k)
+                print(f"top kernels, compiled, k={k}:")
+                for row in results["kernels"][k]:
+                    print(f"  {row['us_per_pass']:9.1f} us  x{row['calls_per_pass']:5.1f}  {row['kernel']}")
+                save()
+        if autotune:
+            tuned = StaticDecoder(lm, max_length, compile=True)
+            tuned._compiled = torch.compile(tuned._forward_ids, fullgraph=True, dynamic=False,
+                                            mode="max-autotune-no-cudagraphs")
+            for k in autotune:
+                results["autotuned_ms"][k] = pass_ms(tuned, embeds, k, args.repeats)
+                print(f"k={k:3d}  max-autotune+graph {results['autotuned_ms'][k]:6.2f} ms", flush=True)
+                save()
+    print(f"device {results['device']}  torch {torch.__version__}  prompt {args.prompt}  repeats {args.repeats} (medians)")
+
+
+if __name__ == "__main__":
+    main()
