@@ -86,8 +86,6 @@ class StaticDecoder:
         self._graphs: dict[tuple[int, int], _CapturedStep] = {}
         self._pool = None
         if compile:
-            # gpt-fast's setting: tunes the tile sizes of the batch-1 matrix-vector kernels.
-            torch._inductor.config.coordinate_descent_tuning = True
             # One graph per (query length, length bucket): more than dynamo's default of 8.
             for limit in ("recompile_limit", "cache_size_limit"):
                 if hasattr(torch._dynamo.config, limit):
@@ -105,7 +103,7 @@ class StaticDecoder:
         return self._active
 
     def _forward_ids(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._forward(self.lm.embed_tokens(ids), positions, kv_len)
+        return self._forward(self.lm.embed_tokens(ids), positions, kv_len, explicit_attention=True)
 
     def _step(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One token pass: eager, compiled (CPU), or the replay of a captured CUDA graph. Graph
@@ -132,7 +130,9 @@ class StaticDecoder:
         static_ids, static_positions = ids.clone(), positions.clone()
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
+        # Coordinate-descent tuning pays for the 1-token step's matrix-vector reductions; longer
+        # passes run cuBLAS GEMMs, where it only lengthens compilation (~a minute per 7B graph).
+        with torch.cuda.stream(side), torch._inductor.config.patch(coordinate_descent_tuning=ids.shape[1] == 1):
             for _ in range(2):  # compile, autotune and allocate outside the capture
                 self._compiled(static_ids, static_positions, kv_len)
         torch.cuda.current_stream(device).wait_stream(side)
@@ -141,9 +141,30 @@ class StaticDecoder:
             hidden, logits = self._compiled(static_ids, static_positions, kv_len)
         return _CapturedStep(graph, static_ids, static_positions, hidden, logits)
 
-    def _forward(self, embeds: torch.Tensor, positions: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """softmax(q K^T) V written out, for token passes (a few queries over a long cache).
+
+        Why not SDPA: for 8 queries over 2100 keys cuDNN's fused kernel runs one block per head
+        (32 blocks on 132 SMs) and cost 3x its 1-query time on an H100 (gpu_pass_cost.py), which
+        made a verify pass 1.37x a decode step. Written out, the two products are batched
+        GEMMs (or, for one query, reductions) that read the cache once at full width. The query
+        heads that share a K/V head are stacked as extra rows, so K/V are never copied per head."""
+        _, n_heads, k, d = q.shape
+        n_kv = keys.shape[1]
+        group = n_heads // n_kv
+        q = q.reshape(1, n_kv, group * k, d)  # rows: (head within group, query)
+        scores = torch.matmul(q, keys.transpose(-1, -2))
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * self.scaling  # softmax in >= fp32
+        scores = scores.masked_fill(~mask.repeat(1, 1, group, 1), float("-inf"))
+        out = torch.matmul(torch.softmax(scores, dim=-1).to(values.dtype), values)
+        return out.reshape(1, n_heads, k, d)
+
+    def _forward(
+        self, embeds: torch.Tensor, positions: torch.Tensor, kv_len: int, explicit_attention: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attend over the first ``kv_len`` cache slots only: a batch-1 attention kernel reads every
-        slot it is given, and a 4096-slot cache holding a 2100-token prompt would double its reads."""
+        slot it is given, and a 4096-slot cache holding a 2100-token prompt would double its reads.
+        Prefill (many queries) uses SDPA's fused kernels; token passes use :meth:`_attend`."""
         body, k = self.lm.body, embeds.shape[1]
         cos, sin = body.rotary_emb(embeds, positions.unsqueeze(0))
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
@@ -159,9 +180,11 @@ class StaticDecoder:
             q, key = _apply_rotary(q, cos, sin), _apply_rotary(key, cos, sin)
             k_cache.index_copy_(2, positions, key)
             v_cache.index_copy_(2, positions, value)
-            out = F.scaled_dot_product_attention(
-                q, k_cache[:, :, :kv_len], v_cache[:, :, :kv_len], attn_mask=mask, scale=self.scaling, enable_gqa=True
-            )
+            keys, values = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
+            if explicit_attention:
+                out = self._attend(q, keys, values, mask)
+            else:
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=True)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(1, k, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         hidden = body.norm(x)[0]
