@@ -105,7 +105,10 @@ class SpecTimings:
 
     @property
     def prefill_overlap(self) -> float | None:
-        """Hidden fraction of the draft prefill: (draft + target - wall) / draft; 0 = none hidden."""
+        """Concurrency of the prefill phase: (draft + target - wall) / draft, the share of the draft
+        side's time that ran while the target's prefill ran; 0 = none. On one GPU the two sides
+        slow each other down, so this overstates the wall time saved: for that, compare the walls
+        of a sequential and a parallel run (``benchmarks/gpu_spec.py`` part 3)."""
         if self.draft_prefill_s <= 0:
             return None
         return (self.draft_prefill_s + self.target_prefill_s - self.prefill_wall_s) / self.draft_prefill_s
