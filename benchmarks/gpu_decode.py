@@ -4,7 +4,7 @@ Measures, in one run on one device:
   * device copy bandwidth (a large device-to-device copy, bytes read + written) and the bf16 matmul rate;
   * decode latency per token for (a) transformers ``generate()`` as users call it, (b) evspec's eager
     loop (``EagerState``: transformers modules + DynamicCache), (c) evspec's static KV cache with the step
-    compiled by ``torch.compile(mode="reduce-overhead")`` (CUDA graphs); next to the memory-bandwidth
+    compiled by ``torch.compile`` and replayed as CUDA graphs; next to the memory-bandwidth
     bound (weight bytes / measured copy bandwidth);
   * Video-LLaVA-shaped prefill (2056 visual + prompt tokens) against the bf16 matmul roofline.
 
