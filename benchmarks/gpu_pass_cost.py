@@ -29,13 +29,12 @@ import torch
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from evspec.models.tiny import VICUNA_7B as VICUNA_7B_BODY
+from evspec.models.tiny import VOCAB_7B
 from evspec.runtime.decode import LanguageModel, prefill
 from evspec.runtime.static import StaticDecoder
 
-VICUNA_7B = {
-    "vocab_size": 32064, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-    "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
-}
+VICUNA_7B = {**VICUNA_7B_BODY, "vocab_size": VOCAB_7B}  # the shape evspec's random-7b-* models use
 
 
 def build(device: torch.device, seed: int) -> LanguageModel:
