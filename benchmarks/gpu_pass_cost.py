@@ -5,10 +5,8 @@ measures, on a Vicuna-7B-shaped LLaMA (random bf16 weights) after a prompt of --
 the time of one pass over k = 1, 2, 4, 8, 16 tokens through evspec's static KV cache:
 
   * ``eager``:    the static cache's forward, uncompiled (PyTorch's own kernels: cuBLAS GEMMs);
-  * ``compiled``: the same forward compiled by inductor and replayed as a CUDA graph, with 2-16
-                  token passes through evspec's few-row kernel (what the speculative engine runs);
-  * ``cublas``:   compiled and graph-replayed, but 2-16 token passes on PyTorch's GEMMs
-                  (``few_row_kernel=False``), the path before that kernel;
+  * ``compiled``: the same forward compiled by inductor and replayed as a CUDA graph (what the
+                  speculative engine runs);
   * ``autotuned`` (--autotune K,...): compiled with ``mode="max-autotune-no-cudagraphs"`` (inductor
                   benchmarks Triton GEMM templates against cuBLAS for these shapes), graph-replayed.
 
@@ -106,7 +104,7 @@ def main() -> None:
         "repeats": args.repeats, "seed": args.seed,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "cuda": torch.version.cuda,
                      "python": platform.python_version()},
-        "eager_ms": {}, "compiled_ms": {}, "cublas_ms": {}, "autotuned_ms": {}, "kernels": {},
+        "eager_ms": {}, "compiled_ms": {}, "autotuned_ms": {}, "kernels": {},
     }
 
     def save() -> None:
@@ -117,15 +115,11 @@ def main() -> None:
     with torch.inference_mode():
         eager = StaticDecoder(lm, max_length)
         compiled = StaticDecoder(lm, max_length, compile=True)
-        cublas = StaticDecoder(lm, max_length, compile=True, few_row_kernel=False)
         for k in lengths:
             results["eager_ms"][k] = pass_ms(eager, embeds, k, args.repeats)
             results["compiled_ms"][k] = pass_ms(compiled, embeds, k, args.repeats)
-            # one token never takes the few-row kernel: the same graph either way
-            results["cublas_ms"][k] = results["compiled_ms"][k] if k == 1 else pass_ms(cublas, embeds, k, args.repeats)
-            print(f"k={k:3d}  eager {results['eager_ms'][k]:6.2f} ms  compiled+graph {results['compiled_ms'][k]:6.2f} ms "
-                  f"({results['compiled_ms'][k] / results['compiled_ms'][lengths[0]]:.2f}x of k={lengths[0]})  "
-                  f"on cuBLAS {results['cublas_ms'][k]:6.2f} ms", flush=True)
+            print(f"k={k:3d}  eager {results['eager_ms'][k]:6.2f} ms  compiled+graph {results['compiled_ms'][k]:6.2f} ms  "
+                  f"({results['compiled_ms'][k] / results['compiled_ms'][lengths[0]]:.2f}x of k={lengths[0]})", flush=True)
             save()
         for k in (1, 8):
             if k in lengths:

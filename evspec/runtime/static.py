@@ -29,7 +29,6 @@ import torch.nn.functional as F
 
 from evspec.errors import ConfigError
 from evspec.runtime.decode import LanguageModel, StepOutput, extend_inputs
-from evspec.runtime.skinny import linear as few_row_linear
 
 # The attended cache length is rounded up to a multiple of this: one compiled graph per bucket.
 # Coarse on purpose: each bucket costs a compilation (tens of seconds at 7B), and up to 1023 extra
@@ -66,13 +65,11 @@ class StaticDecoder:
     use; prefill runs eagerly because its length varies per sample.
     """
 
-    def __init__(self, lm: LanguageModel, max_length: int, *, compile: bool = False, few_row_kernel: bool = True) -> None:
+    def __init__(self, lm: LanguageModel, max_length: int, *, compile: bool = False) -> None:
         if max_length > lm.context_length:
             raise ConfigError(f"max_length {max_length} exceeds the model's context of {lm.context_length}")
         self.lm = lm
         self.max_length = max_length
-        # Token passes of 2-16 rows on CUDA run their projections through evspec.runtime.skinny.
-        self.few_row_kernel = few_row_kernel
         body = lm.body
         self.layers = list(body.layers)
         attn = self.layers[0].self_attn
@@ -106,7 +103,7 @@ class StaticDecoder:
         return self._active
 
     def _forward_ids(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._forward(self.lm.embed_tokens(ids), positions, kv_len, token_pass=True)
+        return self._forward(self.lm.embed_tokens(ids), positions, kv_len, explicit_attention=True)
 
     def _step(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One token pass: eager, compiled (CPU), or the replay of a captured CUDA graph. Graph
@@ -163,18 +160,12 @@ class StaticDecoder:
         return out.reshape(1, n_heads, k, d)
 
     def _forward(
-        self, embeds: torch.Tensor, positions: torch.Tensor, kv_len: int, token_pass: bool = False,
+        self, embeds: torch.Tensor, positions: torch.Tensor, kv_len: int, explicit_attention: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attend over the first ``kv_len`` cache slots only: a batch-1 attention kernel reads every
         slot it is given, and a 4096-slot cache holding a 2100-token prompt would double its reads.
-        Prefill (many queries) uses SDPA's fused kernels and cuBLAS; token passes use :meth:`_attend`
-        and, for 2-16 tokens on CUDA, the few-row kernel for every projection."""
+        Prefill (many queries) uses SDPA's fused kernels; token passes use :meth:`_attend`."""
         body, k = self.lm.body, embeds.shape[1]
-        few_rows = token_pass and self.few_row_kernel
-
-        def proj(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
-            return few_row_linear(x, layer) if few_rows else layer(x)
-
         cos, sin = body.rotary_emb(embeds, positions.unsqueeze(0))
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         mask = self.causal[positions, :kv_len].unsqueeze(0).unsqueeze(0)
@@ -182,7 +173,7 @@ class StaticDecoder:
         for layer, k_cache, v_cache in zip(self.layers, self.k_cache, self.v_cache):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
-            q, key, value = proj(h, attn.q_proj), proj(h, attn.k_proj), proj(h, attn.v_proj)
+            q, key, value = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
             q = q.view(1, k, -1, self.head_dim).transpose(1, 2)
             key = key.view(1, k, -1, self.head_dim).transpose(1, 2)
             value = value.view(1, k, -1, self.head_dim).transpose(1, 2)
@@ -190,15 +181,14 @@ class StaticDecoder:
             k_cache.index_copy_(2, positions, key)
             v_cache.index_copy_(2, positions, value)
             keys, values = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
-            if token_pass:
+            if explicit_attention:
                 out = self._attend(q, keys, values, mask)
             else:
                 out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=True)
-            x = x + proj(out.transpose(1, 2).reshape(1, k, -1), attn.o_proj)
-            mlp, h = layer.mlp, layer.post_attention_layernorm(x)
-            x = x + proj(mlp.act_fn(proj(h, mlp.gate_proj)) * proj(h, mlp.up_proj), mlp.down_proj)
+            x = x + attn.o_proj(out.transpose(1, 2).reshape(1, k, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
         hidden = body.norm(x)[0]
-        return hidden, proj(hidden, self.lm.lm_head).float()
+        return hidden, self.lm.lm_head(hidden).float()
 
 
 @dataclass
