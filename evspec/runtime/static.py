@@ -21,6 +21,7 @@ decoding; ``EagerState`` stays the reference for equality with ``generate()``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ from evspec.runtime.decode import LanguageModel, StepOutput, extend_inputs
 # Coarse on purpose: each bucket costs a compilation (tens of seconds at 7B), and up to 1023 extra
 # slots cost a 7B step ~5% more reads (its K/V: 0.5 MB per slot, against 13.5 GB of weights).
 KV_BUCKET = 1024
+# Keys per split of a multi-query pass's probabilities-times-values product (see _attend).
+VALUE_SPLIT = 256
 
 
 def _pad_to_power_of_two(ids: torch.Tensor, room: int) -> torch.Tensor:
@@ -50,6 +53,32 @@ def _pad_to_power_of_two(ids: torch.Tensor, room: int) -> torch.Tensor:
     return torch.cat([ids, ids.new_zeros(1, size - k)], dim=1)
 
 
+# Fused weights already made, by their first layer: a second decoder over one model reuses them.
+_FUSED: weakref.WeakKeyDictionary[torch.nn.Module, torch.Tensor] = weakref.WeakKeyDictionary()
+
+
+def _fuse_rows(linears: Sequence[torch.nn.Module]) -> torch.Tensor | None:
+    """One [sum of N, K] weight whose row blocks become these layers' weights (views: no memory
+    added, values unchanged), so a pass over several tokens runs one wide GEMM while a one-token
+    step keeps its separate matrix-vector products. None for layers that are not plain bias-free
+    ``nn.Linear`` (a quantized layer keeps its own forward)."""
+    if any(type(layer) is not torch.nn.Linear or layer.bias is not None for layer in linears):
+        return None
+    fused = _FUSED.get(linears[0])
+    if fused is not None and all(layer.weight.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
+                                 for layer in linears):
+        return fused
+    with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, even when built under inference mode
+        fused = torch.cat([layer.weight for layer in linears])
+        start = 0
+        for layer in linears:
+            rows = layer.weight.shape[0]
+            layer.weight = torch.nn.Parameter(fused[start:start + rows], requires_grad=layer.weight.requires_grad)
+            start += rows
+    _FUSED[linears[0]] = fused
+    return fused
+
+
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -63,9 +92,15 @@ class StaticDecoder:
     ``compile=True`` compiles the step for each query length it sees (1 for decoding, gamma+1 for
     verification, padded to powers of two) and, on CUDA, captures each as a CUDA graph on first
     use; prefill runs eagerly because its length varies per sample.
+
+    ``fuse_projections`` re-stores each layer's Q/K/V and gate/up weights as row blocks of one
+    matrix (the model's weights become views of it; their values do not change), so that passes
+    over several tokens run one GEMM for each group. Build the decoder once the weights are final.
     """
 
-    def __init__(self, lm: LanguageModel, max_length: int, *, compile: bool = False) -> None:
+    def __init__(
+        self, lm: LanguageModel, max_length: int, *, compile: bool = False, fuse_projections: bool = True,
+    ) -> None:
         if max_length > lm.context_length:
             raise ConfigError(f"max_length {max_length} exceeds the model's context of {lm.context_length}")
         self.lm = lm
@@ -80,6 +115,14 @@ class StaticDecoder:
         device, dtype = lm.device, lm.dtype
         self.k_cache = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
         self.v_cache = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
+        self.qkv_sizes = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
+        self.qkv: list[torch.Tensor | None] = [None] * len(self.layers)
+        self.gate_up: list[torch.Tensor | None] = [None] * len(self.layers)
+        if fuse_projections:
+            for i, layer in enumerate(self.layers):
+                a, m = layer.self_attn, layer.mlp
+                self.qkv[i] = _fuse_rows([a.q_proj, a.k_proj, a.v_proj])
+                self.gate_up[i] = _fuse_rows([m.gate_proj, m.up_proj])
         # mask[i, j]: query at position i may attend key j (j <= i); rows are picked per step.
         self.causal = torch.ones(max_length, max_length, device=device, dtype=torch.bool).tril()
         self._compiled: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -148,7 +191,11 @@ class StaticDecoder:
         (32 blocks on 132 SMs) and cost 3x its 1-query time on an H100 (gpu_pass_cost.py), which
         made a verify pass 1.37x a decode step. Written out, the two products are batched
         GEMMs (or, for one query, reductions) that read the cache once at full width. The query
-        heads that share a K/V head are stacked as extra rows, so K/V are never copied per head."""
+        heads that share a K/V head are stacked as extra rows, so K/V are never copied per head.
+
+        The probabilities-times-values product of several queries is split along the keys
+        (flash-decoding's split-K): unsplit, its output is one small tile per head, so a GEMM
+        would again run one block per head, each streaming a whole head's values."""
         _, n_heads, k, d = q.shape
         n_kv = keys.shape[1]
         group = n_heads // n_kv
@@ -156,7 +203,15 @@ class StaticDecoder:
         scores = torch.matmul(q, keys.transpose(-1, -2))
         scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * self.scaling  # softmax in >= fp32
         scores = scores.masked_fill(~mask.repeat(1, 1, group, 1), float("-inf"))
-        out = torch.matmul(torch.softmax(scores, dim=-1).to(values.dtype), values)
+        probs = torch.softmax(scores, dim=-1).to(values.dtype)
+        rows, length = probs.shape[-2:]
+        splits = length // VALUE_SPLIT if rows > 1 and length % VALUE_SPLIT == 0 else 1
+        if splits > 1:
+            part = torch.matmul(probs.view(1, n_kv, rows, splits, VALUE_SPLIT).transpose(2, 3),
+                                values.view(1, n_kv, splits, VALUE_SPLIT, d))
+            out = part.sum(2, dtype=torch.promote_types(values.dtype, torch.float32)).to(values.dtype)
+        else:  # one query: inductor's matrix-vector reduction already spreads the keys over the GPU
+            out = torch.matmul(probs, values)
         return out.reshape(1, n_heads, k, d)
 
     def _forward(
@@ -164,16 +219,26 @@ class StaticDecoder:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attend over the first ``kv_len`` cache slots only: a batch-1 attention kernel reads every
         slot it is given, and a 4096-slot cache holding a 2100-token prompt would double its reads.
-        Prefill (many queries) uses SDPA's fused kernels; token passes use :meth:`_attend`."""
+        Prefill (many queries) uses SDPA's fused kernels; token passes use :meth:`_attend`.
+
+        Passes over several tokens use the fused Q/K/V and gate/up weights: measured on an H100, a
+        7B pass over 8 tokens ran cuBLAS's split-K kernels (plus a reduction kernel) on each
+        4096-row matrix, and the fused ones avoid that. One-token steps keep separate matrices:
+        inductor turns those products into reductions fused with their neighbours, and fused
+        weights made that step 2x slower (docs/BENCHMARKS.md)."""
         body, k = self.lm.body, embeds.shape[1]
         cos, sin = body.rotary_emb(embeds, positions.unsqueeze(0))
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         mask = self.causal[positions, :kv_len].unsqueeze(0).unsqueeze(0)
         x = embeds
-        for layer, k_cache, v_cache in zip(self.layers, self.k_cache, self.v_cache):
-            attn = layer.self_attn
+        for i, (layer, k_cache, v_cache) in enumerate(zip(self.layers, self.k_cache, self.v_cache)):
+            attn, mlp = layer.self_attn, layer.mlp
             h = layer.input_layernorm(x)
-            q, key, value = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+            qkv, gate_up = (self.qkv[i], self.gate_up[i]) if k > 1 else (None, None)
+            if qkv is None:
+                q, key, value = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+            else:
+                q, key, value = F.linear(h, qkv).split(self.qkv_sizes, dim=-1)
             q = q.view(1, k, -1, self.head_dim).transpose(1, 2)
             key = key.view(1, k, -1, self.head_dim).transpose(1, 2)
             value = value.view(1, k, -1, self.head_dim).transpose(1, 2)
@@ -186,7 +251,12 @@ class StaticDecoder:
             else:
                 out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=True)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(1, k, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            h = layer.post_attention_layernorm(x)
+            if gate_up is None:
+                x = x + mlp(h)
+            else:
+                gate, up = F.linear(h, gate_up).chunk(2, dim=-1)
+                x = x + mlp.down_proj(mlp.act_fn(gate) * up)
         hidden = body.norm(x)[0]
         return hidden, self.lm.lm_head(hidden).float()
 

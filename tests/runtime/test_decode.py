@@ -162,9 +162,16 @@ def test_static_cache_attends_by_length_bucket(causal_lm: LlamaForCausalLM, monk
     assert eager == static_tokens
 
 
+@pytest.mark.parametrize("value_split", [4, 256])  # 4: the keys split into 16 parts; 256: unsplit
 @pytest.mark.parametrize("k", [1, 3, 5, 6, 7])
-def test_static_pads_passes_without_changing_results(causal_lm: LlamaForCausalLM, k: int) -> None:
-    """A k-token pass is padded to a power of two; the real rows and later passes are unaffected."""
+def test_static_pads_passes_without_changing_results(
+    causal_lm: LlamaForCausalLM, k: int, value_split: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A k-token pass is padded to a power of two (and its values product split along the keys);
+    the real rows and later passes are unaffected."""
+    import evspec.runtime.static as static
+
+    monkeypatch.setattr(static, "VALUE_SPLIT", value_split)
     model = LlamaForCausalLM(causal_lm.config).eval().double()
     model.load_state_dict(causal_lm.state_dict())
     lm = LanguageModel.from_causal_lm(model)
@@ -187,3 +194,39 @@ def test_static_does_not_pad_past_the_cache(causal_lm: LlamaForCausalLM) -> None
     state.extend(token_ids=list(range(10)))
     out = state.extend(token_ids=[1, 2, 3, 4, 5])  # 5 -> 8 would pass the 16-slot cache: stays 5
     assert out.logits.shape[0] == 5 and state.length == 15
+
+
+def test_static_fuses_projection_weights_in_place(causal_lm: LlamaForCausalLM) -> None:
+    """Q/K/V and gate/up become views of one matrix each: same values, no copy kept, reused by a
+    second decoder; results equal the unfused decoder's."""
+    model = LlamaForCausalLM(causal_lm.config).eval().double()
+    model.load_state_dict(causal_lm.state_dict())
+    lm = LanguageModel.from_causal_lm(model)
+    attn = model.model.layers[0].self_attn
+    before = {name: getattr(attn, name).weight.clone() for name in ("q_proj", "k_proj", "v_proj")}
+    ids = _prompt(3, 20)[0]
+    plain = StaticDecoder(lm, max_length=32, fuse_projections=False)(lm)
+    expected = [plain.extend(token_ids=ids[:12]).logits, plain.extend(token_ids=ids[12:16]).logits]
+    first = StaticDecoder(lm, max_length=32)
+    storage = attn.q_proj.weight.untyped_storage().data_ptr()
+    for name, weight in before.items():
+        assert getattr(attn, name).weight.untyped_storage().data_ptr() == storage
+        torch.testing.assert_close(getattr(attn, name).weight, weight, rtol=0, atol=0)
+    assert StaticDecoder(lm, max_length=32).qkv[0] is first.qkv[0]
+    state = first(lm)
+    got = [state.extend(token_ids=ids[:12]).logits, state.extend(token_ids=ids[12:16]).logits]
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_static_leaves_quantized_layers_unfused(causal_lm: LlamaForCausalLM) -> None:
+    class Quantized(torch.nn.Linear):  # stands in for a bitsandbytes layer with its own forward
+        pass
+
+    model = LlamaForCausalLM(causal_lm.config).eval()
+    attn = model.model.layers[0].self_attn
+    q = Quantized(attn.q_proj.in_features, attn.q_proj.out_features, bias=False)
+    q.weight = attn.q_proj.weight
+    attn.q_proj = q
+    decoder = StaticDecoder(LanguageModel.from_causal_lm(model), max_length=16)
+    assert decoder.qkv[0] is None and decoder.qkv[1] is not None and decoder.gate_up[0] is not None
