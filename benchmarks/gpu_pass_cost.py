@@ -72,7 +72,7 @@ def top_kernels(decoder: StaticDecoder, embeds: torch.Tensor, k: int, n: int = 1
     length = state.length
     ids = torch.arange(5, 5 + k, device=embeds.device).reshape(1, k)
     positions = torch.arange(length, length + k, device=embeds.device)
-    kv_len = decoder.max_length
+    kv_len = decoder.slots
     assert decoder._compiled is not None
     decoder._compiled(ids, positions, kv_len)
     torch.cuda.synchronize()

@@ -230,3 +230,22 @@ def test_static_leaves_quantized_layers_unfused(causal_lm: LlamaForCausalLM) -> 
     attn.q_proj = q
     decoder = StaticDecoder(LanguageModel.from_causal_lm(model), max_length=16)
     assert decoder.qkv[0] is None and decoder.qkv[1] is not None and decoder.gate_up[0] is not None
+
+
+def test_static_attends_lengths_in_whole_value_splits(causal_lm: LlamaForCausalLM) -> None:
+    """An odd max_length still gives every token pass an attended length that is a multiple of
+    VALUE_SPLIT (aligned GEMMs, split values product); positions stay within max_length."""
+    import evspec.runtime.static as static
+
+    lm = LanguageModel.from_causal_lm(causal_lm)
+    decoder = StaticDecoder(lm, max_length=37)
+    seen: list[int] = []
+    step = decoder._step
+    decoder._step = lambda ids, positions, kv_len: (seen.append(kv_len), step(ids, positions, kv_len))[1]  # type: ignore[method-assign]
+    state = decoder(lm)
+    state.extend(token_ids=list(range(30)))
+    state.extend(token_ids=[1, 2, 3])
+    assert decoder.slots % static.VALUE_SPLIT == 0 and decoder.slots >= 37 and state.capacity == 37
+    assert seen and all(kv_len % static.VALUE_SPLIT == 0 for kv_len in seen)
+    with pytest.raises(ConfigError, match="exceeds the cache's 37 positions"):
+        state.extend(token_ids=list(range(10)))  # past max_length, even though slots remain
