@@ -35,11 +35,10 @@ from evspec.runtime.decode import LanguageModel, StepOutput, extend_inputs
 # Coarse on purpose: each bucket costs a compilation (tens of seconds at 7B), and up to 1023 extra
 # slots cost a 7B step ~5% more reads (its K/V: 0.5 MB per slot, against 13.5 GB of weights).
 KV_BUCKET = 1024
-# Keys per split of a multi-query pass's probabilities-times-values product (see _attend), and
-# the granularity of the cache's slots: every attended length is a multiple of it. Why: with the
-# cache sized to an arbitrary max_length (2237 slots) a 7B verify pass took 8.7 ms instead of
-# 6.9 ms on an H100 (odd-length GEMMs), and the one-token step 6.3-6.9 ms instead of 6.0.
-VALUE_SPLIT = 256
+# Cache slots come in multiples of this, so every attended length is aligned. Why: with the
+# cache sized to an arbitrary max_length (2237 slots) a 7B verify pass took 8.6 ms instead of
+# 6.9 ms on an H100 (odd-length GEMMs), and the one-token step 6.3 ms instead of 6.0.
+SLOT_ALIGN = 64
 
 
 def _pad_to_power_of_two(ids: torch.Tensor, room: int) -> torch.Tensor:
@@ -114,8 +113,8 @@ class StaticDecoder:
         self.head_dim = int(attn.head_dim)
         self.scaling = float(attn.scaling)
         n_kv = attn.k_proj.out_features // self.head_dim
-        # Slots past max_length are never written; they round every attended length up to VALUE_SPLIT.
-        self.slots = -(-max_length // VALUE_SPLIT) * VALUE_SPLIT
+        # Slots past max_length are never written; they round every attended length up to SLOT_ALIGN.
+        self.slots = -(-max_length // SLOT_ALIGN) * SLOT_ALIGN
         shape = (1, n_kv, self.slots, self.head_dim)
         device, dtype = lm.device, lm.dtype
         self.k_cache = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
@@ -196,11 +195,7 @@ class StaticDecoder:
         (32 blocks on 132 SMs) and cost 3x its 1-query time on an H100 (gpu_pass_cost.py), which
         made a verify pass 1.37x a decode step. Written out, the two products are batched
         GEMMs (or, for one query, reductions) that read the cache once at full width. The query
-        heads that share a K/V head are stacked as extra rows, so K/V are never copied per head.
-
-        The probabilities-times-values product of several queries is split along the keys
-        (flash-decoding's split-K): unsplit, its output is one small tile per head, so a GEMM
-        would again run one block per head, each streaming a whole head's values."""
+        heads that share a K/V head are stacked as extra rows, so K/V are never copied per head."""
         _, n_heads, k, d = q.shape
         n_kv = keys.shape[1]
         group = n_heads // n_kv
@@ -208,15 +203,7 @@ class StaticDecoder:
         scores = torch.matmul(q, keys.transpose(-1, -2))
         scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * self.scaling  # softmax in >= fp32
         scores = scores.masked_fill(~mask.repeat(1, 1, group, 1), float("-inf"))
-        probs = torch.softmax(scores, dim=-1).to(values.dtype)
-        rows, length = probs.shape[-2:]
-        splits = length // VALUE_SPLIT if rows > 1 and length % VALUE_SPLIT == 0 else 1
-        if splits > 1:
-            part = torch.matmul(probs.view(1, n_kv, rows, splits, VALUE_SPLIT).transpose(2, 3),
-                                values.view(1, n_kv, splits, VALUE_SPLIT, d))
-            out = part.sum(2, dtype=torch.promote_types(values.dtype, torch.float32)).to(values.dtype)
-        else:  # one query: inductor's matrix-vector reduction already spreads the keys over the GPU
-            out = torch.matmul(probs, values)
+        out = torch.matmul(torch.softmax(scores, dim=-1).to(values.dtype), values)
         return out.reshape(1, n_heads, k, d)
 
     def _forward(

@@ -162,16 +162,9 @@ def test_static_cache_attends_by_length_bucket(causal_lm: LlamaForCausalLM, monk
     assert eager == static_tokens
 
 
-@pytest.mark.parametrize("value_split", [4, 256])  # 4: the keys split into 16 parts; 256: unsplit
 @pytest.mark.parametrize("k", [1, 3, 5, 6, 7])
-def test_static_pads_passes_without_changing_results(
-    causal_lm: LlamaForCausalLM, k: int, value_split: int, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A k-token pass is padded to a power of two (and its values product split along the keys);
-    the real rows and later passes are unaffected."""
-    import evspec.runtime.static as static
-
-    monkeypatch.setattr(static, "VALUE_SPLIT", value_split)
+def test_static_pads_passes_without_changing_results(causal_lm: LlamaForCausalLM, k: int) -> None:
+    """A k-token pass is padded to a power of two; the real rows and later passes are unaffected."""
     model = LlamaForCausalLM(causal_lm.config).eval().double()
     model.load_state_dict(causal_lm.state_dict())
     lm = LanguageModel.from_causal_lm(model)
@@ -232,9 +225,9 @@ def test_static_leaves_quantized_layers_unfused(causal_lm: LlamaForCausalLM) -> 
     assert decoder.qkv[0] is None and decoder.qkv[1] is not None and decoder.gate_up[0] is not None
 
 
-def test_static_attends_lengths_in_whole_value_splits(causal_lm: LlamaForCausalLM) -> None:
+def test_static_attends_aligned_lengths(causal_lm: LlamaForCausalLM) -> None:
     """An odd max_length still gives every token pass an attended length that is a multiple of
-    VALUE_SPLIT (aligned GEMMs, split values product); positions stay within max_length."""
+    SLOT_ALIGN (aligned GEMMs); positions stay within max_length."""
     import evspec.runtime.static as static
 
     lm = LanguageModel.from_causal_lm(causal_lm)
@@ -245,7 +238,7 @@ def test_static_attends_lengths_in_whole_value_splits(causal_lm: LlamaForCausalL
     state = decoder(lm)
     state.extend(token_ids=list(range(30)))
     state.extend(token_ids=[1, 2, 3])
-    assert decoder.slots % static.VALUE_SPLIT == 0 and decoder.slots >= 37 and state.capacity == 37
-    assert seen and all(kv_len % static.VALUE_SPLIT == 0 for kv_len in seen)
+    assert decoder.slots % static.SLOT_ALIGN == 0 and decoder.slots >= 37 and state.capacity == 37
+    assert seen and all(kv_len % static.SLOT_ALIGN == 0 for kv_len in seen)
     with pytest.raises(ConfigError, match="exceeds the cache's 37 positions"):
         state.extend(token_ids=list(range(10)))  # past max_length, even though slots remain
