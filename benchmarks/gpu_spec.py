@@ -214,6 +214,7 @@ def part_oracle(target, t_embeds, draft, d_embeds, args, factories, t_len, d_len
                                       min_new_tokens=args.max_new_tokens, state_factory=t_factory), args.repeats)
     reference = base[0].token_ids
     base_wall, base_decode = median([b.wall_s for b in base]), median([b.decode_s for b in base])
+    base_step = base_decode / (args.max_new_tokens - 1)  # the target-alone loop's time per token step
     draft_step = step_times(draft, d_factory, d_embeds, 1)
     target_step = step_times(target, t_factory, t_embeds, 1)
     rows = []
@@ -236,6 +237,7 @@ def part_oracle(target, t_embeds, draft, d_embeds, args, factories, t_len, d_len
                     "first_divergence": first_divergence(outs[-1].token_ids, reference),
                     "acceptance_rate": outs[-1].counts.acceptance_rate,
                     "tokens_per_pass": outs[-1].counts.emitted_tokens / (outs[-1].counts.target_passes + 1),
+                    "rounds": outs[-1].counts.target_passes,
                     "decode_speedup": base_decode / median([o.timings.decode_s for o in outs]),
                     "speedup": base_wall / median([o.timings.total_s for o in outs]),
                     **split_summary(outs),
@@ -252,6 +254,13 @@ def part_oracle(target, t_embeds, draft, d_embeds, args, factories, t_len, d_len
                 "decode_speedup_range": [min(p["decode_speedup"] for p in per_seed), max(p["decode_speedup"] for p in per_seed)],
                 "speedup": mean("speedup"),
                 "formula_speedup": expected_speedup(alpha, gamma, c),
+                # decode / formula splits into what the draws gave and what a round cost:
+                # tokens per round against the formula's, and 1 + gamma c against a round's time
+                # (draft + verify + bookkeeping) in target-alone steps.
+                "draw_efficiency": statistics.fmean((args.max_new_tokens - 1) / p["rounds"] for p in per_seed)
+                / expected_tokens_per_pass(alpha, gamma),
+                "cost_efficiency": (1 + gamma * c) / statistics.fmean(
+                    (p["draft_s"] + p["verify_s"] + p["other_s"]) / p["rounds"] / base_step for p in per_seed),
                 **{key: mean(key) for key in ("target_prefill_s", "draft_prefill_s", "prefill_wall_s", "draft_s",
                                               "verify_s", "other_s", "total_s")},
                 "per_seed": per_seed,
@@ -261,7 +270,7 @@ def part_oracle(target, t_embeds, draft, d_embeds, args, factories, t_len, d_len
                   f"(seeds {r['decode_speedup_range'][0]:.2f}-{r['decode_speedup_range'][1]:.2f}), end to end "
                   f"{r['speedup']:.2f}x, formula {r['formula_speedup']:.2f}x (c {c:.3f}), decode/formula "
                   f"{r['decode_speedup'] / r['formula_speedup']:.3f}, same tokens {r['tokens_equal_target_alone']}", flush=True)
-    return {"baseline_wall_s": base_wall, "baseline_decode_s": base_decode, "target_step_s": target_step,
+    return {"baseline_wall_s": base_wall, "baseline_decode_s": base_decode, "baseline_step_s": base_step, "target_step_s": target_step,
             "draft_step_s": draft_step, "rows": rows}
 
 
@@ -413,12 +422,15 @@ def report(results: dict[str, Any]) -> None:
         print(f"\n(2) oracle(alpha) [synthetic], small draft: target step {grid['target_step_s'] * 1e3:.2f} ms, "
               f"draft step {grid['draft_step_s'] * 1e3:.2f} ms; target alone {grid['baseline_wall_s'] * 1e3:.1f} ms")
         print(f"  {'gamma':>5s} {'alpha':>5s} {'acc':>5s} {'c':>5s} {'tok/pass':>8s} {'formula':>7s} {'decode x':>8s} "
-              f"{'e2e x':>6s} {'formula x':>9s} {'same tokens':>11s}")
+              f"{'e2e x':>6s} {'formula x':>9s} {'draws':>5s} {'cost':>5s} {'same tokens':>11s}")
         for r in grid["rows"]:
             acc = r["realized_acceptance_rate"]
             print(f"  {r['gamma']:5d} {r['alpha']:5.2f} {acc if acc is not None else float('nan'):5.2f} {r['c']:5.3f} "
                   f"{r['tokens_per_pass']:8.2f} {r['formula_tokens_per_pass']:7.2f} {r['decode_speedup']:8.2f} "
-                  f"{r['speedup']:6.2f} {r['formula_speedup']:9.2f} {r['tokens_equal_target_alone']!s:>11s}")
+                  f"{r['speedup']:6.2f} {r['formula_speedup']:9.2f} {r['draw_efficiency']:5.2f} {r['cost_efficiency']:5.2f} "
+                  f"{r['tokens_equal_target_alone']!s:>11s}")
+        print("  draws: decode tokens per round / the formula's tokens per pass; cost: (1 + gamma c) / a round's "
+              "time in target-alone steps. Their product is about decode x / formula x.")
     for key in ("overlap_1gpu_7b_draft", "overlap_2gpu_7b_draft", "overlap_1gpu_small_draft"):
         o = results.get(key)
         if o and "error" not in o:
