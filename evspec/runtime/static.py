@@ -5,8 +5,9 @@ write new positions in place, attend over the filled part with a position mask, 
 fixed-shape step. We reuse the transformers LLaMA modules (norms, projections, MLP, rotary table)
 and own only the attention and the cache, because transformers' cache internals differ between
 5.x releases and roll-back (rejected drafts) must be a length change, not a copy. QKV and gate/up
-are not fused (gpt-fast fuses them): measured on an H100, fused weights made inductor's compiled
-step 2x slower (docs/BENCHMARKS.md).
+are fused (gpt-fast fuses them) only for passes over several tokens: measured on an H100, fused
+weights made inductor's compiled one-token step 2x slower, and made an 8-token pass 1.09x a step
+instead of 1.18x (docs/BENCHMARKS.md). Both read the same storage (``_fuse_rows``).
 
 CUDA graphs are captured here, one per (query length, attended length), vLLM-style, rather than by
 ``torch.compile(mode="reduce-overhead")``: its CUDA-graph trees assume one call order per
