@@ -13,7 +13,9 @@ the time of one pass over k = 1, 2, 4, 8, 16 tokens through evspec's static KV c
                   benchmarks Triton GEMM templates against cuBLAS for these shapes), graph-replayed.
 
 and the top GPU kernels of one compiled pass at k=1 and k=8 (torch.profiler), to show where a
-longer pass spends its extra time. Each time is the median of --repeats CUDA-event-timed passes
+longer pass spends its extra time. ``--recompile N`` compiles the one-token step N more times from
+scratch (dynamo reset, inductor caches off), with SDPA and with written-out attention, to show how
+much the step's time moves between compilations (its reductions' configs are picked by timing). Each time is the median of --repeats CUDA-event-timed passes
 after warm-up; the cache is rolled back after every pass, so every pass sees the same length.
 
     python benchmarks/gpu_pass_cost.py --out $OUT/pass_cost.json
@@ -25,6 +27,7 @@ import argparse
 import json
 import platform
 import statistics
+import time
 from typing import Any
 
 import torch
@@ -84,11 +87,33 @@ def top_kernels(decoder: StaticDecoder, embeds: torch.Tensor, k: int, n: int = 1
     return [{"kernel": e.key[:90], "calls_per_pass": e.count / 5, "us_per_pass": e.device_time_total / 5} for e in rows]
 
 
+class ExplicitOneTokenDecoder(StaticDecoder):
+    """The one-token step attending with written-out products (evspec before this experiment's commit)."""
+
+    def _forward_ids(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._forward(self.lm.embed_tokens(ids), positions, kv_len, explicit_attention=True)
+
+
+def recompiled_step(lm: LanguageModel, embeds: torch.Tensor, max_length: int, explicit: bool, repeats: int) -> dict[str, Any]:
+    """The one-token step compiled from nothing: its time, compile time and top kernels."""
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(force_disable_caches=True):
+        decoder = (ExplicitOneTokenDecoder if explicit else StaticDecoder)(lm, max_length, compile=True)
+        start = time.perf_counter()
+        pass_ms(decoder, embeds, 1, 1)  # compiles and captures
+        compile_s = time.perf_counter() - start
+        ms = pass_ms(decoder, embeds, 1, repeats)
+        kernels = top_kernels(decoder, embeds, 1, n=10)
+    return {"attention": "explicit" if explicit else "sdpa", "ms": ms, "compile_s": compile_s, "kernels": kernels}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompt", type=int, default=2096, help="tokens before the pass (Video-LLaVA: 2056 + text)")
     parser.add_argument("--lengths", default="1,2,4,8,16")
     parser.add_argument("--autotune", default="", help="lengths to also time with max-autotune, e.g. 8")
+    parser.add_argument("--recompile", type=int, default=0,
+                        help="compile the one-token step this many more times, with SDPA and with written-out attention")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
@@ -106,7 +131,7 @@ def main() -> None:
         "repeats": args.repeats, "seed": args.seed,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "cuda": torch.version.cuda,
                      "python": platform.python_version()},
-        "eager_ms": {}, "compiled_ms": {}, "unfused_ms": {}, "autotuned_ms": {}, "kernels": {},
+        "eager_ms": {}, "compiled_ms": {}, "unfused_ms": {}, "autotuned_ms": {}, "kernels": {}, "recompiled_step": [],
     }
 
     def save() -> None:
@@ -141,6 +166,13 @@ def main() -> None:
             for k in autotune:
                 results["autotuned_ms"][k] = pass_ms(tuned, embeds, k, args.repeats)
                 print(f"k={k:3d}  max-autotune+graph {results['autotuned_ms'][k]:6.2f} ms", flush=True)
+                save()
+        for i in range(args.recompile):
+            for explicit in (False, True):
+                row = recompiled_step(lm, embeds, max_length, explicit, args.repeats)
+                results["recompiled_step"].append(row)
+                print(f"recompile {i}: k=1 attention {row['attention']:8s} {row['ms']:6.2f} ms "
+                      f"(compiled in {row['compile_s']:.0f} s)", flush=True)
                 save()
     print(f"device {results['device']}  torch {torch.__version__}  prompt {args.prompt}  repeats {args.repeats} (medians)")
 

@@ -99,10 +99,14 @@ class StaticDecoder:
     ``fuse_projections`` re-stores each layer's Q/K/V and gate/up weights as row blocks of one
     matrix (the model's weights become views of it; their values do not change), so that passes
     over several tokens run one GEMM for each group. Build the decoder once the weights are final.
+
+    ``tune_one_token_step`` runs inductor's coordinate-descent tuning on the one-token step's
+    matrix-vector reductions (about a minute per 7B graph; off: seconds, and a step that may be slower).
     """
 
     def __init__(
         self, lm: LanguageModel, max_length: int, *, compile: bool = False, fuse_projections: bool = True,
+        tune_one_token_step: bool = True,
     ) -> None:
         if max_length > lm.context_length:
             raise ConfigError(f"max_length {max_length} exceeds the model's context of {lm.context_length}")
@@ -142,6 +146,7 @@ class StaticDecoder:
             self._compiled = torch.compile(self._forward_ids, fullgraph=True, dynamic=False)
             if device.type == "cuda":
                 self._pool = torch.cuda.graph_pool_handle()  # this decoder's graphs share one pool
+        self.tune_one_token_step = tune_one_token_step
         self._active: StaticState | None = None
 
     def __call__(self, lm: LanguageModel) -> StaticState:
@@ -151,7 +156,8 @@ class StaticDecoder:
         return self._active
 
     def _forward_ids(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._forward(self.lm.embed_tokens(ids), positions, kv_len, explicit_attention=True)
+        # One query: SDPA's fused kernel (one block per head is enough work); several: written out.
+        return self._forward(self.lm.embed_tokens(ids), positions, kv_len, explicit_attention=ids.shape[1] > 1)
 
     def _step(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One token pass: eager, compiled (CPU), or the replay of a captured CUDA graph. Graph
@@ -180,7 +186,8 @@ class StaticDecoder:
         side.wait_stream(torch.cuda.current_stream(device))
         # Coordinate-descent tuning pays for the 1-token step's matrix-vector reductions; longer
         # passes run cuBLAS GEMMs, where it only lengthens compilation (~a minute per 7B graph).
-        with torch.cuda.stream(side), torch._inductor.config.patch(coordinate_descent_tuning=ids.shape[1] == 1):
+        tune = self.tune_one_token_step and ids.shape[1] == 1
+        with torch.cuda.stream(side), torch._inductor.config.patch(coordinate_descent_tuning=tune):
             for _ in range(2):  # compile, autotune and allocate outside the capture
                 self._compiled(static_ids, static_positions, kv_len)
         torch.cuda.current_stream(device).wait_stream(side)
@@ -212,7 +219,8 @@ class StaticDecoder:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attend over the first ``kv_len`` cache slots only: a batch-1 attention kernel reads every
         slot it is given, and a 4096-slot cache holding a 2100-token prompt would double its reads.
-        Prefill (many queries) uses SDPA's fused kernels; token passes use :meth:`_attend`.
+        Prefill (many queries) and one-token steps use SDPA's fused kernels; passes over a few
+        tokens (verify, catch-up) use :meth:`_attend`.
 
         Passes over several tokens use the fused Q/K/V and gate/up weights: measured on an H100, a
         7B pass over 8 tokens ran cuBLAS's split-K kernels (plus a reduction kernel) on each
