@@ -242,3 +242,21 @@ def test_static_attends_aligned_lengths(causal_lm: LlamaForCausalLM) -> None:
     assert seen and all(kv_len % static.SLOT_ALIGN == 0 for kv_len in seen)
     with pytest.raises(ConfigError, match="exceeds the cache's 37 positions"):
         state.extend(token_ids=list(range(10)))  # past max_length, even though slots remain
+
+
+def test_one_token_step_attention_matches_written_out(causal_lm: LlamaForCausalLM) -> None:
+    """One-token steps use SDPA, passes over several tokens the written-out products: both must
+    give the same logits for the same token (grouped K/V heads included)."""
+    lm = LanguageModel.from_causal_lm(causal_lm)
+    decoder = StaticDecoder(lm, max_length=64)
+    state = decoder(lm)
+    state.extend(token_ids=_prompt(3)[0].tolist())
+    length = state.length
+    ids = torch.tensor([[7]])
+    positions = torch.tensor([length])
+    with torch.inference_mode():
+        fused = decoder._forward(lm.embed_tokens(ids), positions, decoder.slots, explicit_attention=False)[1]
+        written_out = decoder._forward(lm.embed_tokens(ids), positions, decoder.slots, explicit_attention=True)[1]
+        stepped = decoder._forward_ids(ids, positions, decoder.slots)[1]
+    torch.testing.assert_close(fused, written_out, rtol=1e-4, atol=1e-5)
+    assert torch.equal(stepped, fused) and not torch.equal(stepped, written_out)  # the step really runs SDPA
