@@ -13,9 +13,12 @@ the time of one pass over k = 1, 2, 4, 8, 16 tokens through evspec's static KV c
                   benchmarks Triton GEMM templates against cuBLAS for these shapes), graph-replayed.
 
 and the top GPU kernels of one compiled pass at k=1 and k=8 (torch.profiler), to show where a
-longer pass spends its extra time. ``--recompile N`` compiles the one-token step N more times from
-scratch (dynamo reset, inductor caches off), with SDPA and with written-out attention, to show how
-much the step's time moves between compilations (its reductions' configs are picked by timing). Each time is the median of --repeats CUDA-event-timed passes
+longer pass spends its extra time. The one-token step's time moves between runs; two options
+look at why. ``--recompile N`` compiles the step N more times from scratch (dynamo reset,
+inductor caches off), with SDPA and with written-out attention: its reductions' configs are picked
+by timing, so each compilation may pick others. ``--recompile-cached N`` builds it N more times
+from inductor's caches, i.e. with the same kernels: what moves then is not the compilation.
+Each time is the median of --repeats CUDA-event-timed passes
 after warm-up; the cache is rolled back after every pass, so every pass sees the same length.
 
     python benchmarks/gpu_pass_cost.py --out $OUT/pass_cost.json
@@ -94,17 +97,20 @@ class ExplicitOneTokenDecoder(StaticDecoder):
         return self._forward(self.lm.embed_tokens(ids), positions, kv_len, explicit_attention=True)
 
 
-def recompiled_step(lm: LanguageModel, embeds: torch.Tensor, max_length: int, explicit: bool, repeats: int) -> dict[str, Any]:
-    """The one-token step compiled from nothing: its time, compile time and top kernels."""
+def recompiled_step(
+    lm: LanguageModel, embeds: torch.Tensor, max_length: int, explicit: bool, repeats: int, cached: bool = False,
+) -> dict[str, Any]:
+    """The one-token step compiled again: from nothing, or (``cached``) from inductor's caches,
+    i.e. the same kernels and configs as before in a new decoder: its time, compile time, top kernels."""
     torch._dynamo.reset()
-    with torch._inductor.config.patch(force_disable_caches=True):
+    with torch._inductor.config.patch(force_disable_caches=not cached):
         decoder = (ExplicitOneTokenDecoder if explicit else StaticDecoder)(lm, max_length, compile=True)
         start = time.perf_counter()
         pass_ms(decoder, embeds, 1, 1)  # compiles and captures
         compile_s = time.perf_counter() - start
         ms = pass_ms(decoder, embeds, 1, repeats)
         kernels = top_kernels(decoder, embeds, 1, n=10)
-    return {"attention": "explicit" if explicit else "sdpa", "ms": ms, "compile_s": compile_s, "kernels": kernels}
+    return {"attention": "explicit" if explicit else "sdpa", "cached": cached, "ms": ms, "compile_s": compile_s, "kernels": kernels}
 
 
 def main() -> None:
@@ -114,6 +120,8 @@ def main() -> None:
     parser.add_argument("--autotune", default="", help="lengths to also time with max-autotune, e.g. 8")
     parser.add_argument("--recompile", type=int, default=0,
                         help="compile the one-token step this many more times, with SDPA and with written-out attention")
+    parser.add_argument("--recompile-cached", type=int, default=0,
+                        help="build the step's decoder this many more times from inductor's caches (same kernels)")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
@@ -167,6 +175,11 @@ def main() -> None:
                 results["autotuned_ms"][k] = pass_ms(tuned, embeds, k, args.repeats)
                 print(f"k={k:3d}  max-autotune+graph {results['autotuned_ms'][k]:6.2f} ms", flush=True)
                 save()
+        for i in range(args.recompile_cached):
+            row = recompiled_step(lm, embeds, max_length, False, args.repeats, cached=True)
+            results["recompiled_step"].append(row)
+            print(f"rebuild {i} from caches: k=1 {row['ms']:6.2f} ms (in {row['compile_s']:.0f} s)", flush=True)
+            save()
         for i in range(args.recompile):
             for explicit in (False, True):
                 row = recompiled_step(lm, embeds, max_length, explicit, args.repeats)
