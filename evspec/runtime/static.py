@@ -203,9 +203,9 @@ class StaticDecoder:
         Why not SDPA: for 8 queries over 2100 keys cuDNN's fused kernel runs one block per head
         (32 blocks on 132 SMs) and cost 3x its 1-query time on an H100 (gpu_pass_cost.py), which
         made a verify pass 1.37x a decode step. Written out, the two products are batched
-        GEMMs that read the cache once at full width. (One query is SDPA's case: there it was the
-        faster of the two.) The query
-        heads that share a K/V head are stacked as extra rows, so K/V are never copied per head."""
+        GEMMs that read the cache once at full width; for one query SDPA was the faster, so the
+        one-token step keeps it. The query heads that share a K/V head are stacked as extra rows,
+        so K/V are never copied per head."""
         _, n_heads, k, d = q.shape
         n_kv = keys.shape[1]
         group = n_heads // n_kv
