@@ -12,7 +12,8 @@ the time of one pass over k = 1, 2, 4, 8, 16 tokens through evspec's static KV c
   * ``autotuned`` (--autotune K,...): compiled with ``mode="max-autotune-no-cudagraphs"`` (inductor
                   benchmarks Triton GEMM templates against cuBLAS for these shapes), graph-replayed.
 
-and the top GPU kernels of one compiled pass at k=1 and k=8 (torch.profiler), to show where a
+``--attention`` / ``--step-attention`` (written-out, split-kv, flex) time other attentions in
+passes over several tokens / in the one-token step, with the largest logit gap to evspec's; and the top GPU kernels of one compiled pass at k=1 and k=8 (torch.profiler), to show where a
 longer pass spends its extra time. The one-token step's time moves between runs; two options
 look at why. ``--recompile N`` compiles the step N more times from scratch (dynamo reset,
 inductor caches off), with SDPA and with written-out attention: its reductions' configs are picked
@@ -34,12 +35,14 @@ import time
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from evspec.models.tiny import VICUNA_7B as VICUNA_7B_BODY
 from evspec.models.tiny import VOCAB_7B
 from evspec.runtime.decode import LanguageModel, prefill
+from evspec.runtime.attention import split_kv_attention
 from evspec.runtime.static import StaticDecoder
 
 VICUNA_7B = {**VICUNA_7B_BODY, "vocab_size": VOCAB_7B}  # the shape evspec's random-7b-* models use
@@ -90,11 +93,68 @@ def top_kernels(decoder: StaticDecoder, embeds: torch.Tensor, k: int, n: int = 1
     return [{"kernel": e.key[:90], "calls_per_pass": e.count / 5, "us_per_pass": e.device_time_total / 5} for e in rows]
 
 
-class ExplicitOneTokenDecoder(StaticDecoder):
-    """The one-token step attending with written-out products (evspec before this experiment's commit)."""
+class VariantDecoder(StaticDecoder):
+    """An attention other than evspec's choice, for passes over several tokens and, with
+    ``one_token``, for the one-token step too (evspec: SDPA for one token, split-KV for several):
+
+    * ``written-out``: two batched products and a softmax (evspec before the split-KV kernel, and
+      its CPU path);
+    * ``split-kv``: evspec's Triton kernel (``evspec.runtime.attention``);
+    * ``flex``: FlexAttention, which inductor lowers to its flex-decoding kernel below 128 queries,
+      with the position mask as a score_mod."""
+
+    def __init__(self, *args: Any, attention: str, one_token: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.attention, self.one_token = attention, one_token
 
     def _forward_ids(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._forward(self.lm.embed_tokens(ids), positions, kv_len, explicit_attention=True)
+        return self._forward(self.lm.embed_tokens(ids), positions, kv_len, few_queries=ids.shape[1] > 1 or self.one_token)
+
+    def _attend_few(
+        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor, kv_len: int,
+    ) -> torch.Tensor:
+        if self.attention == "split-kv":
+            return split_kv_attention(q, k_cache, v_cache, positions, kv_len, self.scaling, self._programs)
+        rows = self.causal[positions, :kv_len]
+        keys, values = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
+        if self.attention == "written-out":
+            out = self._attend(q, keys, values, rows.unsqueeze(0).unsqueeze(0))
+        else:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            def causal(score: torch.Tensor, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> torch.Tensor:
+                return torch.where(rows[q_idx, kv_idx], score, -float("inf"))
+
+            out = flex_attention(q, keys, values, score_mod=causal, scale=self.scaling,
+                                 enable_gqa=q.shape[1] != keys.shape[1])
+        return out.transpose(1, 2).reshape(1, q.shape[2], -1)
+
+
+def check_split_kv(device: torch.device) -> float:
+    """Largest error of the split-KV kernel against fp64 attention, on bf16 inputs (GQA and MHA)."""
+    worst = 0.0
+    for heads, kv_heads, k, slots, length in ((32, 32, 8, 2240, 2100), (32, 8, 6, 1024, 700), (16, 16, 1, 704, 640)):
+        q = torch.randn(1, heads, k, 128, device=device, dtype=torch.bfloat16)
+        keys, values = (torch.randn(1, kv_heads, slots, 128, device=device, dtype=torch.bfloat16) for _ in range(2))
+        positions = torch.arange(length, length + k, device=device)
+        out = split_kv_attention(q, keys, values, positions, slots, 128 ** -0.5, 264)
+        group = heads // kv_heads
+        mask = torch.arange(slots, device=device)[None] <= positions[:, None]
+        reference = F.scaled_dot_product_attention(
+            q.double(), keys.double().repeat_interleave(group, 1), values.double().repeat_interleave(group, 1),
+            attn_mask=mask, scale=128 ** -0.5).transpose(1, 2).reshape(1, k, -1)
+        worst = max(worst, float((out.double() - reference).abs().max()))
+    return worst
+
+
+def logits_gap(a: StaticDecoder, b: StaticDecoder, embeds: torch.Tensor, k: int) -> float:
+    """Largest |logit difference| between two decoders' passes over the same k tokens."""
+    ids = list(range(5, 5 + k))
+    outs = []
+    for decoder in (a, b):
+        state = prefill(decoder.lm, embeds, decoder).state
+        outs.append(state.extend(token_ids=ids).logits.float())
+    return float((outs[0] - outs[1]).abs().max())
 
 
 def recompiled_step(
@@ -104,7 +164,8 @@ def recompiled_step(
     i.e. the same kernels and configs as before in a new decoder: its time, compile time, top kernels."""
     torch._dynamo.reset()
     with torch._inductor.config.patch(force_disable_caches=not cached):
-        decoder = (ExplicitOneTokenDecoder if explicit else StaticDecoder)(lm, max_length, compile=True)
+        decoder = (VariantDecoder(lm, max_length, compile=True, attention="written-out", one_token=True) if explicit
+                   else StaticDecoder(lm, max_length, compile=True))
         start = time.perf_counter()
         pass_ms(decoder, embeds, 1, 1)  # compiles and captures
         compile_s = time.perf_counter() - start
@@ -122,6 +183,11 @@ def main() -> None:
                         help="compile the one-token step this many more times, with SDPA and with written-out attention")
     parser.add_argument("--recompile-cached", type=int, default=0,
                         help="build the step's decoder this many more times from inductor's caches (same kernels)")
+    parser.add_argument("--paths", default="eager,compiled,unfused", help="which of eager,compiled,unfused to time")
+    parser.add_argument("--attention", default="",
+                        help="also time passes over several tokens with these attentions (written-out,split-kv,flex)")
+    parser.add_argument("--step-attention", default="",
+                        help="also time the one-token step with these attentions (written-out,split-kv,flex)")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
@@ -131,6 +197,8 @@ def main() -> None:
     device = torch.device("cuda")
     lengths = [int(k) for k in args.lengths.split(",")]
     autotune = [int(k) for k in args.autotune.split(",") if k]
+    split_kv_error = check_split_kv(device)
+    print(f"split-KV kernel: largest error against fp64 attention {split_kv_error:.2e} (bf16 inputs)", flush=True)
     lm = build(device, args.seed)
     embeds = torch.randn(1, args.prompt, lm.hidden_size, device=device, dtype=lm.dtype) * 0.02
     max_length = args.prompt + max(lengths + autotune) + 8
@@ -140,7 +208,9 @@ def main() -> None:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "cuda": torch.version.cuda,
                      "python": platform.python_version()},
         "eager_ms": {}, "compiled_ms": {}, "unfused_ms": {}, "autotuned_ms": {}, "kernels": {}, "recompiled_step": [],
+        "attention_ms": {}, "attention_kernels": {}, "attention_logits_gap": {}, "split_kv_error": split_kv_error,
     }
+    paths = set(args.paths.split(","))
 
     def save() -> None:
         if args.out:
@@ -152,20 +222,29 @@ def main() -> None:
         compiled = StaticDecoder(lm, max_length, compile=True)
         unfused = StaticDecoder(lm, max_length, compile=True, fuse_projections=False)
         for k in lengths:
-            results["eager_ms"][k] = pass_ms(eager, embeds, k, args.repeats)
+            if "eager" in paths:
+                results["eager_ms"][k] = pass_ms(eager, embeds, k, args.repeats)
             results["compiled_ms"][k] = pass_ms(compiled, embeds, k, args.repeats)
             # fusion only changes passes over several tokens: one token runs the same graph either way
-            results["unfused_ms"][k] = results["compiled_ms"][k] if k == 1 else pass_ms(unfused, embeds, k, args.repeats)
-            print(f"k={k:3d}  eager {results['eager_ms'][k]:6.2f} ms  compiled+graph {results['compiled_ms'][k]:6.2f} ms "
+            if "unfused" in paths:
+                results["unfused_ms"][k] = results["compiled_ms"][k] if k == 1 else pass_ms(unfused, embeds, k, args.repeats)
+            print(f"k={k:3d}  eager {results['eager_ms'].get(k, float('nan')):6.2f} ms  "
+                  f"compiled+graph {results['compiled_ms'][k]:6.2f} ms "
                   f"({results['compiled_ms'][k] / results['compiled_ms'][lengths[0]]:.2f}x of k={lengths[0]})  "
-                  f"unfused {results['unfused_ms'][k]:6.2f} ms", flush=True)
+                  f"unfused {results['unfused_ms'].get(k, float('nan')):6.2f} ms", flush=True)
             save()
-        for k in (1, 8):
-            if k in lengths:
-                results["kernels"][k] = top_kernels(compiled, embeds, k)
-                print(f"top kernels, compiled, k={k}:")
-                for row in results["kernels"][k]:
-                    print(f"  {row['us_per_pass']:9.1f} us  x{row['calls_per_pass']:5.1f}  {row['kernel']}")
+        variants = [(a, False) for a in args.attention.split(",") if a] + [(a, True) for a in args.step_attention.split(",") if a]
+        for attention, one_token in variants:
+            decoder = VariantDecoder(lm, max_length, compile=True, attention=attention, one_token=one_token)
+            for k in (k for k in lengths if (k == 1) == one_token):
+                key = f"{attention}/{k}"
+                results["attention_ms"][key] = pass_ms(decoder, embeds, k, args.repeats)
+                results["attention_logits_gap"][key] = logits_gap(compiled, decoder, embeds, k)
+                print(f"k={k:3d}  attention {attention:11s} {results['attention_ms'][key]:6.2f} ms "
+                      f"(evspec's: {results['compiled_ms'][k]:6.2f} ms)  max |logit gap| "
+                      f"{results['attention_logits_gap'][key]:.3g}", flush=True)
+                if k in (1, 8):
+                    results["attention_kernels"][key] = top_kernels(decoder, embeds, k, n=8)
                 save()
         if autotune:
             tuned = StaticDecoder(lm, max_length, compile=True)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from evspec.errors import ConfigError
+from evspec.runtime.attention import programs_wanted, split_kv_attention, split_kv_supported
 from evspec.runtime.decode import LanguageModel, StepOutput, extend_inputs
 
 # The attended cache length is rounded up to a multiple of this: one compiled graph per bucket.
@@ -148,6 +149,7 @@ class StaticDecoder:
             if device.type == "cuda":
                 self._pool = torch.cuda.graph_pool_handle()  # this decoder's graphs share one pool
         self.tune_one_token_step = tune_one_token_step
+        self._programs = programs_wanted(device)
         self._active: StaticState | None = None
 
     def __call__(self, lm: LanguageModel) -> StaticState:
@@ -157,8 +159,8 @@ class StaticDecoder:
         return self._active
 
     def _forward_ids(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # One query: SDPA's fused kernel (one block per head is enough work); several: written out.
-        return self._forward(self.lm.embed_tokens(ids), positions, kv_len, explicit_attention=ids.shape[1] > 1)
+        # One query: SDPA's fused kernel (one block per head is enough work); several: split along the keys.
+        return self._forward(self.lm.embed_tokens(ids), positions, kv_len, few_queries=ids.shape[1] > 1)
 
     def _step(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One token pass: eager, compiled (CPU), or the replay of a captured CUDA graph. Graph
@@ -216,13 +218,24 @@ class StaticDecoder:
         out = torch.matmul(torch.softmax(scores, dim=-1).to(values.dtype), values)
         return out.reshape(1, n_heads, k, d)
 
+    def _attend_few(
+        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor, kv_len: int,
+    ) -> torch.Tensor:
+        """Attention of a pass over a few tokens, ``[1, k, heads * head_dim]``: the split-KV Triton
+        kernel where it runs (CUDA), else the written-out products."""
+        if split_kv_supported(q):
+            return split_kv_attention(q, k_cache, v_cache, positions, kv_len, self.scaling, self._programs)
+        mask = self.causal[positions, :kv_len].unsqueeze(0).unsqueeze(0)
+        out = self._attend(q, k_cache[:, :, :kv_len], v_cache[:, :, :kv_len], mask)
+        return out.transpose(1, 2).reshape(1, q.shape[2], -1)
+
     def _forward(
-        self, embeds: torch.Tensor, positions: torch.Tensor, kv_len: int, explicit_attention: bool = False,
+        self, embeds: torch.Tensor, positions: torch.Tensor, kv_len: int, few_queries: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attend over the first ``kv_len`` cache slots only: a batch-1 attention kernel reads every
         slot it is given, and a 4096-slot cache holding a 2100-token prompt would double its reads.
         Prefill (many queries) and one-token steps use SDPA's fused kernels; passes over a few
-        tokens (verify, catch-up) use :meth:`_attend`.
+        tokens (verify, catch-up) use :meth:`_attend_few`.
 
         Passes over several tokens use the fused Q/K/V and gate/up weights: measured on an H100, a
         7B pass over 8 tokens ran cuBLAS's split-K kernels (plus a reduction kernel) on each
@@ -248,12 +261,13 @@ class StaticDecoder:
             q, key = _apply_rotary(q, cos, sin), _apply_rotary(key, cos, sin)
             k_cache.index_copy_(2, positions, key)
             v_cache.index_copy_(2, positions, value)
-            keys, values = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
-            if explicit_attention:
-                out = self._attend(q, keys, values, mask)
+            if few_queries:
+                out = self._attend_few(q, k_cache, v_cache, positions, kv_len)
             else:
+                keys, values = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
                 out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=True)
-            x = x + attn.o_proj(out.transpose(1, 2).reshape(1, k, -1))
+                out = out.transpose(1, 2).reshape(1, k, -1)
+            x = x + attn.o_proj(out)
             h = layer.post_attention_layernorm(x)
             if gate_up is None:
                 x = x + mlp(h)

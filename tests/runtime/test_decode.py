@@ -255,8 +255,8 @@ def test_one_token_step_attention_matches_written_out(causal_lm: LlamaForCausalL
     ids = torch.tensor([[7]])
     positions = torch.tensor([length])
     with torch.inference_mode():
-        fused = decoder._forward(lm.embed_tokens(ids), positions, decoder.slots, explicit_attention=False)[1]
-        written_out = decoder._forward(lm.embed_tokens(ids), positions, decoder.slots, explicit_attention=True)[1]
+        fused = decoder._forward(lm.embed_tokens(ids), positions, decoder.slots, few_queries=False)[1]
+        written_out = decoder._forward(lm.embed_tokens(ids), positions, decoder.slots, few_queries=True)[1]
         stepped = decoder._forward_ids(ids, positions, decoder.slots)[1]
     torch.testing.assert_close(fused, written_out, rtol=1e-4, atol=1e-5)
     assert torch.equal(stepped, fused) and not torch.equal(stepped, written_out)  # the step really runs SDPA
