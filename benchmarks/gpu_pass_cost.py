@@ -43,7 +43,7 @@ from evspec.models.tiny import VICUNA_7B as VICUNA_7B_BODY
 from evspec.models.tiny import VOCAB_7B
 from evspec.runtime.decode import LanguageModel, prefill
 from evspec.runtime.attention import split_kv_attention
-from evspec.runtime.static import StaticDecoder
+from evspec.runtime.static import StaticDecoder, _apply_rotary
 
 VICUNA_7B = {**VICUNA_7B_BODY, "vocab_size": VOCAB_7B}  # the shape evspec's random-7b-* models use
 
@@ -111,10 +111,13 @@ class VariantDecoder(StaticDecoder):
         return self._forward(self.lm.embed_tokens(ids), positions, kv_len, few_queries=ids.shape[1] > 1 or self.one_token)
 
     def _attend_few(
-        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor, kv_len: int,
+        self, q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+        positions: torch.Tensor, kv_len: int,
     ) -> torch.Tensor:
         if self.attention == "split-kv":
-            return split_kv_attention(q, k_cache, v_cache, positions, kv_len, self.scaling, self._programs)
+            return split_kv_attention(q, cos[0, 0], sin[0, 0], k_cache, v_cache, positions, kv_len, self.scaling,
+                                      self._programs)
+        q = _apply_rotary(q, cos, sin)
         rows = self.causal[positions, :kv_len]
         keys, values = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
         if self.attention == "written-out":
@@ -137,7 +140,8 @@ def check_split_kv(device: torch.device) -> float:
         q = torch.randn(1, heads, k, 128, device=device, dtype=torch.bfloat16)
         keys, values = (torch.randn(1, kv_heads, slots, 128, device=device, dtype=torch.bfloat16) for _ in range(2))
         positions = torch.arange(length, length + k, device=device)
-        out = split_kv_attention(q, keys, values, positions, slots, 128 ** -0.5, 264)
+        no_rotation = torch.ones(k, 128, device=device, dtype=q.dtype), torch.zeros(k, 128, device=device, dtype=q.dtype)
+        out = split_kv_attention(q, *no_rotation, keys, values, positions, slots, 128 ** -0.5, 264)
         group = heads // kv_heads
         mask = torch.arange(slots, device=device)[None] <= positions[:, None]
         reference = F.scaled_dot_product_attention(

@@ -51,15 +51,17 @@ def programs_wanted(device: torch.device) -> int:
 
 
 def split_kv_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor, kv_len: int,
-    scale: float, programs: int,
+    q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    positions: torch.Tensor, kv_len: int, scale: float, programs: int,
 ) -> torch.Tensor:
-    """softmax(q K^T * scale) V over cache slots ``[0, kv_len)``, query i seeing keys <= positions[i].
+    """softmax(rope(q) K^T * scale) V over cache slots ``[0, kv_len)``, query i seeing keys <= positions[i].
 
-    ``q``: ``[1, heads, k, head_dim]``; caches: ``[1, kv_heads, slots, head_dim]``; ``positions``:
-    ``[k]`` ascending. Returns ``[1, k, heads * head_dim]`` in ``q``'s dtype. ``programs``: how many
-    thread blocks to aim for (:func:`programs_wanted`); fixed per call so a compiled graph keeps one
-    launch shape."""
+    ``q``: ``[1, heads, k, head_dim]``, before its rotary embedding, which the kernel applies with
+    ``cos``/``sin`` (``[k, head_dim]``, LLaMA's rotate-half layout): one kernel launch less per layer.
+    Caches: ``[1, kv_heads, slots, head_dim]``, keys already rotated; ``positions``: ``[k]``
+    ascending. Returns ``[1, k, heads * head_dim]`` in ``q``'s dtype. ``programs``: how many thread
+    blocks to aim for (:func:`programs_wanted`); fixed per call so a compiled graph keeps one launch
+    shape."""
     assert triton is not None
     _, heads, queries, head_dim = q.shape
     kv_heads = k_cache.shape[1]
@@ -68,12 +70,12 @@ def split_kv_attention(
     splits = max(1, min(triton.cdiv(kv_len, BLOCK_KEYS), triton.cdiv(programs, kv_heads)))
     keys_per_split = triton.cdiv(triton.cdiv(kv_len, splits), BLOCK_KEYS) * BLOCK_KEYS
     splits = triton.cdiv(kv_len, keys_per_split)
-    q = q.contiguous()
+    q, cos, sin = q.contiguous(), cos.contiguous(), sin.contiguous()
     partial = torch.empty(kv_heads * splits * rows, head_dim, device=q.device, dtype=torch.float32)
     row_max = torch.empty(kv_heads * splits * rows, device=q.device, dtype=torch.float32)
     row_sum = torch.empty_like(row_max)
     _partial_attention[(kv_heads, splits)](
-        q, k_cache, v_cache, positions, partial, row_max, row_sum,
+        q, cos, sin, k_cache, v_cache, positions, partial, row_max, row_sum,
         kv_len, keys_per_split,
         q.stride(1), q.stride(2), k_cache.stride(1), k_cache.stride(2), v_cache.stride(1), v_cache.stride(2),
         GROUP=group, QUERIES=queries, ROWS=rows, HEAD_DIM=head_dim, BLOCK_N=BLOCK_KEYS, SCALE=scale,
@@ -92,7 +94,7 @@ if triton is not None:
 
     @triton.jit
     def _partial_attention(
-        q_ptr, k_ptr, v_ptr, positions_ptr, partial_ptr, max_ptr, sum_ptr,
+        q_ptr, cos_ptr, sin_ptr, k_ptr, v_ptr, positions_ptr, partial_ptr, max_ptr, sum_ptr,
         kv_len, keys_per_split,
         q_stride_head, q_stride_query, k_stride_head, k_stride_slot, v_stride_head, v_stride_slot,
         GROUP: tl.constexpr, QUERIES: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -105,8 +107,15 @@ if triton is not None:
         query = rows % QUERIES
         head = kv_head * GROUP + rows // QUERIES
         dims = tl.arange(0, HEAD_DIM)
-        q = tl.load(q_ptr + head[:, None] * q_stride_head + query[:, None] * q_stride_query + dims[None, :],
-                    mask=real[:, None], other=0.0)
+        # rope: q * cos + rotate_half(q) * sin, rotate_half(q)[d] = -q[d + D/2] (d < D/2), q[d - D/2]
+        partner = (dims + HEAD_DIM // 2) % HEAD_DIM
+        sign = tl.where(dims < HEAD_DIM // 2, -1.0, 1.0)
+        q_row = q_ptr + head[:, None] * q_stride_head + query[:, None] * q_stride_query
+        q = tl.load(q_row + dims[None, :], mask=real[:, None], other=0.0)
+        q_partner = tl.load(q_row + partner[None, :], mask=real[:, None], other=0.0).to(tl.float32)
+        cos = tl.load(cos_ptr + query[:, None] * HEAD_DIM + dims[None, :], mask=real[:, None], other=0.0)
+        sin = tl.load(sin_ptr + query[:, None] * HEAD_DIM + dims[None, :], mask=real[:, None], other=0.0)
+        q = (q.to(tl.float32) * cos.to(tl.float32) + sign[None, :] * q_partner * sin.to(tl.float32)).to(q.dtype)
         position = tl.load(positions_ptr + query, mask=real, other=0)
         last = tl.load(positions_ptr + QUERIES - 1)  # positions ascend: no query sees past it
         start = split * keys_per_split

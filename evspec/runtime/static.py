@@ -219,14 +219,17 @@ class StaticDecoder:
         return out.reshape(1, n_heads, k, d)
 
     def _attend_few(
-        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor, kv_len: int,
+        self, q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+        positions: torch.Tensor, kv_len: int,
     ) -> torch.Tensor:
-        """Attention of a pass over a few tokens, ``[1, k, heads * head_dim]``: the split-KV Triton
-        kernel where it runs (CUDA), else the written-out products."""
+        """Attention of a pass over a few tokens, ``[1, k, heads * head_dim]``, from queries before
+        their rotary embedding: the split-KV Triton kernel where it runs (CUDA), else the
+        written-out products."""
         if split_kv_supported(q):
-            return split_kv_attention(q, k_cache, v_cache, positions, kv_len, self.scaling, self._programs)
+            return split_kv_attention(q, cos[0, 0], sin[0, 0], k_cache, v_cache, positions, kv_len,
+                                      self.scaling, self._programs)
         mask = self.causal[positions, :kv_len].unsqueeze(0).unsqueeze(0)
-        out = self._attend(q, k_cache[:, :, :kv_len], v_cache[:, :, :kv_len], mask)
+        out = self._attend(_apply_rotary(q, cos, sin), k_cache[:, :, :kv_len], v_cache[:, :, :kv_len], mask)
         return out.transpose(1, 2).reshape(1, q.shape[2], -1)
 
     def _forward(
@@ -258,14 +261,14 @@ class StaticDecoder:
             q = q.view(1, k, -1, self.head_dim).transpose(1, 2)
             key = key.view(1, k, -1, self.head_dim).transpose(1, 2)
             value = value.view(1, k, -1, self.head_dim).transpose(1, 2)
-            q, key = _apply_rotary(q, cos, sin), _apply_rotary(key, cos, sin)
-            k_cache.index_copy_(2, positions, key)
+            k_cache.index_copy_(2, positions, _apply_rotary(key, cos, sin))
             v_cache.index_copy_(2, positions, value)
             if few_queries:
-                out = self._attend_few(q, k_cache, v_cache, positions, kv_len)
+                out = self._attend_few(q, cos, sin, k_cache, v_cache, positions, kv_len)
             else:
                 keys, values = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
-                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=True)
+                out = F.scaled_dot_product_attention(_apply_rotary(q, cos, sin), keys, values, attn_mask=mask,
+                                                     scale=self.scaling, enable_gqa=True)
                 out = out.transpose(1, 2).reshape(1, k, -1)
             x = x + attn.o_proj(out)
             h = layer.post_attention_layernorm(x)
