@@ -70,7 +70,10 @@ def split_kv_attention(
     splits = max(1, min(triton.cdiv(kv_len, BLOCK_KEYS), triton.cdiv(programs, kv_heads)))
     keys_per_split = triton.cdiv(triton.cdiv(kv_len, splits), BLOCK_KEYS) * BLOCK_KEYS
     splits = triton.cdiv(kv_len, keys_per_split)
-    q, cos, sin = q.contiguous(), cos.contiguous(), sin.contiguous()
+    # q is usually a strided view of the fused QKV output: the kernel takes its strides, so no
+    # copy (a copy was a kernel launch per layer); only its last dimension must be dense.
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    cos, sin = cos.contiguous(), sin.contiguous()
     partial = torch.empty(kv_heads * splits * rows, head_dim, device=q.device, dtype=torch.float32)
     row_max = torch.empty(kv_heads * splits * rows, device=q.device, dtype=torch.float32)
     row_sum = torch.empty_like(row_max)

@@ -34,7 +34,8 @@ cases = [  # heads, kv_heads, head_dim, queries, last position, slots, programs
     (8, 1, 16, 5, 130, 192, 4), (4, 2, 32, 2, 199, 256, 16), (2, 2, 16, 8, 64, 128, 3),
 ]
 for heads, kv_heads, head_dim, k, last, slots, programs in cases:
-    q = torch.randn(1, heads, k, head_dim, generator=gen)
+    # q as the decoder makes it: a head-major view of a [1, k, heads * head_dim] projection
+    q = torch.randn(1, k, heads * head_dim, generator=gen).view(1, k, heads, head_dim).transpose(1, 2)
     keys, values = (torch.randn(1, kv_heads, slots, head_dim, generator=gen) for _ in range(2))
     keys[:, :, last + 1:] = float("nan")  # slots past the last query are never read
     values[:, :, last + 1:] = float("nan")
