@@ -9,6 +9,9 @@ the time of one pass over k = 1, 2, 4, 8, 16 tokens through evspec's static KV c
                   speculative engine runs);
   * ``unfused``:  compiled and graph-replayed, but with separate Q/K/V and gate/up matrices for
                   passes over several tokens (``fuse_projections=False``, the path before fusion);
+  * ``cublas``:   compiled and graph-replayed, with the fused matrices but without the few-row
+                  kernels (``few_row_kernels=False``): inductor's norms and pointwise kernels
+                  around cuBLAS GEMMs, the path before ``evspec.runtime.few_rows``;
   * ``autotuned`` (--autotune K,...): compiled with ``mode="max-autotune-no-cudagraphs"`` (inductor
                   benchmarks Triton GEMM templates against cuBLAS for these shapes), graph-replayed.
 
@@ -191,7 +194,7 @@ def main() -> None:
                         help="compile the one-token step this many more times, with SDPA and with written-out attention")
     parser.add_argument("--recompile-cached", type=int, default=0,
                         help="build the step's decoder this many more times from inductor's caches (same kernels)")
-    parser.add_argument("--paths", default="eager,compiled,unfused", help="which of eager,compiled,unfused to time")
+    parser.add_argument("--paths", default="eager,compiled,unfused", help="which of eager,compiled,unfused,cublas to time")
     parser.add_argument("--attention", default="",
                         help="also time passes over several tokens with these attentions (written-out,split-kv,flex)")
     parser.add_argument("--step-attention", default="",
@@ -215,7 +218,8 @@ def main() -> None:
         "repeats": args.repeats, "seed": args.seed,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "cuda": torch.version.cuda,
                      "python": platform.python_version()},
-        "eager_ms": {}, "compiled_ms": {}, "unfused_ms": {}, "autotuned_ms": {}, "kernels": {}, "recompiled_step": [],
+        "eager_ms": {}, "compiled_ms": {}, "unfused_ms": {}, "cublas_ms": {}, "cublas_logits_gap": {},
+        "cublas_kernels": {}, "autotuned_ms": {}, "kernels": {}, "recompiled_step": [],
         "attention_ms": {}, "attention_kernels": {}, "attention_logits_gap": {}, "split_kv_error": split_kv_error,
     }
     paths = set(args.paths.split(","))
@@ -229,6 +233,7 @@ def main() -> None:
         eager = StaticDecoder(lm, max_length)
         compiled = StaticDecoder(lm, max_length, compile=True)
         unfused = StaticDecoder(lm, max_length, compile=True, fuse_projections=False)
+        cublas = StaticDecoder(lm, max_length, compile=True, few_row_kernels=False)
         for k in lengths:
             if "eager" in paths:
                 results["eager_ms"][k] = pass_ms(eager, embeds, k, args.repeats)
@@ -238,6 +243,13 @@ def main() -> None:
             # fusion only changes passes over several tokens: one token runs the same graph either way
             if "unfused" in paths:
                 results["unfused_ms"][k] = results["compiled_ms"][k] if k == 1 else pass_ms(unfused, embeds, k, args.repeats)
+            if "cublas" in paths and k > 1:
+                results["cublas_ms"][k] = pass_ms(cublas, embeds, k, args.repeats)
+                results["cublas_logits_gap"][k] = logits_gap(compiled, cublas, embeds, k)
+                if k == 8:
+                    results["cublas_kernels"][k] = top_kernels(cublas, embeds, k)
+                print(f"k={k:3d}  without the few-row kernels {results['cublas_ms'][k]:6.2f} ms  max |logit gap| "
+                      f"{results['cublas_logits_gap'][k]:.3g}", flush=True)
             print(f"k={k:3d}  eager {results['eager_ms'].get(k, float('nan')):6.2f} ms  "
                   f"compiled+graph {results['compiled_ms'][k]:6.2f} ms "
                   f"({results['compiled_ms'][k] / results['compiled_ms'][lengths[0]]:.2f}x of k={lengths[0]})  "

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from evspec.errors import ConfigError
 from evspec.runtime.attention import programs_wanted, split_kv_attention, split_kv_supported
+from evspec.runtime.few_rows import Tiling, few_rows_linear, few_rows_supported, tiling_for
 from evspec.runtime.decode import LanguageModel, StepOutput, extend_inputs
 
 # The attended cache length is rounded up to a multiple of this: one compiled graph per bucket.
@@ -83,6 +84,43 @@ def _fuse_rows(linears: Sequence[torch.nn.Module]) -> torch.Tensor | None:
     return fused
 
 
+@dataclass(frozen=True)
+class _FewRowLayer:
+    """What the fused few-row kernels need of one LLaMA layer (``evspec.runtime.few_rows``)."""
+
+    qkv: torch.Tensor
+    gate_up: torch.Tensor
+    input_norm: torch.Tensor
+    input_eps: float
+    post_norm: torch.Tensor
+    post_eps: float
+    o_proj: torch.Tensor
+    down_proj: torch.Tensor
+    tilings: tuple[Tiling, Tiling, Tiling, Tiling]  # qkv, o, gate/up, down
+
+
+def _few_row_layer(layer: torch.nn.Module, qkv: torch.Tensor | None, gate_up: torch.Tensor | None) -> _FewRowLayer | None:
+    """The layer's weights for the fused kernels, or None where the layer is not plain LLaMA
+    (another norm or activation, a bias, a quantized projection): it keeps the unfused path."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    attn, mlp = layer.self_attn, layer.mlp
+    norms = (layer.input_layernorm, layer.post_attention_layernorm)
+    plain = [attn.o_proj, mlp.down_proj]
+    if (qkv is None or gate_up is None or not all(type(n) is LlamaRMSNorm for n in norms)
+            or getattr(getattr(mlp, "config", None), "hidden_act", None) != "silu"
+            or any(type(p) is not torch.nn.Linear or p.bias is not None for p in plain)):
+        return None
+    device = qkv.device
+    return _FewRowLayer(
+        qkv=qkv, gate_up=gate_up, input_norm=norms[0].weight, input_eps=float(norms[0].variance_epsilon),
+        post_norm=norms[1].weight, post_eps=float(norms[1].variance_epsilon),
+        o_proj=attn.o_proj.weight, down_proj=mlp.down_proj.weight,
+        tilings=(tiling_for(qkv.shape[0], device), tiling_for(attn.o_proj.out_features, device),
+                 tiling_for(gate_up.shape[0] // 2, device), tiling_for(mlp.down_proj.out_features, device)),
+    )
+
+
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -101,6 +139,10 @@ class StaticDecoder:
     matrix (the model's weights become views of it; their values do not change), so that passes
     over several tokens run one GEMM for each group. Build the decoder once the weights are final.
 
+    ``few_row_kernels`` runs the projections of passes over 2-16 tokens through
+    ``evspec.runtime.few_rows`` (norms, SiLU x up and residual additions fused into them) where
+    Triton runs and the layers are plain LLaMA; it needs ``fuse_projections``.
+
     ``tune_one_token_step`` runs inductor's coordinate-descent tuning on the one-token step's
     matrix-vector reductions. On an H100 a 7B step graph then compiled in ~90 s instead of ~50 s,
     and ran in ~6.0-6.4 ms instead of 7.1 ms (untuned, inductor leaves the products to cuBLAS).
@@ -108,7 +150,7 @@ class StaticDecoder:
 
     def __init__(
         self, lm: LanguageModel, max_length: int, *, compile: bool = False, fuse_projections: bool = True,
-        tune_one_token_step: bool = True,
+        tune_one_token_step: bool = True, few_row_kernels: bool = True,
     ) -> None:
         if max_length > lm.context_length:
             raise ConfigError(f"max_length {max_length} exceeds the model's context of {lm.context_length}")
@@ -134,6 +176,12 @@ class StaticDecoder:
                 a, m = layer.self_attn, layer.mlp
                 self.qkv[i] = _fuse_rows([a.q_proj, a.k_proj, a.v_proj])
                 self.gate_up[i] = _fuse_rows([m.gate_proj, m.up_proj])
+        # All layers or none: a model is either plain LLaMA throughout or keeps the unfused path.
+        self.few_row_layers: list[_FewRowLayer] | None = None
+        if few_row_kernels:
+            layers = [_few_row_layer(layer, self.qkv[i], self.gate_up[i]) for i, layer in enumerate(self.layers)]
+            if all(layer is not None for layer in layers):
+                self.few_row_layers = layers  # type: ignore[assignment]
         # mask[i, j]: query at position i may attend key j (j <= i); rows are picked per step.
         self.causal = torch.ones(self.slots, self.slots, device=device, dtype=torch.bool).tril()
         self._compiled: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -250,14 +298,19 @@ class StaticDecoder:
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         mask = self.causal[positions, :kv_len].unsqueeze(0).unsqueeze(0)
         x = embeds
+        few_rows = self.few_row_layers if few_queries and few_rows_supported(x) else None
         for i, (layer, k_cache, v_cache) in enumerate(zip(self.layers, self.k_cache, self.v_cache)):
             attn, mlp = layer.self_attn, layer.mlp
-            h = layer.input_layernorm(x)
-            qkv, gate_up = (self.qkv[i], self.gate_up[i]) if k > 1 else (None, None)
-            if qkv is None:
-                q, key, value = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+            fused = few_rows[i] if few_rows else None
+            if fused is not None:
+                qkv = few_rows_linear(x, fused.qkv, norm_weight=fused.input_norm, eps=fused.input_eps,
+                                      tiling=fused.tilings[0])
+                q, key, value = qkv.split(self.qkv_sizes, dim=-1)
+            elif k > 1 and self.qkv[i] is not None:
+                q, key, value = F.linear(layer.input_layernorm(x), self.qkv[i]).split(self.qkv_sizes, dim=-1)
             else:
-                q, key, value = F.linear(h, qkv).split(self.qkv_sizes, dim=-1)
+                h = layer.input_layernorm(x)
+                q, key, value = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
             q = q.view(1, k, -1, self.head_dim).transpose(1, 2)
             key = key.view(1, k, -1, self.head_dim).transpose(1, 2)
             value = value.view(1, k, -1, self.head_dim).transpose(1, 2)
@@ -270,13 +323,19 @@ class StaticDecoder:
                 out = F.scaled_dot_product_attention(_apply_rotary(q, cos, sin), keys, values, attn_mask=mask,
                                                      scale=self.scaling, enable_gqa=True)
                 out = out.transpose(1, 2).reshape(1, k, -1)
+            if fused is not None:
+                x = few_rows_linear(out, fused.o_proj, residual=x, tiling=fused.tilings[1])
+                act = few_rows_linear(x, fused.gate_up, norm_weight=fused.post_norm, eps=fused.post_eps, gated=True,
+                                      tiling=fused.tilings[2])
+                x = few_rows_linear(act, fused.down_proj, residual=x, tiling=fused.tilings[3])
+                continue
             x = x + attn.o_proj(out)
             h = layer.post_attention_layernorm(x)
-            if gate_up is None:
-                x = x + mlp(h)
-            else:
-                gate, up = F.linear(h, gate_up).chunk(2, dim=-1)
+            if k > 1 and self.gate_up[i] is not None:
+                gate, up = F.linear(h, self.gate_up[i]).chunk(2, dim=-1)
                 x = x + mlp.down_proj(mlp.act_fn(gate) * up)
+            else:
+                x = x + mlp(h)
         hidden = body.norm(x)[0]
         return hidden, self.lm.lm_head(hidden).float()
 

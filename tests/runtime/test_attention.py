@@ -7,12 +7,9 @@ through numpy and not what a GPU computes.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
+
+from tests.runtime.interpreter import run_interpreted
 
 pytest.importorskip("triton", reason="Triton is a test dependency on Linux; the kernel has a written-out fallback")
 
@@ -78,21 +75,13 @@ print("ok", err)
 """
 
 
-def _interpreted(script: str) -> str:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, capture_output=True, text=True,
-                          timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
-
-
 def test_split_kv_matches_sdpa_with_rotary_and_gqa() -> None:
     """Grouped heads, 1-8 queries, splits that do and do not divide the keys, NaN past the last
     query (so skipped slots are really skipped): equal to rotary + SDPA within fp32 rounding."""
-    assert _interpreted(KERNEL_VS_SDPA).startswith("ok 6")
+    assert run_interpreted(KERNEL_VS_SDPA).startswith("ok 6")
 
 
 def test_static_decoder_pass_uses_the_kernel_and_matches_sdpa() -> None:
     """A StaticDecoder pass over several tokens (verify, catch-up) through the kernel gives the
     logits of the same pass through SDPA."""
-    assert _interpreted(DECODER_PASS).startswith("ok")
+    assert run_interpreted(DECODER_PASS).startswith("ok")
