@@ -8,15 +8,19 @@ reductions), whose launch gaps and memory traffic inductor's one-token step avoi
 into its matrix-vector reductions. Inductor fuses nothing into a cuBLAS call, and its own GEMM
 templates (max-autotune) were slower than cuBLAS for these shapes, so evspec carries this kernel:
 
-  * RMSNorm as a prologue: each program first sums the squares of its rows (a few KB, from L2),
-    then normalises each K block as it loads it, rounding where LLaMA's ``RMSNorm`` rounds;
+  * RMSNorm as a prologue, in one pass: ``norm(x) W^T = (x * g) W^T / rms(x)`` row by row, so each
+    program multiplies ``x * g`` (rounded to the dtype) and sums the squares of ``x`` as it streams
+    K, and divides by the rms at the end. A first pass over ``x`` for the rms, then LLaMA's exact
+    roundings, made the QKV product ~15% slower on an H100 (benchmarks/gpu_few_rows.py): its
+    programs waited on that pass before their first weight load. The result differs from the
+    unfused norm in the last bits of the dtype, as any reordering of the sum would;
   * SiLU(gate) x up as an epilogue: a program reads the gate rows and the up rows of the same
     output columns from the fused gate/up weight;
   * the residual addition as an epilogue.
 
 So a LLaMA layer's projections are four kernels: norm + QKV, O + residual, norm + gate/up + SiLU x up,
 down + residual. Each program owns whole output columns (no split-K), so the epilogues see final
-sums; ``tiling_for`` picks column blocks small enough to give every SM work.
+sums; ``tiling_for`` picks the blocks.
 
 The kernel runs where Triton does (CUDA; or anywhere under ``TRITON_INTERPRET=1``, which the tests
 use); ``StaticDecoder`` keeps the cuBLAS path everywhere else.
@@ -62,17 +66,24 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
-def tiling_for(columns: int, device: torch.device) -> Tiling:
-    """The tiling for ``columns`` output columns (per weight tile: a gated product's gate half).
+def tiling_for(columns: int, device: torch.device, *, norm: bool = False, gated: bool = False) -> Tiling:
+    """The tiling of a product with ``columns`` output columns (a gated product's: the gate half's).
 
-    Column blocks as wide as still give every SM at least two programs: a program reads its
-    columns' weight rows once, so narrow blocks cost nothing in re-reads and wide ones leave SMs
-    idle (a 4096-column product in 64-wide blocks is 64 programs on 132 SMs)."""
-    wanted = 2 * _multiprocessors(device)
-    block_n = 64
-    while block_n > 16 and -(-columns // block_n) < wanted:
+    Picked from ``benchmarks/gpu_few_rows.py --grid`` on an H100 (docs/BENCHMARKS.md), for 8 rows
+    and a 7B layer's weights. A product with a norm prologue does per-row work on ``x`` at every K
+    step, which wide column blocks share: 128 columns (96 programs for QKV; 32 columns ran it ~1.8x
+    slower). Without one, 64 columns and long K steps. Narrower blocks where a small model's
+    product would leave fewer than half the SMs a program."""
+    if gated:
+        tiling = Tiling(block_n=128, block_k=64, warps=4, stages=4)  # two weight tiles per step
+    elif norm:
+        tiling = Tiling(block_n=128, block_k=256, warps=4, stages=3)
+    else:
+        tiling = Tiling(block_n=64, block_k=256, warps=4, stages=4)
+    block_n = tiling.block_n
+    while block_n > 32 and 2 * -(-columns // block_n) < _multiprocessors(device):
         block_n //= 2
-    return Tiling(block_n=block_n)
+    return Tiling(block_n, tiling.block_k, tiling.warps, tiling.stages)
 
 
 def few_rows_linear(
@@ -81,7 +92,8 @@ def few_rows_linear(
 ) -> torch.Tensor:
     """``x @ weight.T`` for ``x`` ``[..., K]`` of at most ``MAX_ROWS`` rows, in ``x``'s dtype, with:
 
-    * ``norm_weight``: LLaMA's RMSNorm of ``x`` first (``norm_weight * (x / rms(x)).to(dtype)``);
+    * ``norm_weight``: LLaMA's RMSNorm of ``x`` first (``norm_weight * x / rms(x)``, rounded
+      differently: see the module's docstring);
     * ``gated``: ``weight`` is ``[gate; up]`` (``[2 I, K]``) and the result is ``silu(gate) * up``
       (``[..., I]``), each rounded to the dtype as the separate operations round;
     * ``residual``: added to the product (same shape as the result).
@@ -98,7 +110,7 @@ def few_rows_linear(
     out = torch.empty(rows, n, device=x.device, dtype=x.dtype)
     res = out if residual is None else residual.reshape(rows, n)
     res = res if res.stride(-1) == 1 else res.contiguous()
-    t = tiling or tiling_for(n, x.device)
+    t = tiling or tiling_for(n, x.device, norm=norm_weight is not None, gated=gated)
     grid = (triton.cdiv(n, t.block_n),)
     _few_rows_linear[grid](
         x2, weight, out, x2 if norm_weight is None else norm_weight, res,
@@ -127,13 +139,7 @@ if triton is not None:
         ks = tl.arange(0, BLOCK_K)
         x_rows = x_ptr + r[:, None] * x_stride
         w_cols = w_ptr + cols[None, :] * w_stride  # the weight is loaded as [BLOCK_K, BLOCK_N] tiles
-        if NORM:
-            squares = tl.zeros([ROWS], tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                kk = k0 + ks
-                xs = tl.load(x_rows + kk[None, :], mask=real[:, None] & (kk[None, :] < K), other=0.0).to(tl.float32)
-                squares += tl.sum(xs * xs, 1)
-            inv_rms = 1.0 / tl.sqrt(squares / K + eps)
+        squares = tl.zeros([ROWS, BLOCK_K], tl.float32)  # summed across K once, after the loop
         acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
         acc_up = tl.zeros([ROWS, BLOCK_N], tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -144,10 +150,11 @@ if triton is not None:
             else:
                 xs = tl.load(x_rows + kk[None, :], mask=real[:, None] & (kk[None, :] < K), other=0.0)
                 w = tl.load(w_cols + kk[:, None], mask=cols_in[None, :] & (kk[:, None] < K), other=0.0)
-            if NORM:  # LlamaRMSNorm: weight * (x * rsqrt(mean(x^2) + eps)).to(dtype), product rounded
+            if NORM:  # sum the squares on the way; the 1/rms factor is per row, applied to the sums below
+                xf = xs.to(tl.float32)
+                squares += xf * xf
                 g = tl.load(norm_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
-                normed = (xs.to(tl.float32) * inv_rms[:, None]).to(dtype).to(tl.float32)
-                xs = (normed * g[None, :]).to(dtype)
+                xs = (xf * g[None, :]).to(dtype)
             if IEEE:
                 acc = tl.dot(xs, w, acc, input_precision="ieee")
             else:
@@ -162,6 +169,10 @@ if triton is not None:
                     acc_up = tl.dot(xs, w_up, acc_up, input_precision="ieee")
                 else:
                     acc_up = tl.dot(xs, w_up, acc_up)
+        if NORM:
+            inv_rms = 1.0 / tl.sqrt(tl.sum(squares, 1) / K + eps)
+            acc = acc * inv_rms[:, None]
+            acc_up = acc_up * inv_rms[:, None]
         if GATED:  # silu(gate) * up, rounded after each operation as the unfused MLP rounds
             gate = acc.to(dtype).to(tl.float32)
             act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)

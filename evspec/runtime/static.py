@@ -116,8 +116,9 @@ def _few_row_layer(layer: torch.nn.Module, qkv: torch.Tensor | None, gate_up: to
         qkv=qkv, gate_up=gate_up, input_norm=norms[0].weight, input_eps=float(norms[0].variance_epsilon),
         post_norm=norms[1].weight, post_eps=float(norms[1].variance_epsilon),
         o_proj=attn.o_proj.weight, down_proj=mlp.down_proj.weight,
-        tilings=(tiling_for(qkv.shape[0], device), tiling_for(attn.o_proj.out_features, device),
-                 tiling_for(gate_up.shape[0] // 2, device), tiling_for(mlp.down_proj.out_features, device)),
+        tilings=(tiling_for(qkv.shape[0], device, norm=True), tiling_for(attn.o_proj.out_features, device),
+                 tiling_for(gate_up.shape[0] // 2, device, norm=True, gated=True),
+                 tiling_for(mlp.down_proj.out_features, device)),
     )
 
 
