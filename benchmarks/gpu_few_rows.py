@@ -6,6 +6,8 @@ For each fused product of a Vicuna-7B layer (bf16, --rows token rows):
   * ``o``:       the O projection [4096, 4096] plus the residual;
   * ``gate_up``: RMSNorm, the fused gate/up weight [22016, 4096], SiLU(gate) x up;
   * ``down``:    the down projection [4096, 11008] plus the residual;
+  * ``qkv_cache``: RMSNorm, QKV, the keys' rotary embedding and both cache writes
+                 (``qkv_into_cache``: one program per head; its grid varies K step, warps, stages);
 
 times, as a pass runs them, one call per layer over --layers distinct weights (so each weight
 comes cold from memory, as in a pass), captured as one CUDA graph (no launch overhead but the
@@ -39,7 +41,8 @@ import triton
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from evspec.models.tiny import VICUNA_7B
-from evspec.runtime.few_rows import Tiling, few_rows_linear, tiling_for
+from evspec.runtime.few_rows import Tiling, few_rows_linear, qkv_into_cache, tiling_for
+from evspec.runtime.static import _apply_rotary
 
 HIDDEN, INTER = VICUNA_7B["hidden_size"], VICUNA_7B["intermediate_size"]
 GRID = [Tiling(block_n=n, block_k=k, warps=w, stages=s)
@@ -90,6 +93,18 @@ def products(rows: int, layers: int, device: torch.device) -> dict[str, dict[str
     qkv, o, gate_up, down = weights(3 * HIDDEN, HIDDEN), weights(HIDDEN, HIDDEN), weights(2 * INTER, HIDDEN), \
         weights(HIDDEN, INTER)
 
+    heads, head_dim, slots = VICUNA_7B["num_attention_heads"], HIDDEN // VICUNA_7B["num_attention_heads"], 2304
+    k_cache, v_cache = (torch.zeros(1, heads, slots, head_dim, device=device, dtype=dtype) for _ in range(2))
+    positions = torch.arange(2096, 2096 + rows, device=device)
+    angles = positions[:, None].float() * torch.rand(head_dim // 2, device=device)[None]
+    cos, sin = torch.cat([angles, angles], -1).cos().to(dtype), torch.cat([angles, angles], -1).sin().to(dtype)
+
+    def qkv_then_writes(w: torch.Tensor) -> torch.Tensor:
+        q, key, value = (t.view(1, rows, heads, head_dim).transpose(1, 2) for t in F.linear(norm(x), w).chunk(3, -1))
+        k_cache.index_copy_(2, positions, _apply_rotary(key, cos[None, None], sin[None, None]))
+        v_cache.index_copy_(2, positions, value)
+        return q
+
     def gated(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         gate, up = F.linear(norm(h), w).chunk(2, dim=-1)
         return F.silu(gate) * up
@@ -97,6 +112,10 @@ def products(rows: int, layers: int, device: torch.device) -> dict[str, dict[str
     return {
         "qkv": {"weights": qkv, "input": x, "unfused": lambda w: F.linear(norm(x), w),
                 "fused": lambda w, t: few_rows_linear(x, w, norm_weight=norm.weight, eps=eps, tiling=t)},
+        "qkv_cache": {"weights": qkv, "input": x, "unfused": qkv_then_writes,
+                      "fused": lambda w, t: qkv_into_cache(x[None], w, norm.weight, eps, cos, sin, positions, k_cache,
+                                                           v_cache, block_k=t.block_k, warps=t.warps,
+                                                           stages=t.stages)},
         "o": {"weights": o, "input": x, "unfused": lambda w: residual + F.linear(x, w),
               "fused": lambda w, t: few_rows_linear(x, w, residual=residual, tiling=t)},
         "gate_up": {"weights": gate_up, "input": x, "unfused": lambda w: gated(x, w),
@@ -113,7 +132,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=32, help="distinct weights per product (Vicuna-7B: 32)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--grid", action="store_true", help="also time every tiling of the grid (compiles each)")
-    parser.add_argument("--products", default="qkv,o,gate_up,down")
+    parser.add_argument("--products", default="qkv,qkv_cache,o,gate_up,down")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -134,10 +153,12 @@ def main() -> None:
                 if name not in args.products.split(","):
                     continue
                 ws, fused = case["weights"], case["fused"]
+                head_dim_half = HIDDEN // VICUNA_7B["num_attention_heads"] // 2
                 gb = ws[0].numel() * ws[0].element_size() / 1e9
                 unfused = torch.compile(case["unfused"], dynamic=False)
-                default = tiling_for(ws[0].shape[0] // (2 if name == "gate_up" else 1), device,
-                                     norm=name in ("qkv", "gate_up"), gated=name == "gate_up")
+                default = (Tiling(block_n=head_dim_half, block_k=128, warps=4, stages=3) if name == "qkv_cache"
+                           else tiling_for(ws[0].shape[0] // (2 if name == "gate_up" else 1), device,
+                                           norm=name in ("qkv", "gate_up"), gated=name == "gate_up"))
                 reference = unfused(ws[0]).float()
                 gap = (fused(ws[0], default).float() - reference).abs().max().item()
                 row: dict[str, Any] = {
@@ -149,7 +170,8 @@ def main() -> None:
                 }
                 if args.grid:
                     row["grid"] = []
-                    for t in GRID:
+                    # qkv_into_cache's column block is half a head: only the K step, warps and stages vary
+                    for t in (t for t in GRID if name != "qkv_cache" or t.block_n == head_dim_half):
                         try:
                             ms = layers_ms(lambda i: fused(ws[i], t), args.layers, args.repeats)
                         except triton.runtime.errors.OutOfResources:

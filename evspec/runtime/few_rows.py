@@ -122,26 +122,56 @@ def few_rows_linear(
     return out.reshape(*lead, n)
 
 
+def qkv_into_cache(
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor, eps: float, cos: torch.Tensor,
+    sin: torch.Tensor, positions: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *,
+    block_k: int = 128, warps: int = 4, stages: int = 3,
+) -> torch.Tensor:
+    """A LLaMA layer's attention input in one kernel: RMSNorm, the fused Q/K/V product, the keys'
+    rotary embedding, and the keys and values written into the caches at ``positions``.
+
+    ``x``: ``[1, k, hidden]`` (k <= ``MAX_ROWS``); ``weight``: ``[(heads + 2 kv_heads) * head_dim,
+    hidden]``, query rows then key rows then value rows; ``cos``/``sin``: ``[k, head_dim]``;
+    caches: ``[1, kv_heads, slots, head_dim]``. Returns the queries, unrotated, as
+    ``[1, heads, k, head_dim]`` (a view of a ``[k, heads * head_dim]`` buffer). One program per
+    head, each streaming its head's two halves, so the rotation pairs columns in registers: two
+    kernels a layer fewer than the product followed by the cache writes."""
+    assert triton is not None
+    _, k, hidden = x.shape
+    kv_heads, head_dim = k_cache.shape[1], k_cache.shape[3]
+    heads = weight.shape[0] // head_dim - 2 * kv_heads
+    if k > MAX_ROWS or weight.shape[1] != hidden or heads < 1 or head_dim < 32 or head_dim & (head_dim - 1):
+        raise ValueError(f"qkv_into_cache: {k} rows of width {hidden}, weight {tuple(weight.shape)}, "
+                         f"head_dim {head_dim}: at most {MAX_ROWS} rows and a power-of-two head_dim >= 32")
+    x2 = x.reshape(k, hidden)
+    x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
+    q = torch.empty(k, heads * head_dim, device=x.device, dtype=x.dtype)
+    cos, sin = cos.contiguous(), sin.contiguous()
+    _qkv_into_cache[(heads + 2 * kv_heads,)](
+        x2, weight, q, norm_weight, cos, sin, positions, k_cache, v_cache,
+        k, hidden, x2.stride(0), weight.stride(0), q.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(1), v_cache.stride(2), eps,
+        Q_HEADS=heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, ROWS=MAX_ROWS, BLOCK_K=block_k,
+        EVEN_K=hidden % block_k == 0, IEEE=x.dtype == torch.float32, num_warps=warps, num_stages=stages,
+    )
+    return q.view(1, k, heads, head_dim).transpose(1, 2)
+
+
 if triton is not None:
 
     @triton.jit
-    def _few_rows_linear(
-        x_ptr, w_ptr, out_ptr, norm_ptr, res_ptr,
-        rows, N, K, x_stride, w_stride, out_stride, res_stride, up_offset, eps,
+    def _stream_k(
+        x_rows, real, w_cols, cols_in, second_offset, norm_ptr, K, eps,
         ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-        NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, IEEE: tl.constexpr,
+        NORM: tl.constexpr, TWO: tl.constexpr, IEEE: tl.constexpr, dtype: tl.constexpr,
     ):
-        dtype = out_ptr.dtype.element_ty
-        r = tl.arange(0, ROWS)
-        real = r < rows
-        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        cols_in = cols < N
+        """fp32 ``x W^T`` for one [ROWS, BLOCK_N] block of columns, streaming K once; with ``TWO``,
+        also for the columns ``second_offset`` further into the weight (up after gate, a head's
+        second half after its first). With ``NORM``, of RMSNorm(x) (see the module's docstring)."""
         ks = tl.arange(0, BLOCK_K)
-        x_rows = x_ptr + r[:, None] * x_stride
-        w_cols = w_ptr + cols[None, :] * w_stride  # the weight is loaded as [BLOCK_K, BLOCK_N] tiles
         squares = tl.zeros([ROWS, BLOCK_K], tl.float32)  # summed across K once, after the loop
         acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
-        acc_up = tl.zeros([ROWS, BLOCK_N], tl.float32)
+        acc2 = tl.zeros([ROWS, BLOCK_N], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + ks
             if EVEN_K:
@@ -159,20 +189,38 @@ if triton is not None:
                 acc = tl.dot(xs, w, acc, input_precision="ieee")
             else:
                 acc = tl.dot(xs, w, acc)
-            if GATED:
+            if TWO:
                 if EVEN_K:
-                    w_up = tl.load(w_cols + up_offset + kk[:, None], mask=cols_in[None, :], other=0.0)
+                    w2 = tl.load(w_cols + second_offset + kk[:, None], mask=cols_in[None, :], other=0.0)
                 else:
-                    w_up = tl.load(w_cols + up_offset + kk[:, None], mask=cols_in[None, :] & (kk[:, None] < K),
-                                   other=0.0)
+                    w2 = tl.load(w_cols + second_offset + kk[:, None], mask=cols_in[None, :] & (kk[:, None] < K),
+                                 other=0.0)
                 if IEEE:
-                    acc_up = tl.dot(xs, w_up, acc_up, input_precision="ieee")
+                    acc2 = tl.dot(xs, w2, acc2, input_precision="ieee")
                 else:
-                    acc_up = tl.dot(xs, w_up, acc_up)
+                    acc2 = tl.dot(xs, w2, acc2)
         if NORM:
             inv_rms = 1.0 / tl.sqrt(tl.sum(squares, 1) / K + eps)
             acc = acc * inv_rms[:, None]
-            acc_up = acc_up * inv_rms[:, None]
+            acc2 = acc2 * inv_rms[:, None]
+        return acc, acc2
+
+    @triton.jit
+    def _few_rows_linear(
+        x_ptr, w_ptr, out_ptr, norm_ptr, res_ptr,
+        rows, N, K, x_stride, w_stride, out_stride, res_stride, up_offset, eps,
+        ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+        NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, IEEE: tl.constexpr,
+    ):
+        dtype = out_ptr.dtype.element_ty
+        r = tl.arange(0, ROWS)
+        real = r < rows
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols_in = cols < N
+        x_rows = x_ptr + r[:, None] * x_stride
+        w_cols = w_ptr + cols[None, :] * w_stride  # the weight is loaded as [BLOCK_K, BLOCK_N] tiles
+        acc, acc_up = _stream_k(x_rows, real, w_cols, cols_in, up_offset, norm_ptr, K, eps,
+                                ROWS, BLOCK_N, BLOCK_K, EVEN_K, NORM, GATED, IEEE, dtype)
         if GATED:  # silu(gate) * up, rounded after each operation as the unfused MLP rounds
             gate = acc.to(dtype).to(tl.float32)
             act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
@@ -184,3 +232,44 @@ if triton is not None:
             res = tl.load(res_ptr + r[:, None] * res_stride + cols[None, :], mask=inside, other=0.0)
             y = (y.to(tl.float32) + res.to(tl.float32)).to(dtype)
         tl.store(out_ptr + r[:, None] * out_stride + cols[None, :], y, mask=inside)
+
+    @triton.jit
+    def _qkv_into_cache(
+        x_ptr, w_ptr, q_ptr, norm_ptr, cos_ptr, sin_ptr, positions_ptr, k_cache_ptr, v_cache_ptr,
+        rows, K, x_stride, w_stride, q_stride, k_stride_head, k_stride_slot, v_stride_head, v_stride_slot, eps,
+        Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, ROWS: tl.constexpr,
+        BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, IEEE: tl.constexpr,
+    ):
+        dtype = q_ptr.dtype.element_ty
+        HALF: tl.constexpr = HEAD_DIM // 2
+        head = tl.program_id(0)  # the fused weight's row blocks: query heads, key heads, value heads
+        r = tl.arange(0, ROWS)
+        real = r < rows
+        d = tl.arange(0, HALF)
+        x_rows = x_ptr + r[:, None] * x_stride
+        w_cols = w_ptr + (head * HEAD_DIM + d)[None, :] * w_stride
+        # Each head as its two halves, so the rotation pairs column d with column d + HALF in registers.
+        lo, hi = _stream_k(x_rows, real, w_cols, d < HALF, HALF * w_stride, norm_ptr, K, eps,
+                           ROWS, HALF, BLOCK_K, EVEN_K, True, True, IEEE, dtype)
+        lo = lo.to(dtype)  # the projection's output, rounded as the unfused GEMM rounds it
+        hi = hi.to(dtype)
+        if head < Q_HEADS:  # queries leave unrotated: the attention kernel rotates them
+            out = q_ptr + r[:, None] * q_stride + head * HEAD_DIM + d[None, :]
+            tl.store(out, lo, mask=real[:, None])
+            tl.store(out + HALF, hi, mask=real[:, None])
+        else:
+            slot = tl.load(positions_ptr + r, mask=real, other=0)
+            if head < Q_HEADS + KV_HEADS:  # keys: rotate (rotate-half layout), then into the cache
+                table = r[:, None] * HEAD_DIM + d[None, :]
+                cos_lo = tl.load(cos_ptr + table, mask=real[:, None], other=0.0).to(tl.float32)
+                cos_hi = tl.load(cos_ptr + table + HALF, mask=real[:, None], other=0.0).to(tl.float32)
+                sin_lo = tl.load(sin_ptr + table, mask=real[:, None], other=0.0).to(tl.float32)
+                sin_hi = tl.load(sin_ptr + table + HALF, mask=real[:, None], other=0.0).to(tl.float32)
+                lo32, hi32 = lo.to(tl.float32), hi.to(tl.float32)
+                out = k_cache_ptr + (head - Q_HEADS) * k_stride_head + slot[:, None] * k_stride_slot + d[None, :]
+                tl.store(out, (lo32 * cos_lo - hi32 * sin_lo).to(dtype), mask=real[:, None])
+                tl.store(out + HALF, (hi32 * cos_hi + lo32 * sin_hi).to(dtype), mask=real[:, None])
+            else:
+                out = v_cache_ptr + (head - Q_HEADS - KV_HEADS) * v_stride_head + slot[:, None] * v_stride_slot
+                tl.store(out + d[None, :], lo, mask=real[:, None])
+                tl.store(out + HALF + d[None, :], hi, mask=real[:, None])

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from evspec.errors import ConfigError
 from evspec.runtime.attention import programs_wanted, split_kv_attention, split_kv_supported
-from evspec.runtime.few_rows import Tiling, few_rows_linear, few_rows_supported, tiling_for
+from evspec.runtime.few_rows import Tiling, few_rows_linear, few_rows_supported, qkv_into_cache, tiling_for
 from evspec.runtime.decode import LanguageModel, StepOutput, extend_inputs
 
 # The attended cache length is rounded up to a multiple of this: one compiled graph per bucket.
@@ -96,12 +96,13 @@ class _FewRowLayer:
     post_eps: float
     o_proj: torch.Tensor
     down_proj: torch.Tensor
-    tilings: tuple[Tiling, Tiling, Tiling, Tiling]  # qkv, o, gate/up, down
+    tilings: tuple[Tiling, Tiling, Tiling]  # o, gate/up, down
 
 
 def _few_row_layer(layer: torch.nn.Module, qkv: torch.Tensor | None, gate_up: torch.Tensor | None) -> _FewRowLayer | None:
     """The layer's weights for the fused kernels, or None where the layer is not plain LLaMA
-    (another norm or activation, a bias, a quantized projection): it keeps the unfused path."""
+    (another norm or activation, a bias, a quantized projection, a head size the QKV kernel does
+    not take): it keeps the unfused path."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
     attn, mlp = layer.self_attn, layer.mlp
@@ -109,14 +110,15 @@ def _few_row_layer(layer: torch.nn.Module, qkv: torch.Tensor | None, gate_up: to
     plain = [attn.o_proj, mlp.down_proj]
     if (qkv is None or gate_up is None or not all(type(n) is LlamaRMSNorm for n in norms)
             or getattr(getattr(mlp, "config", None), "hidden_act", None) != "silu"
-            or any(type(p) is not torch.nn.Linear or p.bias is not None for p in plain)):
+            or any(type(p) is not torch.nn.Linear or p.bias is not None for p in plain)
+            or attn.head_dim < 32 or attn.head_dim & (attn.head_dim - 1)):
         return None
     device = qkv.device
     return _FewRowLayer(
         qkv=qkv, gate_up=gate_up, input_norm=norms[0].weight, input_eps=float(norms[0].variance_epsilon),
         post_norm=norms[1].weight, post_eps=float(norms[1].variance_epsilon),
         o_proj=attn.o_proj.weight, down_proj=mlp.down_proj.weight,
-        tilings=(tiling_for(qkv.shape[0], device, norm=True), tiling_for(attn.o_proj.out_features, device),
+        tilings=(tiling_for(attn.o_proj.out_features, device),
                  tiling_for(gate_up.shape[0] // 2, device, norm=True, gated=True),
                  tiling_for(mlp.down_proj.out_features, device)),
     )
@@ -303,20 +305,20 @@ class StaticDecoder:
         for i, (layer, k_cache, v_cache) in enumerate(zip(self.layers, self.k_cache, self.v_cache)):
             attn, mlp = layer.self_attn, layer.mlp
             fused = few_rows[i] if few_rows else None
-            if fused is not None:
-                qkv = few_rows_linear(x, fused.qkv, norm_weight=fused.input_norm, eps=fused.input_eps,
-                                      tiling=fused.tilings[0])
-                q, key, value = qkv.split(self.qkv_sizes, dim=-1)
-            elif k > 1 and self.qkv[i] is not None:
-                q, key, value = F.linear(layer.input_layernorm(x), self.qkv[i]).split(self.qkv_sizes, dim=-1)
+            if fused is not None:  # norm, QKV, rotary and the cache writes: one kernel
+                q = qkv_into_cache(x, fused.qkv, fused.input_norm, fused.input_eps, cos[0, 0], sin[0, 0], positions,
+                                   k_cache, v_cache)
             else:
-                h = layer.input_layernorm(x)
-                q, key, value = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
-            q = q.view(1, k, -1, self.head_dim).transpose(1, 2)
-            key = key.view(1, k, -1, self.head_dim).transpose(1, 2)
-            value = value.view(1, k, -1, self.head_dim).transpose(1, 2)
-            k_cache.index_copy_(2, positions, _apply_rotary(key, cos, sin))
-            v_cache.index_copy_(2, positions, value)
+                if k > 1 and self.qkv[i] is not None:
+                    q, key, value = F.linear(layer.input_layernorm(x), self.qkv[i]).split(self.qkv_sizes, dim=-1)
+                else:
+                    h = layer.input_layernorm(x)
+                    q, key, value = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+                q = q.view(1, k, -1, self.head_dim).transpose(1, 2)
+                key = key.view(1, k, -1, self.head_dim).transpose(1, 2)
+                value = value.view(1, k, -1, self.head_dim).transpose(1, 2)
+                k_cache.index_copy_(2, positions, _apply_rotary(key, cos, sin))
+                v_cache.index_copy_(2, positions, value)
             if few_queries:
                 out = self._attend_few(q, cos, sin, k_cache, v_cache, positions, kv_len)
             else:
@@ -325,10 +327,10 @@ class StaticDecoder:
                                                      scale=self.scaling, enable_gqa=True)
                 out = out.transpose(1, 2).reshape(1, k, -1)
             if fused is not None:
-                x = few_rows_linear(out, fused.o_proj, residual=x, tiling=fused.tilings[1])
+                x = few_rows_linear(out, fused.o_proj, residual=x, tiling=fused.tilings[0])
                 act = few_rows_linear(x, fused.gate_up, norm_weight=fused.post_norm, eps=fused.post_eps, gated=True,
-                                      tiling=fused.tilings[2])
-                x = few_rows_linear(act, fused.down_proj, residual=x, tiling=fused.tilings[3])
+                                      tiling=fused.tilings[1])
+                x = few_rows_linear(act, fused.down_proj, residual=x, tiling=fused.tilings[2])
                 continue
             x = x + attn.o_proj(out)
             h = layer.post_attention_layernorm(x)

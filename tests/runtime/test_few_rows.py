@@ -61,6 +61,47 @@ else:
 print("ok", checked)
 """
 
+QKV_INTO_CACHE = """
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+from evspec.runtime.few_rows import qkv_into_cache
+from evspec.runtime.static import _apply_rotary
+
+gen = torch.Generator().manual_seed(0)
+cases = [  # heads, kv_heads, head_dim, hidden, rows, first position, slots, block_k
+    (4, 2, 32, 96, 5, 10, 64, 32), (2, 2, 64, 128, 8, 0, 64, 128), (8, 1, 32, 64, 16, 40, 128, 64), (4, 4, 32, 80, 1, 63, 64, 64),
+]
+for heads, kv_heads, head_dim, hidden, rows, first, slots, block_k in cases:
+    x = torch.randn(1, rows, hidden, generator=gen)
+    norm = LlamaRMSNorm(hidden, eps=1e-6)
+    norm.weight.data = torch.rand(hidden, generator=gen) + 0.5
+    weight = torch.randn((heads + 2 * kv_heads) * head_dim, hidden, generator=gen) / hidden ** 0.5
+    positions = torch.arange(first, first + rows)
+    angles = positions[:, None].float() * torch.rand(head_dim // 2, generator=gen)[None]
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    k_cache, v_cache = (torch.full((1, kv_heads, slots, head_dim), 7.0) for _ in range(2))
+    q = qkv_into_cache(x, weight, norm.weight, 1e-6, cos, sin, positions, k_cache, v_cache, block_k=block_k)
+    sizes = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
+    rq, rk, rv = (t.view(1, rows, -1, head_dim).transpose(1, 2) for t in F.linear(norm(x), weight).split(sizes, -1))
+    rk = _apply_rotary(rk, cos[None, None], sin[None, None])
+    assert q.shape == rq.shape, (q.shape, rq.shape)
+    assert (q - rq).abs().max() < 1e-4, (q - rq).abs().max()
+    assert (k_cache[:, :, first:first + rows] - rk).abs().max() < 1e-4
+    assert (v_cache[:, :, first:first + rows] - rv).abs().max() < 1e-4
+    untouched = torch.ones(slots, dtype=torch.bool)
+    untouched[first:first + rows] = False
+    assert (k_cache[:, :, untouched] == 7.0).all() and (v_cache[:, :, untouched] == 7.0).all()
+try:
+    qkv_into_cache(torch.randn(1, 2, 64), torch.randn(64, 64), torch.ones(64), 1e-6, torch.ones(2, 16),
+                   torch.zeros(2, 16), torch.arange(2), torch.zeros(1, 1, 8, 16), torch.zeros(1, 1, 8, 16))
+except ValueError as error:
+    assert "head_dim 16" in str(error), error
+else:
+    raise AssertionError("head_dim 16 was accepted")
+print("ok", len(cases))
+"""
+
 DECODER_PASS = """
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -68,7 +109,7 @@ from evspec.runtime.decode import LanguageModel
 from evspec.runtime.static import StaticDecoder
 
 torch.manual_seed(0)
-config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+config = LlamaConfig(vocab_size=300, hidden_size=128, intermediate_size=96, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
 model = LlamaForCausalLM(config).eval()
 with torch.no_grad():  # norms start as ones: make each layer's two norms tell apart
@@ -94,6 +135,13 @@ def test_few_rows_kernel_matches_the_unfused_operations() -> None:
     """Plain, RMSNorm prologue, residual and SiLU x up epilogues, alone and together; 1-16 rows,
     K and N that the tiles do and do not divide: equal to the unfused LLaMA operations."""
     assert run_interpreted(KERNEL_VS_UNFUSED).startswith("ok 25")
+
+
+def test_qkv_into_cache_matches_norm_projection_rotary_and_cache_writes() -> None:
+    """GQA and plain heads, 1-16 rows, K blocks that do and do not divide the width: queries equal
+    the unrotated projection, the cache holds the rotated keys and the values at exactly the
+    rows' positions, and every other slot is untouched."""
+    assert run_interpreted(QKV_INTO_CACHE).startswith("ok 4")
 
 
 def test_static_decoder_pass_through_the_kernel_matches_cublas() -> None:
