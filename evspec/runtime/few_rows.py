@@ -254,9 +254,9 @@ if triton is not None:
         lo = lo.to(dtype)  # the projection's output, rounded as the unfused GEMM rounds it
         hi = hi.to(dtype)
         if head < Q_HEADS:  # queries leave unrotated: the attention kernel rotates them
-            out = q_ptr + r[:, None] * q_stride + head * HEAD_DIM + d[None, :]
-            tl.store(out, lo, mask=real[:, None])
-            tl.store(out + HALF, hi, mask=real[:, None])
+            q_out = q_ptr + r[:, None] * q_stride + head * HEAD_DIM + d[None, :]
+            tl.store(q_out, lo, mask=real[:, None])
+            tl.store(q_out + HALF, hi, mask=real[:, None])
         else:
             slot = tl.load(positions_ptr + r, mask=real, other=0)
             if head < Q_HEADS + KV_HEADS:  # keys: rotate (rotate-half layout), then into the cache
@@ -266,10 +266,10 @@ if triton is not None:
                 sin_lo = tl.load(sin_ptr + table, mask=real[:, None], other=0.0).to(tl.float32)
                 sin_hi = tl.load(sin_ptr + table + HALF, mask=real[:, None], other=0.0).to(tl.float32)
                 lo32, hi32 = lo.to(tl.float32), hi.to(tl.float32)
-                out = k_cache_ptr + (head - Q_HEADS) * k_stride_head + slot[:, None] * k_stride_slot + d[None, :]
-                tl.store(out, (lo32 * cos_lo - hi32 * sin_lo).to(dtype), mask=real[:, None])
-                tl.store(out + HALF, (hi32 * cos_hi + lo32 * sin_hi).to(dtype), mask=real[:, None])
+                k_out = k_cache_ptr + (head - Q_HEADS) * k_stride_head + slot[:, None] * k_stride_slot + d[None, :]
+                tl.store(k_out, (lo32 * cos_lo - hi32 * sin_lo).to(dtype), mask=real[:, None])
+                tl.store(k_out + HALF, (hi32 * cos_hi + lo32 * sin_hi).to(dtype), mask=real[:, None])
             else:
-                out = v_cache_ptr + (head - Q_HEADS - KV_HEADS) * v_stride_head + slot[:, None] * v_stride_slot
-                tl.store(out + d[None, :], lo, mask=real[:, None])
-                tl.store(out + HALF + d[None, :], hi, mask=real[:, None])
+                v_out = v_cache_ptr + (head - Q_HEADS - KV_HEADS) * v_stride_head + slot[:, None] * v_stride_slot
+                tl.store(v_out + d[None, :], lo, mask=real[:, None])
+                tl.store(v_out + HALF + d[None, :], hi, mask=real[:, None])
