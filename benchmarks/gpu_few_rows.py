@@ -156,7 +156,7 @@ def main() -> None:
                 head_dim_half = HIDDEN // VICUNA_7B["num_attention_heads"] // 2
                 gb = ws[0].numel() * ws[0].element_size() / 1e9
                 unfused = torch.compile(case["unfused"], dynamic=False)
-                default = (Tiling(block_n=head_dim_half, block_k=128, warps=4, stages=3) if name == "qkv_cache"
+                default = (Tiling(block_n=head_dim_half, block_k=256, warps=4, stages=3) if name == "qkv_cache"
                            else tiling_for(ws[0].shape[0] // (2 if name == "gate_up" else 1), device,
                                            norm=name in ("qkv", "gate_up"), gated=name == "gate_up"))
                 reference = unfused(ws[0]).float()

@@ -125,7 +125,7 @@ def few_rows_linear(
 def qkv_into_cache(
     x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor, eps: float, cos: torch.Tensor,
     sin: torch.Tensor, positions: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *,
-    block_k: int = 128, warps: int = 4, stages: int = 3,
+    block_k: int = 256, warps: int = 4, stages: int = 3,
 ) -> torch.Tensor:
     """A LLaMA layer's attention input in one kernel: RMSNorm, the fused Q/K/V product, the keys'
     rotary embedding, and the keys and values written into the caches at ``positions``.
