@@ -3,24 +3,24 @@
 A verify pass multiplies 2-16 token rows by every weight matrix. Like a one-token step it is bound
 by reading the weights, and Leviathan's formula assumes it costs what a step costs. Through cuBLAS
 it did not (docs/BENCHMARKS.md): the GEMMs read the weights about as fast as the step's reductions,
-but around them the pass ran ~160 more kernels than the step (norms, SiLU x up, split-K
+but around them the pass ran 130-160 more kernels than the step (norms, SiLU x up, split-K
 reductions), whose launch gaps and memory traffic inductor's one-token step avoids by fusing them
 into its matrix-vector reductions. Inductor fuses nothing into a cuBLAS call, and its own GEMM
 templates (max-autotune) were slower than cuBLAS for these shapes, so evspec carries this kernel:
 
   * RMSNorm as a prologue, in one pass: ``norm(x) W^T = (x * g) W^T / rms(x)`` row by row, so each
     program multiplies ``x * g`` (rounded to the dtype) and sums the squares of ``x`` as it streams
-    K, and divides by the rms at the end. A first pass over ``x`` for the rms, then LLaMA's exact
-    roundings, made the QKV product ~15% slower on an H100 (benchmarks/gpu_few_rows.py): its
-    programs waited on that pass before their first weight load. The result differs from the
-    unfused norm in the last bits of the dtype, as any reordering of the sum would;
+    K, and divides by the rms at the end, instead of a first pass over ``x`` before its first
+    weight load. The result differs from the unfused norm in the last bits of the dtype, as any
+    reordering of the sum would;
   * SiLU(gate) x up as an epilogue: a program reads the gate rows and the up rows of the same
     output columns from the fused gate/up weight;
   * the residual addition as an epilogue.
 
-So a LLaMA layer's projections are four kernels: norm + QKV, O + residual, norm + gate/up + SiLU x up,
-down + residual. Each program owns whole output columns (no split-K), so the epilogues see final
-sums; ``tiling_for`` picks the blocks.
+``qkv_into_cache`` also applies the keys' rotary embedding and writes keys and values into the
+caches. So a LLaMA layer's projections are four kernels: norm + QKV + rotary + cache writes,
+O + residual, norm + gate/up + SiLU x up, down + residual. Each program owns whole output
+columns (no split-K), so the epilogues see final sums; ``tiling_for`` picks the blocks.
 
 The kernel runs where Triton does (CUDA; or anywhere under ``TRITON_INTERPRET=1``, which the tests
 use); ``StaticDecoder`` keeps the cuBLAS path everywhere else.

@@ -16,6 +16,7 @@ import torch
 
 from evspec.errors import ConfigError
 from evspec.runtime.decode import LanguageModel, SamplingConfig
+from evspec.runtime.static import StaticDecoder
 from evspec.spec.engine import speculative_generate, target_only
 from evspec.spec.proposers import (
     DraftModelProposer,
@@ -98,6 +99,26 @@ def test_greedy_is_lossless_over_many_seeds(proposers, target_lm) -> None:
         gamma = 1 + seed % 8
         _check(target_lm, proposers[kind](seed), prompt_for(seed), gamma=gamma,
                parallel=seed % 2 == 1, adaptive=seed % 4 == 0)
+
+
+def test_greedy_is_lossless_through_the_static_cache(target_lm, same_draft_lm) -> None:
+    """Target and draft in StaticDecoders (preallocated cache, roll-back as a length change, fused
+    projections for verify and catch-up passes): equal to the target alone through the same decoder.
+    On a CUDA device the passes over several tokens also run the Triton kernels; their own
+    proof runs under Triton's interpreter in tests/runtime/test_few_rows.py."""
+    target_decoder = StaticDecoder(target_lm, max_length=64)
+    same = identity_map(same_draft_lm.vocab_size, target_lm.vocab_size, draft_eos=[EOS], target_eos=[EOS])
+    near = noisy_copy(target_lm, same_draft_lm.vocab_size, 0.02, seed=5)
+    for seed, gamma in enumerate((1, 2, 3, 4, 5, 6, 7, 8)):
+        prompt = prompt_for(seed)
+        base = target_only(target_lm, prompt_ids=prompt, eos_token_ids=[EOS], max_new_tokens=MAX_NEW,
+                           state_factory=target_decoder)
+        draft = DraftModelProposer(near, same, state_factory=StaticDecoder(near, max_length=64))
+        for proposer in (draft, NgramProposer()):
+            out = speculative_generate(target_lm, proposer, prompt_ids=prompt, eos_token_ids=[EOS],
+                                       max_new_tokens=MAX_NEW, gamma=gamma, adaptive_gamma=seed % 3 == 0,
+                                       parallel_prefill=seed % 2 == 1, state_factory=target_decoder)
+            assert out.token_ids == base.token_ids, (proposer.name, gamma)
 
 
 @pytest.mark.parametrize("room", [1, 2, 3, 6])
