@@ -145,6 +145,9 @@ def qkv_into_cache(
                          f"head_dim {head_dim}: at most {MAX_ROWS} rows and a power-of-two head_dim >= 32")
     x2 = x.reshape(k, hidden)
     x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
+    weight = weight if weight.stride(-1) == 1 else weight.contiguous()
+    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+        raise ValueError("qkv_into_cache writes caches whose last dimension is dense")
     q = torch.empty(k, heads * head_dim, device=x.device, dtype=x.dtype)
     cos, sin = cos.contiguous(), sin.contiguous()
     _qkv_into_cache[(heads + 2 * kv_heads,)](
