@@ -45,6 +45,8 @@ from evspec.runtime.few_rows import Tiling, few_rows_linear, qkv_into_cache, til
 from evspec.runtime.static import _apply_rotary
 
 HIDDEN, INTER = VICUNA_7B["hidden_size"], VICUNA_7B["intermediate_size"]
+HEADS = VICUNA_7B["num_attention_heads"]
+HEAD_DIM = HIDDEN // HEADS
 GRID = [Tiling(block_n=n, block_k=k, warps=w, stages=s)
         for n, k, w, s in itertools.product((32, 64, 128), (64, 128, 256), (4, 8), (3, 4, 6))]
 
@@ -93,14 +95,13 @@ def products(rows: int, layers: int, device: torch.device) -> dict[str, dict[str
     qkv, o, gate_up, down = weights(3 * HIDDEN, HIDDEN), weights(HIDDEN, HIDDEN), weights(2 * INTER, HIDDEN), \
         weights(HIDDEN, INTER)
 
-    heads, head_dim, slots = VICUNA_7B["num_attention_heads"], HIDDEN // VICUNA_7B["num_attention_heads"], 2304
-    k_cache, v_cache = (torch.zeros(1, heads, slots, head_dim, device=device, dtype=dtype) for _ in range(2))
+    k_cache, v_cache = (torch.zeros(1, HEADS, 2304, HEAD_DIM, device=device, dtype=dtype) for _ in range(2))
     positions = torch.arange(2096, 2096 + rows, device=device)
-    angles = positions[:, None].float() * torch.rand(head_dim // 2, device=device)[None]
+    angles = positions[:, None].float() * torch.rand(HEAD_DIM // 2, device=device)[None]
     cos, sin = torch.cat([angles, angles], -1).cos().to(dtype), torch.cat([angles, angles], -1).sin().to(dtype)
 
     def qkv_then_writes(w: torch.Tensor) -> torch.Tensor:
-        q, key, value = (t.view(1, rows, heads, head_dim).transpose(1, 2) for t in F.linear(norm(x), w).chunk(3, -1))
+        q, key, value = (t.view(1, rows, HEADS, HEAD_DIM).transpose(1, 2) for t in F.linear(norm(x), w).chunk(3, -1))
         k_cache.index_copy_(2, positions, _apply_rotary(key, cos[None, None], sin[None, None]))
         v_cache.index_copy_(2, positions, value)
         return q
@@ -153,10 +154,9 @@ def main() -> None:
                 if name not in args.products.split(","):
                     continue
                 ws, fused = case["weights"], case["fused"]
-                head_dim_half = HIDDEN // VICUNA_7B["num_attention_heads"] // 2
                 gb = ws[0].numel() * ws[0].element_size() / 1e9
                 unfused = torch.compile(case["unfused"], dynamic=False)
-                default = (Tiling(block_n=head_dim_half, block_k=256, warps=4, stages=3) if name == "qkv_cache"
+                default = (Tiling(block_n=HEAD_DIM // 2, block_k=256, warps=4, stages=3) if name == "qkv_cache"
                            else tiling_for(ws[0].shape[0] // (2 if name == "gate_up" else 1), device,
                                            norm=name in ("qkv", "gate_up"), gated=name == "gate_up"))
                 reference = unfused(ws[0]).float()
@@ -171,7 +171,7 @@ def main() -> None:
                 if args.grid:
                     row["grid"] = []
                     # qkv_into_cache's column block is half a head: only the K step, warps and stages vary
-                    for t in (t for t in GRID if name != "qkv_cache" or t.block_n == head_dim_half):
+                    for t in (t for t in GRID if name != "qkv_cache" or t.block_n == HEAD_DIM // 2):
                         try:
                             ms = layers_ms(lambda i: fused(ws[i], t), args.layers, args.repeats)
                         except triton.runtime.errors.OutOfResources:

@@ -18,16 +18,9 @@ position are skipped, so a cache bucket longer than the sequence costs nothing.
 
 from __future__ import annotations
 
-import functools
-import os
-
 import torch
 
-try:  # Triton ships with CUDA builds of PyTorch; CPU builds fall back to the written-out products.
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
+from evspec.runtime.triton_support import multiprocessors, tl, triton, triton_runs_on
 
 BLOCK_KEYS = 64  # keys per inner step
 MIN_ROWS = 16  # tl.dot needs >= 16 rows
@@ -37,17 +30,12 @@ def split_kv_supported(q: torch.Tensor) -> bool:
     """Whether :func:`split_kv_attention` can run these queries ``[1, heads, k, head_dim]``:
     Triton present, a CUDA tensor (or Triton's CPU interpreter), head_dim a power of two >= 16."""
     head_dim = q.shape[-1]
-    if triton is None or head_dim < 16 or head_dim & (head_dim - 1):
-        return False
-    return q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return head_dim >= 16 and not head_dim & (head_dim - 1) and triton_runs_on(q)
 
 
-@functools.lru_cache(maxsize=None)
 def programs_wanted(device: torch.device) -> int:
     """Two programs per SM keep every SM busy while one waits on memory."""
-    if device.type != "cuda":
-        return 4
-    return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 2 * multiprocessors(device)
 
 
 def split_kv_attention(

@@ -28,17 +28,11 @@ use); ``StaticDecoder`` keeps the cuBLAS path everywhere else.
 
 from __future__ import annotations
 
-import functools
-import os
 from dataclasses import dataclass
 
 import torch
 
-try:  # Triton ships with CUDA builds of PyTorch; CPU builds keep cuBLAS/ATen products.
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
+from evspec.runtime.triton_support import multiprocessors, tl, triton, triton_runs_on
 
 MAX_ROWS = 16  # tl.dot's smallest row block; more rows are a real GEMM, cuBLAS's ground
 
@@ -56,14 +50,7 @@ class Tiling:
 def few_rows_supported(x: torch.Tensor) -> bool:
     """Whether :func:`few_rows_linear` runs on ``x`` ``[..., K]``: Triton present, at most
     ``MAX_ROWS`` rows, on CUDA (or under Triton's CPU interpreter)."""
-    if triton is None or x.numel() // x.shape[-1] > MAX_ROWS:
-        return False
-    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-
-
-@functools.lru_cache(maxsize=None)
-def _multiprocessors(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return x.numel() // x.shape[-1] <= MAX_ROWS and triton_runs_on(x)
 
 
 def tiling_for(columns: int, device: torch.device, *, norm: bool = False, gated: bool = False) -> Tiling:
@@ -81,7 +68,7 @@ def tiling_for(columns: int, device: torch.device, *, norm: bool = False, gated:
     else:
         tiling = Tiling(block_n=64, block_k=256, warps=4, stages=4)
     block_n = tiling.block_n
-    while block_n > 32 and 2 * -(-columns // block_n) < _multiprocessors(device):
+    while block_n > 32 and 2 * -(-columns // block_n) < multiprocessors(device):
         block_n //= 2
     return Tiling(block_n, tiling.block_k, tiling.warps, tiling.stages)
 

@@ -58,6 +58,12 @@ def _pad_to_power_of_two(ids: torch.Tensor, room: int) -> torch.Tensor:
     return torch.cat([ids, ids.new_zeros(1, size - k)], dim=1)
 
 
+def _plain_linear(layer: torch.nn.Module) -> bool:
+    """A bias-free ``nn.Linear`` whose weight evspec may use directly (a quantized or biased layer
+    keeps its own forward)."""
+    return type(layer) is torch.nn.Linear and layer.bias is None
+
+
 # Fused weights already made, by their first layer: a second decoder over one model reuses them.
 _FUSED: weakref.WeakKeyDictionary[torch.nn.Module, torch.Tensor] = weakref.WeakKeyDictionary()
 
@@ -67,7 +73,7 @@ def _fuse_rows(linears: Sequence[torch.nn.Module]) -> torch.Tensor | None:
     added, values unchanged), so a pass over several tokens runs one wide GEMM while a one-token
     step keeps its separate matrix-vector products. None for layers that are not plain bias-free
     ``nn.Linear`` (a quantized layer keeps its own forward)."""
-    if any(type(layer) is not torch.nn.Linear or layer.bias is not None for layer in linears):
+    if not all(_plain_linear(layer) for layer in linears):
         return None
     fused = _FUSED.get(linears[0])
     if fused is not None and all(layer.weight.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
@@ -107,10 +113,9 @@ def _few_row_layer(layer: torch.nn.Module, qkv: torch.Tensor | None, gate_up: to
 
     attn, mlp = layer.self_attn, layer.mlp
     norms = (layer.input_layernorm, layer.post_attention_layernorm)
-    plain = [attn.o_proj, mlp.down_proj]
     if (qkv is None or gate_up is None or not all(type(n) is LlamaRMSNorm for n in norms)
             or getattr(getattr(mlp, "config", None), "hidden_act", None) != "silu"
-            or any(type(p) is not torch.nn.Linear or p.bias is not None for p in plain)
+            or not (_plain_linear(attn.o_proj) and _plain_linear(mlp.down_proj))
             or attn.head_dim < 32 or attn.head_dim & (attn.head_dim - 1)):
         return None
     device = qkv.device
