@@ -10,8 +10,10 @@ bit-identical to the family's own ``generate()``: the same kernels see the same 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Protocol
 
 import torch
@@ -20,11 +22,18 @@ from torch import nn
 from evspec.errors import ConfigError
 
 
+@cache
+def cache_keyword(body_class: type) -> str:
+    """The name under which ``body_class.forward`` takes the KV cache: ``cache`` since transformers
+    renamed it (5.2x; ``past_key_values`` then warns and goes in 5.40), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(body_class.forward).parameters else "past_key_values"
+
+
 @dataclass
 class LanguageModel:
     """The text half of a VLM: decoder body (a ``LlamaModel``), input embeddings and LM head.
 
-    ``body`` must accept ``inputs_embeds``/``input_ids``, ``past_key_values``, ``cache_position``,
+    ``body`` must accept ``inputs_embeds``/``input_ids``, a cache (:func:`cache_keyword`), ``cache_position``,
     ``position_ids`` and ``attention_mask`` and return ``last_hidden_state`` (after the final norm).
     """
 
@@ -148,7 +157,7 @@ class EagerState:
         # attention implementation takes the same path.
         mask = torch.ones(1, self._length + k, dtype=torch.long, device=device)
         out = self.lm.body(
-            input_ids=ids, inputs_embeds=embeds, past_key_values=self.cache, use_cache=True,
+            input_ids=ids, inputs_embeds=embeds, use_cache=True, **{cache_keyword(type(self.lm.body)): self.cache},
             cache_position=positions, position_ids=positions.unsqueeze(0), attention_mask=mask,
         )
         hidden = out.last_hidden_state[0]

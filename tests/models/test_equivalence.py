@@ -56,6 +56,8 @@ def test_encode_gives_the_features_the_model_forward_splices(tiny_models: dict, 
     with torch.inference_mode():
         out = model.model(input_ids=prepared.input_ids, **{key: prepared.pixel_values})
     inside = out.video_hidden_states if family == "videollava" else out.image_hidden_states
+    # A tensor [B, P, D] up to transformers 5.23, a list of [P, D] per image or video since 5.24.
+    inside = torch.cat([v.reshape(-1, v.shape[-1]) for v in inside]) if isinstance(inside, (list, tuple)) else inside
     assert torch.equal(model.encode(prepared).embeds, inside.reshape(-1, inside.shape[-1]))
 
 
