@@ -113,7 +113,7 @@ def resolve_device(name: str) -> torch.device:
     registry's checks (the device must exist here), the same the model loader applies."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from evspec.models.registry import resolve_device as registry_device
+    from evspec.models.loading import resolve_device as registry_device
 
     return registry_device(name)
 
@@ -123,7 +123,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     (bf16, fp16, fp32) accepted; the registry checks that the device can do it."""
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    from evspec.models.registry import resolve_dtype as registry_dtype
+    from evspec.models.loading import resolve_dtype as registry_dtype
 
     return registry_dtype(DTYPE_ALIASES.get(name, name), device)
 
@@ -447,7 +447,7 @@ def run_bench(
     device = config.resolved_device()
     dtype = config.resolved_dtype(device)
     if config.quantize is not None:
-        from evspec.models.registry import LoadOptions
+        from evspec.models.loading import LoadOptions
 
         LoadOptions.resolve(device, dtype, config.quantize)  # CUDA and bitsandbytes present, or one clear error
     root = dataset_root(config.dataset, out_dir)

@@ -46,7 +46,7 @@ from evspec.models.base import (
     VisualFeatures,
     VisualInput,
 )
-from evspec.models.registry import (
+from evspec.models.loading import (
     LoadOptions,
     check_state_dict_keys,
     checkpoint_keys,

@@ -20,6 +20,7 @@ Preprocessing:
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ from evspec.models.base import (
     VisualInput,
 )
 from evspec.models.eventgpt import greedy_generation_config
-from evspec.models.registry import (
+from evspec.models.loading import (
     LoadOptions,
     ensure_prompt_fits,
     from_pretrained_checked,
@@ -61,6 +62,13 @@ def features_from_output(output: Any) -> torch.Tensor:
     if isinstance(value, (tuple, list)):
         value = torch.cat([v.reshape(-1, v.shape[-1]) for v in value], dim=0)
     return value.reshape(-1, value.shape[-1])
+
+
+def _current_output_kwargs(image_processor: Any) -> dict[str, bool]:
+    """``VideoLlavaImageProcessor`` of transformers >= 5.2x names its output ``pixel_values`` only when
+    asked (the old name warns as deprecated); earlier releases take no such argument."""
+    accepted = inspect.signature(image_processor.preprocess).parameters
+    return {"return_legacy_image_output": False} if "return_legacy_image_output" in accepted else {}
 
 
 def splice_placeholders(embed_tokens: nn.Module, input_ids: torch.Tensor, token_id: int, features: torch.Tensor) -> torch.Tensor:
@@ -143,7 +151,7 @@ class VideoLlava(_LlavaBase):
     def preprocess(self, visual: VisualInput, query: str) -> Prepared:
         if not visual.frames:
             raise InputError("no video frames to preprocess")
-        out = self.image_processor(list(visual.frames), return_tensors="pt")
+        out = self.image_processor(list(visual.frames), return_tensors="pt", **_current_output_kwargs(self.image_processor))
         pixels = out["pixel_values"] if "pixel_values" in out else out["pixel_values_images"]
         patch = int(self.model.config.vision_config.patch_size)
         per_frame = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch) + 1  # CLS kept for video

@@ -260,7 +260,7 @@ def run_spec(
     draft_device = resolve_device(config.draft_device) if config.draft_device else device
     dtype = resolve_dtype(config.dtype, device)
     if config.quantize is not None:
-        from evspec.models.registry import LoadOptions
+        from evspec.models.loading import LoadOptions
 
         for where in {device, draft_device}:
             LoadOptions.resolve(where, dtype, config.quantize)  # CUDA and bitsandbytes present, or one clear error

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from evspec.errors import ModelError, UnsafeFileError
-from evspec.models.registry import LoadOptions, load_model
+from evspec.models.loading import LoadOptions
+from evspec.models.registry import load_model
 from evspec.models.tiny import tiny_checkpoint
 from tests.models.conftest import visual_input
 

@@ -8,13 +8,8 @@ import pytest
 import torch
 
 from evspec.errors import ConfigError, ModelError
-from evspec.models.registry import (
-    LoadOptions,
-    load_model,
-    parse_name,
-    resolve_device,
-    resolve_dtype,
-)
+from evspec.models.loading import LoadOptions, resolve_device, resolve_dtype
+from evspec.models.registry import load_model, parse_name
 from tests.models.conftest import visual_input
 
 
