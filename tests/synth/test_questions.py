@@ -31,13 +31,20 @@ STAR = ObjectSpec("star", "orange", 40, 500, 300, "up-right", 200.0)
 def test_describe_two_objects() -> None:
     qa = make_qa(scene(TRIANGLE, CIRCLE), "describe")
     assert qa.question == QUESTIONS["describe"]
-    assert qa.answer == "A red triangle moves to the left and a blue circle stands still."
+    assert qa.answer == "A blue circle stands still and a red triangle moves to the left."
     assert qa.event_visible_answer == "A triangle moves to the left."
+
+
+def test_objects_are_named_in_shape_order_whatever_the_scene_order() -> None:
+    """The answer must follow from the clip: the order the scene was drawn in is not visible."""
+    for qtype in QUESTION_TYPES:
+        assert make_qa(scene(TRIANGLE, STAR, CIRCLE), qtype) == make_qa(scene(STAR, CIRCLE, TRIANGLE), qtype)
+    assert make_qa(scene(STAR, TRIANGLE), "objects").answer == "The scene shows a red triangle and an orange star."
 
 
 def test_three_objects_articles_and_speed_words() -> None:
     qa = make_qa(scene(TRIANGLE, CIRCLE, STAR), "describe")
-    assert qa.answer == ("A red triangle moves to the left, a blue circle stands still and "
+    assert qa.answer == ("A blue circle stands still, a red triangle moves to the left and "
                          "an orange star moves quickly up and to the right.")
     slow = ObjectSpec("square", "green", 40, 300, 200, "down", 30.0)
     assert make_qa(scene(slow), "motion").answer == "The green square moves slowly downward."
@@ -45,10 +52,10 @@ def test_three_objects_articles_and_speed_words() -> None:
 
 def test_objects_and_motion_questions() -> None:
     s = scene(TRIANGLE, CIRCLE)
-    assert make_qa(s, "objects").answer == "The scene shows a red triangle and a blue circle."
+    assert make_qa(s, "objects").answer == "The scene shows a blue circle and a red triangle."
     assert make_qa(s, "objects").event_visible_answer == "The scene shows a triangle."
-    assert make_qa(s, "motion").answer == ("The red triangle moves to the left and the blue "
-                                           "circle stands still.")
+    assert make_qa(s, "motion").answer == ("The blue circle stands still and the red "
+                                           "triangle moves to the left.")
     assert make_qa(s, "motion").event_visible_answer == "The triangle moves to the left."
 
 
@@ -70,7 +77,7 @@ def test_nothing_visible_without_motion() -> None:
 
 def test_camera_pan_makes_still_objects_visible() -> None:
     qa = make_qa(scene(TRIANGLE, CIRCLE, camera=CameraSpec("up", 30.0)), "describe")
-    assert qa.event_visible_answer == ("A triangle moves to the left and a circle stands still. "
+    assert qa.event_visible_answer == ("A circle stands still and a triangle moves to the left. "
                                        "The camera pans upward.")
     assert qa.answer.endswith("The camera pans upward.")
 

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evspec.data.synth.scenes import (
+    SPEED_BANDS,
     COLOURS,
     DIRECTIONS,
     SHAPES,
@@ -117,3 +118,19 @@ def test_background_is_dark_and_objects_bright() -> None:
     luma = frames[0].astype(float) @ [0.299, 0.587, 0.114] / 255
     darkest_colour = min(np.dot(rgb, [0.299, 0.587, 0.114]) / 255 for rgb in COLOURS.values())
     assert np.log(darkest_colour / luma.max()) > 0.2  # above one contrast threshold
+
+
+def test_speeds_keep_clear_of_the_answer_thresholds() -> None:
+    """Speeds come from separated bands, so "slowly" / "quickly" are visible distinctions. Only an
+    object that needed several placement attempts (each shrinks its speed by 3%) may leave its band."""
+    from evspec.data.synth.questions import FAST_ABOVE, SLOW_BELOW
+
+    rel = [o.speed / 640 for seed in range(300)
+           for o in sample_scene(np.random.default_rng(seed), (640, 480)).objects if o.direction]
+    assert len(rel) > 300
+    in_bands = [any(lo * 0.9 <= r <= hi for lo, hi in SPEED_BANDS) for r in rel]
+    assert np.mean(in_bands) > 0.97
+    near = [abs(r - SLOW_BELOW) < 0.01 or abs(r - FAST_ABOVE) < 0.01 for r in rel]
+    assert np.mean(near) < 0.02
+    # all three bands are used
+    assert min(rel) < SLOW_BELOW and max(rel) > FAST_ABOVE and any(SLOW_BELOW < r < FAST_ABOVE for r in rel)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from evspec.data.synth.scenes import ObjectSpec, SceneSpec
+from evspec.data.synth.scenes import SHAPES, ObjectSpec, SceneSpec
 from evspec.errors import ConfigError
 
 QUESTION_TYPES = ("objects", "motion", "count_moving", "describe")
@@ -83,9 +83,15 @@ def _count(n: int) -> str:
             else f"{word} objects are moving")
 
 
+def _in_shape_order(objects: tuple[ObjectSpec, ...] | list[ObjectSpec]) -> list[ObjectSpec]:
+    """Answers name objects in the fixed order of ``SHAPES`` (shapes are distinct within a
+    scene): the order then follows from what the clip shows, not from how the scene was drawn."""
+    return sorted(objects, key=lambda o: SHAPES.index(o.shape))
+
+
 def _visible(spec: SceneSpec) -> list[ObjectSpec]:
     panning = spec.camera.direction is not None
-    return [o for o in spec.objects if panning or o.direction is not None]
+    return [o for o in _in_shape_order(spec.objects) if panning or o.direction is not None]
 
 
 def _camera(spec: SceneSpec) -> str:
@@ -121,7 +127,7 @@ def make_qa(spec: SceneSpec, qtype: str) -> QA:
     """The question of type ``qtype`` with both answers."""
     if qtype not in QUESTION_TYPES:
         raise ConfigError(f"unknown question type {qtype!r}; known: {', '.join(QUESTION_TYPES)}")
-    truth = _answers(spec, qtype, colour=True, objects=list(spec.objects))
+    truth = _answers(spec, qtype, colour=True, objects=_in_shape_order(spec.objects))
     seen = _answers(spec, qtype, colour=False, objects=_visible(spec))
     return QA(qtype, QUESTIONS[qtype], truth, seen)
 

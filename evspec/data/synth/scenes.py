@@ -51,6 +51,12 @@ DIRECTIONS: dict[str, tuple[float, float]] = {
 }
 
 
+# Object speeds (fraction of the frame width per second): slow, plain and fast bands with gaps
+# around the answers' thresholds (questions.SLOW_BELOW 0.12, FAST_ABOVE 0.25), so "slowly" and
+# "quickly" name what a viewer can tell apart instead of a hair's breadth either side of a line.
+SPEED_BANDS: tuple[tuple[float, float], ...] = ((0.06, 0.10), (0.15, 0.21), (0.29, 0.35))
+
+
 def velocity(direction: str | None, speed: float) -> tuple[float, float]:
     """Pixels per second along x and y for a named direction (None: standing still)."""
     if direction is None:
@@ -155,12 +161,13 @@ def sample_scene(
     n_objects: tuple[int, int] = (1, 3),
     still_probability: float = 0.25,
     pan_probability: float = 0.2,
-    speed_range: tuple[float, float] = (0.08, 0.35),
+    speed_bands: tuple[tuple[float, float], ...] = SPEED_BANDS,
     pan_speed_range: tuple[float, float] = (0.03, 0.08),
 ) -> SceneSpec:
     """Draw a scene. Shapes within a scene are distinct, so every object can be named by its
     shape alone (what the event camera can tell). Speeds are fractions of the frame width per
-    second. Without a pan at least one object moves, so the clip always has events."""
+    second, drawn from one of ``speed_bands`` (chosen uniformly). Without a pan at least one
+    object moves, so the clip always has events."""
     width, height = size
     short = min(width, height)
     count = int(rng.integers(n_objects[0], n_objects[1] + 1))
@@ -183,7 +190,8 @@ def sample_scene(
                 direction, speed = None, 0.0
             else:
                 direction = list(DIRECTIONS)[int(rng.integers(len(DIRECTIONS)))]
-                speed = round(_uniform(rng, *speed_range, 4) * width * 0.97**attempt, 2)
+                band = speed_bands[int(rng.integers(len(speed_bands)))]
+                speed = round(_uniform(rng, *band, 4) * width * 0.97**attempt, 2)
             obj = ObjectSpec(SHAPES[shapes[i]], list(COLOURS)[colours[i]], radius, 0.0, 0.0,
                              direction, speed)
             svx, svy = obj.velocity[0] - camera.velocity[0], obj.velocity[1] - camera.velocity[1]
