@@ -23,12 +23,17 @@ class Record:
     run are None/empty. ``extra_stages_s`` holds stages a decoder added (e.g. a draft's prefill);
     ``metrics`` holds a decoder's own per-sample numbers (e.g. acceptance rate); both are summarised
     by ``evspec.bench.stats`` without the runner knowing their names.
+
+    ``read_s`` is reading the sample's files (events, images, video -> frames); ``model_load_s`` is
+    the time the model took to load in the invocation that wrote this record (once per model, not
+    part of ``total_s``). Records written before the stage was renamed call it ``load_s``; they read
+    back as ``read_s``.
     """
 
     id: str
     model: str
     decoder: str = "target"
-    load_s: float | None = None
+    read_s: float | None = None
     preprocess_s: float | None = None
     encode_s: float | None = None
     prefill_s: float | None = None
@@ -47,6 +52,7 @@ class Record:
     peak_memory_bytes: dict[str, int | None] = field(default_factory=dict)
     extra_stages_s: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    model_load_s: float | None = None
     error: str | None = None
 
     @property
@@ -62,6 +68,11 @@ class Record:
         missing = {"id", "model"} - row.keys()
         if missing:
             raise ValueError(f"missing field(s) {sorted(missing)}")
+        if "load_s" in row and "read_s" not in row:  # written before the stage was renamed
+            row = {**row, "read_s": row["load_s"]}
+            peaks = row.get("peak_memory_bytes")
+            if isinstance(peaks, dict) and "load" in peaks:
+                row["peak_memory_bytes"] = {("read" if k == "load" else k): v for k, v in peaks.items()}
         return cls(**{k: v for k, v in row.items() if k in names})
 
 

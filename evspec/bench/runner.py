@@ -2,7 +2,7 @@
 
 Per sample the runner calls, each in its own :class:`~evspec.runtime.timing.StageTimer` stage::
 
-    load        model.load(sample)
+    read        model.load(sample)       (the sample's files -> frames; model loading is timed per model)
     preprocess  model.preprocess(visual, sample.query)
     encode      model.encode(prepared)
     prefill     prefill(model.language_model, model.splice(prepared, features))   (by the Decoder)
@@ -43,7 +43,7 @@ import gc
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -71,7 +71,7 @@ DEFAULT_MODELS: tuple[str, ...] = ("tiny-eventgpt", "tiny-videollava", "tiny-lla
 SYNTH_DIR = "data"
 IDENTITY_FIELDS: tuple[str, ...] = (
     "dataset", "split", "max_new_tokens", "min_new_tokens", "temperature", "top_p", "seed",
-    "device", "dtype", "cache", "quantize", "decoder",
+    "device", "dtype", "cache", "quantize", "decoder", "event_canvas", "generation_config",
 )
 """Config fields that change what a record means: a rerun into the same folder must match them.
 ``models``, ``max_samples`` and ``warmup`` may change between runs (a rerun can add models or
@@ -146,8 +146,15 @@ class BenchConfig:
     dtype: str = "auto"
     cache: CacheKind = "eager"
     quantize: str | None = None  # "4bit" | "8bit": bitsandbytes, CUDA only
+    event_canvas: str = "upstream"  # EventGPT's event frames: upstream's per-chunk canvas, or "sensor"
+    generation_config: str = "evspec"  # "checkpoint": sample as the models' generation_config.json says
 
     def __post_init__(self) -> None:
+        from evspec.data.render import check_event_canvas
+        from evspec.models.generation import check_generation_source
+
+        check_event_canvas(self.event_canvas)
+        check_generation_source(self.generation_config)
         if not self.models:
             raise ConfigError("give at least one model name")
         if len(set(self.models)) != len(self.models):
@@ -288,7 +295,7 @@ def _record(model_name: str, decoder: str, sample: Sample, timings: Timings, out
     stages = timings.stages
     return Record(
         id=sample.id, model=model_name, decoder=decoder,
-        load_s=stages.get("load"), preprocess_s=stages.get("preprocess"), encode_s=stages.get("encode"),
+        read_s=stages.get("read"), preprocess_s=stages.get("preprocess"), encode_s=stages.get("encode"),
         prefill_s=stages["prefill"], decode_s=stages["decode"], total_s=timings.total_s,
         ttft_s=timings.ttft_s, tpot_s=timings.tpot_s, tokens_per_s=timings.tokens_per_s,
         n_prompt_tokens=outcome.n_prompt_tokens, n_visual_tokens=n_visual, n_new_tokens=len(outcome.token_ids),
@@ -305,7 +312,7 @@ def run_sample(
     """One sample through one model, every stage timed; a failure becomes a record with ``error``."""
     try:
         with torch.inference_mode():
-            with timer.stage("load"):
+            with timer.stage("read"):  # the sample's files -> frames
                 visual = model.load(sample)
             with timer.stage("preprocess"):
                 prepared = model.preprocess(visual, sample.query)
@@ -326,13 +333,41 @@ def run_sample(
 ModelLoader = Callable[[str, torch.device, torch.dtype], "VisionLanguageModel"]
 
 
+def registry_loader_for(quantize: str | None, event_canvas: str) -> ModelLoader:
+    """``registry_loader`` with the load options that are not the defaults bound."""
+    extra = {k: v for k, v in (("quantize", quantize), ("event_canvas", event_canvas)) if v not in (None, "upstream")}
+    return functools.partial(registry_loader, **extra) if extra else registry_loader
+
+
+def generation_records(config: BenchConfig | Any, names: Sequence[str]) -> tuple[Any, dict[str, Any]]:
+    """The models' ``generation_config.json`` files for the run's ``config.json``, and ``config``
+    with their sampling applied when ``config.generation_config == "checkpoint"`` (one sampling
+    rule serves every model of a run, so their files must agree)."""
+    from evspec.models.generation import checkpoint_generation_configs, sampling_settings
+
+    files = checkpoint_generation_configs(names, strict=config.generation_config == "checkpoint")
+    record: dict[str, Any] = {"source": config.generation_config, "checkpoint_generation_config": files}
+    if config.generation_config != "checkpoint":
+        return config, record
+    settings = {name: sampling_settings(raw) for name, raw in files.items()}
+    rules = {(t, p) for t, p, _ in settings.values()}
+    if len(rules) != 1:
+        shown = ", ".join(f"{n}: temperature {t}, top_p {p}" for n, (t, p, _) in settings.items())
+        raise ConfigError(f"--generation-config checkpoint: the models' generation_config.json files disagree ({shown}); "
+                          f"run them separately")
+    (temperature, top_p), = rules
+    record["applied"] = {"temperature": temperature, "top_p": top_p}
+    record["not_applied"] = {n: skipped for n, (_, _, skipped) in settings.items() if skipped}
+    return replace(config, temperature=temperature, top_p=top_p), record
+
+
 def registry_loader(
-    name: str, device: torch.device, dtype: torch.dtype, quantize: str | None = None
+    name: str, device: torch.device, dtype: torch.dtype, quantize: str | None = None, event_canvas: str = "upstream",
 ) -> VisionLanguageModel:
     """``evspec.models.registry.load_model`` (imported late: it pulls in the model families)."""
     from evspec.models.registry import load_model
 
-    return load_model(name, device=device, dtype=dtype, quantize=quantize)
+    return load_model(name, device=device, dtype=dtype, quantize=quantize, event_canvas=event_canvas)
 
 
 @dataclass
@@ -438,10 +473,13 @@ def run_bench(
     if model_loader is None:
         for name in config.models:
             check_model_name(name)  # before any work: a typo should not cost a dataset build
-        model_loader = registry_loader if config.quantize is None else functools.partial(
-            registry_loader, quantize=config.quantize)
-    elif config.quantize is not None:
-        raise ConfigError("--quantize applies to models loaded by name (the registry), not to a custom loader")
+        model_loader = registry_loader_for(config.quantize, config.event_canvas)
+        config, generation = generation_records(config, config.models)
+    elif config.quantize is not None or config.generation_config != "evspec":
+        raise ConfigError("--quantize and --generation-config apply to models loaded by name (the registry), "
+                          "not to a custom loader")
+    else:
+        generation = {"source": config.generation_config, "checkpoint_generation_config": None}
     decoder = decoder or TargetDecoder(config.cache)
     out_dir = Path(out_dir)
     device = config.resolved_device()
@@ -458,11 +496,12 @@ def run_bench(
                            reporter=reporter)
     ids = [s.id for s in samples]
 
-    meta = write_run_config(out_dir, identity=identity, config=asdict(config), device=str(device), command=command)
+    meta = write_run_config(out_dir, identity=identity, config={**asdict(config), "generation": generation},
+                            device=str(device), command=command)
 
     settings = DecodeSettings(config.max_new_tokens, config.min_new_tokens, config.sampling())
     timer = StageTimer(device)
-    setup_s: dict[str, float | None] = {}
+    model_load_s: dict[str, float | None] = {}
     torch.manual_seed(config.seed)
     with RecordLog(out_dir / RECORDS_NAME) as log:
         done = {k for k, r in latest_by_key(log.existing).items() if r.error is None}
@@ -472,7 +511,7 @@ def run_bench(
         for name in config.models:
             pending = todo[name]
             if not pending:
-                setup_s[name] = None
+                model_load_s[name] = None
                 continue
             reporter.status(f"loading {name} on {device} ({dtype})")
             start = time.perf_counter()
@@ -485,11 +524,11 @@ def run_bench(
                     record = Record(id=sample.id, model=name, decoder=decoder.name, error=message)
                     log.append(record)
                     reporter.advance(record)
-                setup_s[name] = None
+                model_load_s[name] = None
                 continue
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            setup_s[name] = time.perf_counter() - start
+            model_load_s[name] = time.perf_counter() - start
             if config.warmup:
                 reporter.status(f"warming up {name} ({config.warmup} sample(s), discarded)")
                 _warm_up(model, name, samples, config.warmup, decoder, timer, settings)
@@ -499,6 +538,7 @@ def run_bench(
             for sample in pending:
                 with collector_paused():
                     record = run_sample(model, name, sample, decoder, timer, settings)
+                record.model_load_s = model_load_s[name]
                 log.append(record)
                 if record.error is not None:
                     reporter.warn(f"{name} / {sample.id}: {record.error}")
@@ -517,7 +557,7 @@ def run_bench(
     from evspec.bench.report import write_report as write_markdown
     from evspec.bench.stats import build_summary
 
-    summary = build_summary(records, meta=meta, models=config.models, setup_s=setup_s)
+    summary = build_summary(records, meta=meta, models=config.models, model_load_s=model_load_s)
     write_json(out_dir / SUMMARY_NAME, summary)
     report_path = write_markdown(out_dir, summary, records) if write_report else None
     return BenchResult(out_dir=out_dir, records=records, summary=summary, report_path=report_path)

@@ -115,14 +115,14 @@ def summarize(records: Sequence[Record], models: Sequence[str]) -> dict[str, dic
 
 def build_summary(
     records: Sequence[Record], *, meta: dict[str, Any], models: Sequence[str],
-    setup_s: dict[str, float | None] | None = None,
+    model_load_s: dict[str, float | None] | None = None,
 ) -> dict[str, Any]:
     """``summary.json``: the run's config, identity, environment (versions, device), per-model
     statistics, and each model's load-from-disk time in this invocation (None when it was not
     loaded, e.g. every sample was already recorded)."""
     per_model = summarize(records, models)
     for name, block in per_model.items():
-        block["model_setup_s"] = (setup_s or {}).get(name)
+        block["model_load_s"] = (model_load_s or {}).get(name)
     return {
         "config": meta.get("config"),
         "identity": meta.get("identity"),
@@ -138,9 +138,12 @@ def build_summary(
 
 
 DEFINITIONS: dict[str, str] = {
+    "read_s": "reading the sample's files (events, event images, video) into frames: model.load(sample)",
+    "model_load_s": "loading the model (weights from disk onto the device), once per model in the invocation "
+    "that ran its samples; not part of any sample's total_s; null when it was not loaded (all samples done)",
     "stage times": "seconds from entering to leaving the stage (CUDA: events on the current stream, one "
     "synchronize per sample when read); total_s = sum of stages, gaps between stages excluded",
-    "ttft_s": "load + preprocess + encode + prefill (+ any decoder stage before decode) + the first token's choice",
+    "ttft_s": "read + preprocess + encode + prefill (+ any decoder stage before decode) + the first token's choice",
     "tpot_s": "(decode_s - first token latency) / (n_new_tokens - 1)",
     "per_token_latency_s": "time between consecutive token marks inside decode (first token excluded)",
     "samples_per_s": "successful samples / sum of their total_s",

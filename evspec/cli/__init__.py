@@ -12,6 +12,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from evspec.errors import EvspecError
 
@@ -26,6 +27,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # click's plain help: flags render as flags (typer's rich panels show `--force <bool>`, a value
+    # the flag does not take), and the text pipes without box-drawing characters.
+    rich_markup_mode=None,
 )
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -43,7 +47,7 @@ def _register() -> None:
     from evspec.cli import data
 
     app.add_typer(data.app, name="data")
-    for module_name in ("evspec.cli.models", "evspec.cli.bench", "evspec.cli.spec"):
+    for module_name in ("evspec.cli.models", "evspec.cli.bench", "evspec.cli.spec", "evspec.cli.train"):
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as error:
@@ -78,13 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     except EvspecError as error:
         if debug:
             raise
-        err_console.print(f"[red]error:[/] {error}")
+        err_console.print(f"[red]error:[/] {escape(str(error))}")  # file names may hold rich markup
         return 1
     except Exception as error:
         if debug:
             raise
         err_console.print(
-            f"[red]internal error:[/] {type(error).__name__}: {error} (rerun with --debug for the traceback)"
+            f"[red]internal error:[/] {type(error).__name__}: {escape(str(error))} (rerun with --debug for the traceback)"
         )
         return 2
 

@@ -14,6 +14,7 @@ import typer
 
 from evspec.cli import err_console
 from evspec.cli.common import dataset_args, default_out, progress_reporter
+from evspec.models.registry import model_names_help
 
 
 def _command_line(config: Any, out: Path, force: bool) -> str:
@@ -23,7 +24,7 @@ def _command_line(config: Any, out: Path, force: bool) -> str:
         "--max-new-tokens", str(config.max_new_tokens), "--min-new-tokens", str(config.min_new_tokens),
         "--warmup", str(config.warmup), "--temperature", str(config.temperature), "--top-p", str(config.top_p),
         "--seed", str(config.seed), "--device", config.device, "--dtype", config.dtype, "--cache", config.cache,
-        "--out", str(out),
+        "--event-canvas", config.event_canvas, "--generation-config", config.generation_config, "--out", str(out),
     ]
     if config.quantize is not None:
         args += ["--quantize", config.quantize]
@@ -33,7 +34,7 @@ def _command_line(config: Any, out: Path, force: bool) -> str:
 def bench(
     model: str = typer.Option(
         "tiny-eventgpt,tiny-videollava,tiny-llava", "--model", "-m",
-        help="Model name(s), comma-separated: tiny-eventgpt, tiny-videollava, tiny-llava, eventgpt:PATH, ...",
+        help=f"Model name(s), comma-separated. Names: {model_names_help()}.",
     ),
     dataset: Path | None = typer.Option(
         None, "--dataset", "-d", help="Dataset folder (or its JSON). Default: a small synthetic set built into OUT/data.",
@@ -50,10 +51,18 @@ def bench(
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
     cache: str = typer.Option("eager", "--cache", help="KV cache: eager (transformers), static, compiled (CUDA graphs)."),
     quantize: str | None = typer.Option(None, "--quantize", help="4bit or 8bit weights (bitsandbytes; CUDA only)."),
+    event_canvas: str = typer.Option(
+        "upstream", "--event-canvas",
+        help="EventGPT's event frames: upstream (its chunking, each chunk on its own canvas) or sensor (one sensor-sized canvas).",
+    ),
+    generation_config: str = typer.Option(
+        "evspec", "--generation-config",
+        help="evspec (--temperature/--top-p) or checkpoint (sample as the models' generation_config.json say; they must agree).",
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder. Default: runs/bench-<timestamp>."),
     force: bool = typer.Option(False, "--force", help="Discard results of another config in --out."),
     draft: str | None = typer.Option(
-        None, "--draft", help="Decode speculatively with this draft: a model name, 'ngram' or 'oracle:ALPHA' (evspec.spec).",
+        None, "--draft", help="Decode speculatively with this draft: a model name (as --model), 'ngram' or 'oracle:ALPHA'.",
     ),
     gamma: int = typer.Option(4, "--gamma", help="With --draft: drafted tokens per round."),
     adaptive_gamma: bool = typer.Option(False, "--adaptive-gamma", help="With --draft: adapt gamma to acceptance."),
@@ -75,19 +84,20 @@ def bench(
         dataset=str(dataset) if dataset is not None else None, split=split, max_samples=max_samples,
         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, warmup=warmup,
         temperature=temperature, top_p=top_p, seed=seed, device=device, dtype=dtype, cache=cache,  # type: ignore[arg-type]
-        quantize=quantize,
+        quantize=quantize, event_canvas=event_canvas, generation_config=generation_config,
     )
     out = out if out is not None else default_out("bench")
     console = Console(highlight=False, soft_wrap=True)
     decoder = None
     command = _command_line(config, out, force)
     if draft is not None:  # the speculative engine behind the runner's Decoder seam
+        from evspec.bench.runner import registry_loader_for
         from evspec.spec.report import SpecDecoder
 
         device_ = config.resolved_device()
         decoder = SpecDecoder(draft, gamma=gamma, adaptive_gamma=adaptive_gamma, parallel_prefill=parallel_prefill,
                               device=device_, dtype=config.resolved_dtype(device_), draft_device=draft_device,
-                              cache=cache, seed=seed)
+                              cache=cache, seed=seed, model_loader=registry_loader_for(None, event_canvas))
         extra = ["--draft", draft, "--gamma", str(gamma)] + (["--draft-device", draft_device] if draft_device else [])
         extra += [f for f, on in (("--adaptive-gamma", adaptive_gamma), ("--parallel-prefill", parallel_prefill)) if on]
         command += " " + shlex.join(extra)

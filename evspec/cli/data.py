@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections import Counter
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -19,9 +21,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from evspec.cli import err_console
+from evspec.cli.output import print_json, print_line, print_table
 from evspec.errors import ConfigError, InputError
 
-app = typer.Typer(help="Synthesise, render, inspect and check event + video data.", no_args_is_help=True)
+app = typer.Typer(help="Synthesise, render, inspect and check event + video data.", no_args_is_help=True,
+                  rich_markup_mode=None)  # plain help, as the main app's (evspec/cli/__init__.py)
 console = Console(highlight=False)
 
 
@@ -75,12 +80,14 @@ def synth(
         contrast_threshold=contrast_threshold, threshold_sigma=threshold_sigma, refractory_us=refractory_us,
         shot_noise_hz=shot_noise_hz, pan_probability=pan_probability, test_fraction=test_fraction,
     )
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is an existing file; give a folder for the dataset")
     out.mkdir(parents=True, exist_ok=True)
     with _progress() as progress:
         task = progress.add_task("synthesising clips", total=clips)
         summary = build_dataset(out, config, progress=lambda done, total: progress.update(task, completed=done))
     console.print(
-        f"[green]wrote[/] {summary.dataset_json}: {summary.clips} clips ({summary.built} built, "
+        f"[green]wrote[/] {escape(str(summary.dataset_json))}: {summary.clips} clips ({summary.built} built, "
         f"{summary.skipped} already done), {summary.n_events:,} events, {summary.seconds:.1f} s"
     )
     _print_dataset_summary(out)
@@ -110,6 +117,8 @@ def render(
 
     if frames < 1:
         raise ConfigError(f"--frames must be >= 1, got {frames}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is an existing file; give a folder for the rendered files")
     stream = read_events(events, t0_us=t0, t1_us=t1, sensor_size=parse_size(sensor) if sensor else None)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -129,107 +138,148 @@ def render(
         np.save(written[-1], voxel)
         written.append(out / "voxel.png")
         save_png(voxel_to_image(voxel), written[-1])
-    console.print(f"[green]rendered[/] {len(stream):,} events ({style.value}) -> {len(written)} files in {out}")
+    console.print(f"[green]rendered[/] {len(stream):,} events ({style.value}) -> {len(written)} files in {escape(str(out))}")
 
 
 @app.command()
-def inspect(path: Path = typer.Argument(..., help="A dataset folder or JSON, an events file, or an MP4.")) -> None:
+def inspect(
+    path: Path = typer.Argument(..., help="A dataset folder or JSON, an events file, or an MP4."),
+    allow_outside_root: bool = typer.Option(
+        False, "--allow-outside-root", help="Datasets: let rows name files outside the dataset folder."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+) -> None:
     """Summarise a dataset, an events file (.npy/.npz/.h5) or a video."""
     if not path.exists():
         raise InputError("no such file or folder", path)
     suffix = path.suffix.lower()
     if path.is_dir() or suffix == ".json":
-        _print_dataset_summary(path)
+        kind, summary = "dataset", _dataset_summary(path, allow_outside_root=allow_outside_root)
     elif suffix in {".npy", ".npz", ".h5", ".hdf5"}:
-        _print_events_summary(path)
+        kind, summary = "events", _events_summary(path)
     elif suffix in {".mp4", ".mkv", ".avi", ".mov", ".webm"}:
-        _print_video_summary(path)
+        kind, summary = "video", _video_summary(path)
     else:
         raise InputError("unknown kind of file (expected a dataset, .npy/.npz/.h5 events or a video)", path)
+    if json_output:
+        print_json({"kind": kind, "path": str(path), **summary})
+    else:
+        _print_summary(f"{kind} {path}", summary)
 
 
 @app.command()
 def check(
     dataset: Path = typer.Argument(..., help="Dataset folder (or its JSON file)."),
-    split: str | None = typer.Option(None, help="Only this split."),
+    split: str | None = typer.Option(None, help="Only this split (it must exist)."),
+    allow_outside_root: bool = typer.Option(
+        False, "--allow-outside-root", help="Let rows name files outside the dataset folder (symlinks resolved)."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON document (every problem) instead of a table."),
 ) -> None:
     """Open every file a dataset references; list each missing, truncated or unreadable one."""
     from evspec.data.dataset import check_dataset, load_dataset
 
-    n_samples = len(load_dataset(dataset, split=split))
-    problems = check_dataset(dataset, split=split)
-    if not problems:
-        console.print(f"[green]OK[/]: {n_samples} samples, every referenced file opens")
-        return
-    table = Table(title=f"{len(problems)} problems in {dataset}")
-    for column in ("sample", "file", "problem"):
-        table.add_column(column)
-    for problem in problems:
-        table.add_row(problem.sample_id, str(problem.path), problem.message)
-    console.print(table)
-    raise typer.Exit(1)
+    n_samples = len(load_dataset(dataset, split=split, allow_outside_root=allow_outside_root))
+    if n_samples == 0:  # an unknown split is refused by load_dataset; this is a dataset of no rows
+        raise InputError("the dataset holds no rows" if split is None else f"no rows of split {split!r} in the dataset",
+                         dataset)
+    with _progress(err_console, transient=True) as progress:  # on stderr: stdout stays the result alone
+        task = progress.add_task("opening every referenced file", total=n_samples)
+        problems = check_dataset(dataset, split=split, allow_outside_root=allow_outside_root,
+                                 progress=lambda done, total: progress.update(task, completed=done, total=total))
+    if json_output:
+        print_json({"dataset": str(dataset), "split": split, "n_samples": n_samples, "ok": not problems,
+                    "problems": [{"sample": p.sample_id, "file": str(p.path), "problem": p.message} for p in problems]})
+    elif not problems:
+        print_line(f"OK: {n_samples} samples, every referenced file opens")
+    else:
+        table = Table(title=f"{len(problems)} problems in {escape(str(dataset))}")
+        for column in ("sample", "file", "problem"):
+            table.add_column(column)
+        for problem in problems:
+            table.add_row(escape(problem.sample_id), escape(str(problem.path)), escape(problem.message))
+        print_table(table)
+    if problems:
+        raise typer.Exit(1)
 
 
 # --------------------------------------------------------------------------- printing
 
 
-def _progress() -> Progress:
+def _progress(on: Console | None = None, *, transient: bool = False) -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=False,
+        console=on or console, transient=transient,
     )
 
 
-def _print_dataset_summary(path: Path) -> None:
+def _print_summary(title: str, summary: dict[str, Any]) -> None:
+    """A summary as a two-column table (every key and value escaped: they come from files)."""
+    table = Table(title=escape(title), show_header=False)
+    for key, value in summary.items():
+        table.add_row(escape(key), escape(_shown(value)))
+    print_table(table)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return " .. ".join(str(v) for v in value)
+    return "-" if value is None else str(value)
+
+
+def _dataset_summary(path: Path, *, allow_outside_root: bool = False) -> dict[str, Any]:
     from evspec.data.dataset import load_dataset
 
-    samples = load_dataset(path)
-    table = Table(title=f"dataset {path}", show_header=False)
-    table.add_row("samples", str(len(samples)))
-    table.add_row("splits", ", ".join(f"{k}: {v}" for k, v in sorted(Counter(s.split or "-" for s in samples).items())))
-    kinds = Counter((s.scene or {}).get("question_type", "-") for s in samples)
-    table.add_row("question types", ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items())))
-    table.add_row("with events / images / video", " / ".join(
-        str(sum(bool(x) for x in column)) for column in
-        ([s.event_path for s in samples], [s.event_image_paths for s in samples], [s.video_path for s in samples])
-    ))
-    if samples:
-        table.add_row("first question", samples[0].query)
-        table.add_row("first answer", samples[0].answer or "-")
-    console.print(table)
+    samples = load_dataset(path, allow_outside_root=allow_outside_root)
+    kinds = Counter(str((s.scene or {}).get("question_type", "-")) for s in samples)  # a free dict: any JSON
+    return {
+        "samples": len(samples),
+        "splits": dict(sorted(Counter(s.split or "-" for s in samples).items())),
+        "question types": dict(sorted(kinds.items())),
+        "with events": sum(s.event_path is not None for s in samples),
+        "with event images": sum(bool(s.event_image_paths) for s in samples),
+        "with video": sum(s.video_path is not None for s in samples),
+        "first question": samples[0].query if samples else None,
+        "first answer": samples[0].answer if samples else None,
+    }
 
 
-def _print_events_summary(path: Path) -> None:
+def _events_summary(path: Path) -> dict[str, Any]:
     from evspec.data.events import DsecEventFile, read_events
 
-    table = Table(title=f"events {path}", show_header=False)
     if path.suffix.lower() in {".h5", ".hdf5"}:
         with DsecEventFile(path) as dsec:
-            table.add_row("format", "DSEC events.h5")
-            table.add_row("events", f"{len(dsec):,}")
-            table.add_row("time (file clock)", f"{dsec.t_first_us} .. {dsec.t_last_us} us")
-            table.add_row("t_offset", f"{dsec.t_offset} us")
-            table.add_row("sensor", "x".join(map(str, dsec.sensor_size)))
-        console.print(table)
-        return
+            dsec.validate()  # every event and ms_to_idx entry, as the other formats' readers check theirs
+            return {
+                "format": "DSEC events.h5", "events": len(dsec),
+                "time us (file clock)": [int(dsec.t_first_us), int(dsec.t_last_us)], "t_offset us": int(dsec.t_offset),
+                "sensor": "x".join(map(str, dsec.sensor_size)),
+                "checked": "every event on the sensor, t sorted and >= 0, p in {0, 1}, ms_to_idx exact",
+            }
     stream = read_events(path)
     duration = stream.duration_us
-    table.add_row("events", f"{len(stream):,}")
-    table.add_row("sensor", f"{stream.width}x{stream.height}")
-    table.add_row("time", f"{int(stream.t[0])} .. {int(stream.t[-1])} us ({duration / 1e3:.1f} ms)")
-    table.add_row("rate", f"{len(stream) / max(duration, 1):.2f} events/us")
-    table.add_row("positive share", f"{float(np.mean(stream.p.astype(bool))):.3f}")
-    table.add_row("x / y range", f"{int(stream.x.min())}..{int(stream.x.max())} / {int(stream.y.min())}..{int(stream.y.max())}")
-    console.print(table)
+    return {
+        "events": len(stream),
+        "sensor": f"{stream.width}x{stream.height}",
+        "time us": [int(stream.t[0]), int(stream.t[-1])],
+        "duration ms": round(duration / 1e3, 3),
+        "rate events/us": round(len(stream) / max(duration, 1), 4),
+        "positive share": round(float(np.mean(stream.p.astype(bool))), 4),
+        "x range": [int(stream.x.min()), int(stream.x.max())],
+        "y range": [int(stream.y.min()), int(stream.y.max())],
+    }
 
 
-def _print_video_summary(path: Path) -> None:
+def _video_summary(path: Path) -> dict[str, Any]:
     from evspec.data.video import probe_video
 
     info = probe_video(path)
-    table = Table(title=f"video {path}", show_header=False)
-    table.add_row("frames", str(info.n_frames))
-    table.add_row("fps", f"{info.fps:g}")
-    table.add_row("duration", f"{info.duration_s:.3f} s")
-    table.add_row("size", f"{info.width}x{info.height}")
-    console.print(table)
+    return {"frames": info.n_frames, "fps": info.fps, "duration s": round(info.duration_s, 3),
+            "size": f"{info.width}x{info.height}"}
+
+
+def _print_dataset_summary(path: Path) -> None:
+    """The dataset table ``synth`` prints after building."""
+    _print_summary(f"dataset {path}", _dataset_summary(path))

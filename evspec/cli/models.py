@@ -1,59 +1,26 @@
 """`evspec verify MODEL`: the decoupled pipeline gives the family's own generate() tokens.
 
-For each sample: load -> preprocess once, then (a) decoupled generation (encode once, prefill and
-decode from the cached features) and (b) the family's monolithic ``reference_generate``, both
-greedy; PASS when the token lists are identical. With ``--hooks`` it also times the vision tower
-inside a plain ``generate()`` through forward hooks and reports what the hooks cost.
+The check itself is :func:`evspec.models.verify.verify_model`; this module parses options, picks
+the samples and prints the result (tables, or one JSON document with ``--json``).
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
 from evspec.cli import err_console
+from evspec.cli.output import print_json, print_line, print_table
 from evspec.errors import ConfigError, InputError
+from evspec.models.registry import model_names_help
 
 if TYPE_CHECKING:
     from evspec.data.dataset import Sample
-    from evspec.models.base import VisionLanguageModel
 
 SYNTH_SIZE = (96, 64)
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Decoupled vs reference tokens for one sample."""
-
-    sample_id: str
-    decoupled: list[int]
-    reference: list[int]
-
-    @property
-    def first_mismatch(self) -> int | None:
-        """Index of the first differing token (a length difference counts), None when equal."""
-        for i, (a, b) in enumerate(zip(self.decoupled, self.reference)):
-            if a != b:
-                return i
-        if len(self.decoupled) != len(self.reference):
-            return min(len(self.decoupled), len(self.reference))
-        return None
-
-    @property
-    def passed(self) -> bool:
-        return self.first_mismatch is None
-
-
-def compare_sample(model: VisionLanguageModel, sample: Sample, max_new_tokens: int, min_new_tokens: int = 0) -> Comparison:
-    """Greedy decoupled generation vs the family's monolithic generate() on one sample."""
-    prepared = model.preprocess(model.load(sample), sample.query)
-    decoupled = model.generate(prepared, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens).token_ids
-    reference = model.reference_generate(prepared, max_new_tokens, min_new_tokens)
-    return Comparison(sample.id, decoupled, reference)
 
 
 def _samples(dataset: Path | None, k: int, workdir: Path) -> list[Sample]:
@@ -78,11 +45,11 @@ def _resolve_auto(device: str, dtype: str) -> tuple[str, str]:
 
 
 def verify(
-    model: str = typer.Argument(..., help="tiny-eventgpt, tiny-videollava, tiny-llava, or eventgpt:PATH, videollava:PATH, llava:PATH."),
+    model: str = typer.Argument(..., help=f"The model. Names: {model_names_help()}."),
     dataset: Path | None = typer.Option(
         None, "--dataset", "-d", help="Dataset folder (or its JSON). Default: a small synthetic set built in a temp dir."
     ),
-    samples: int = typer.Option(4, "--samples", "-k", help="Number of samples to check."),
+    max_samples: int = typer.Option(4, "--max-samples", "-n", help="First N samples only (checked one by one)."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Most tokens generated per sample."),
     min_new_tokens: int = typer.Option(0, "--min-new-tokens", help="EOS is masked below this length (longer checks)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda, cuda:N."),
@@ -90,50 +57,54 @@ def verify(
     quantize: str | None = typer.Option(None, "--quantize", help="4bit or 8bit weights (bitsandbytes; CUDA only)."),
     hooks: bool = typer.Option(True, "--hooks/--no-hooks", help="Also time the vision tower inside generate() with hooks."),
     repeats: int = typer.Option(3, "--repeats", help="generate() runs per side for the hook overhead medians."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON document (every sample's tokens) instead of tables."),
+    event_canvas: str = typer.Option(
+        "upstream", "--event-canvas",
+        help="EventGPT's event frames: upstream (its chunking, each chunk on its own canvas) or sensor (one sensor-sized canvas).",
+    ),
 ) -> None:
     """Check that decoupled generation (encode once, prefill, decode) equals the model's own generate()."""
-    from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
     from transformers.utils import logging as hf_logging
 
-    from evspec.models.hooks import measure_hook_overhead
     from evspec.models.registry import load_model
+    from evspec.models.verify import verify_model
 
     hf_logging.set_verbosity_error()  # backend-fallback and deprecation notices are not the user's concern here
 
-    if samples < 1:
-        raise ConfigError(f"--samples must be >= 1, got {samples}")
+    if max_samples < 1:
+        raise ConfigError(f"--max-samples must be >= 1, got {max_samples}")
     if max_new_tokens < 1 or not 0 <= min_new_tokens <= max_new_tokens:
         raise ConfigError(f"need 1 <= --max-new-tokens and 0 <= --min-new-tokens <= --max-new-tokens, got {max_new_tokens}, {min_new_tokens}")
     device, dtype = _resolve_auto(device, dtype)
-    console = Console(highlight=False, soft_wrap=True)
-    vlm = load_model(model, device=device, dtype=dtype, quantize=quantize)
+    vlm = load_model(model, device=device, dtype=dtype, quantize=quantize, event_canvas=event_canvas)
     with tempfile.TemporaryDirectory(prefix="evspec-verify-") as tmp:
-        rows = _samples(dataset, samples, Path(tmp))
+        rows = _samples(dataset, max_samples, Path(tmp))
         if not rows:
             raise InputError("the dataset holds no samples", dataset)
-        results = [compare_sample(vlm, s, max_new_tokens, min_new_tokens) for s in rows]
-        report = None
-        if hooks:
-            prepared = vlm.preprocess(vlm.load(rows[0]), rows[0].query)
-            report = measure_hook_overhead(
-                vlm.vision_tower,  # type: ignore[attr-defined]
-                lambda: vlm.reference_generate(prepared, max_new_tokens, min_new_tokens),
-                vlm.device, repeats=repeats,
-            )
+        result = verify_model(vlm, rows, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                              hooks=hooks, repeats=repeats)
 
-    table = Table(title=f"evspec verify {model} ({device}, {dtype}, {len(rows)} samples, max {max_new_tokens} tokens)")
+    if json_output:
+        print_json({"model": model, "device": device, "dtype": dtype, "max_new_tokens": max_new_tokens,
+                    "min_new_tokens": min_new_tokens, **result.to_dict()})
+        if not result.passed:
+            raise typer.Exit(1)
+        return
+    table = Table(title=f"evspec verify {escape(model)} ({device}, {dtype}, {len(rows)} samples, max {max_new_tokens} tokens)")
     for column in ("sample", "tokens (decoupled/reference)", "first mismatch", "result"):
         table.add_column(column)
-    for r in results:
+    for r in result.comparisons:
         mismatch = "-" if r.first_mismatch is None else str(r.first_mismatch)
         verdict = "[green]PASS[/]" if r.passed else "[red]FAIL[/]"
-        table.add_row(r.sample_id, f"{len(r.decoupled)}/{len(r.reference)}", mismatch, verdict)
-    console.print(table)
-    failed = sum(not r.passed for r in results)
+        table.add_row(escape(r.sample_id), f"{len(r.decoupled)}/{len(r.reference)}", mismatch, verdict)
+    print_table(table)
 
+    report = result.hooks
     if report is not None:
-        hook_table = Table(title=f"vision tower timed by hooks inside generate() (sample {rows[0].id}, medians of {repeats})")
+        hook_table = Table(title=f"vision tower timed by hooks inside generate() "
+                                 f"(sample {escape(str(result.hooks_sample_id))}, medians of {repeats})")
         for column in ("tower calls", "tower ms", "generate ms", "+hooks ms", "overhead", "tokens"):
             hook_table.add_column(column)
         hook_table.add_row(
@@ -141,13 +112,12 @@ def verify(
             f"{report.generate_hooked_s * 1e3:.2f}", f"{report.overhead_s * 1e3:+.2f} ms ({report.overhead_pct:+.1f}%)",
             "[green]same[/]" if report.same_tokens else "[red]changed[/]",
         )
-        console.print(hook_table)
-        failed += not report.same_tokens
+        print_table(hook_table)
 
-    if failed:
-        err_console.print(f"[red]FAIL:[/] {failed} check(s) failed")
+    if not result.passed:
+        err_console.print(f"[red]FAIL:[/] {result.n_failed} check(s) failed")
         raise typer.Exit(1)
-    console.print(f"[green]PASS:[/] {len(results)} sample(s) token-identical")
+    print_line(f"PASS: {len(result.comparisons)} sample(s) token-identical")
 
 
 def register(app: typer.Typer) -> None:

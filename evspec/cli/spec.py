@@ -13,6 +13,7 @@ import typer
 
 from evspec.cli import err_console
 from evspec.cli.common import dataset_args, default_out, progress_reporter
+from evspec.models.registry import model_names_help
 
 
 def _command_line(config: Any, out: Path, force: bool) -> str:
@@ -21,7 +22,8 @@ def _command_line(config: Any, out: Path, force: bool) -> str:
              "--min-new-tokens", str(config.min_new_tokens), "--temperature", str(config.temperature),
              "--top-p", str(config.top_p), "--seed", str(config.seed), "--device", config.device,
              "--dtype", config.dtype, "--cache", config.cache, "--warmup", str(config.warmup),
-             "--oracle-draft", config.oracle_draft, "--bridge", config.bridge, "--out", str(out)]
+             "--oracle-draft", config.oracle_draft, "--bridge", config.bridge, "--event-canvas", config.event_canvas,
+             "--generation-config", config.generation_config, "--out", str(out)]
     if config.max_gamma is not None:
         args += ["--max-gamma", str(config.max_gamma)]
     if config.quantize is not None:
@@ -33,7 +35,7 @@ def _command_line(config: Any, out: Path, force: bool) -> str:
 
 
 def spec(
-    target: str = typer.Option("tiny-videollava", "--target", "-t", help="Target model: tiny-videollava, videollava:PATH, ..."),
+    target: str = typer.Option("tiny-videollava", "--target", "-t", help=f"Target model. Names: {model_names_help()}."),
     draft: str = typer.Option(
         "tiny-eventgpt", "--draft",
         help="Draft: a model name (its own modality input), 'ngram' (prompt lookup) or 'oracle:ALPHA' (synthetic).",
@@ -58,6 +60,14 @@ def spec(
     warmup: int = typer.Option(1, "--warmup", help="Samples run first and discarded."),
     oracle_draft: str = typer.Option("tiny-eventgpt", "--oracle-draft", help="The model whose passes give oracle:ALPHA its real cost."),
     bridge: str = typer.Option("auto", "--bridge", help="Vocabulary bridge: auto, same (token ids), cross (text re-encoding)."),
+    event_canvas: str = typer.Option(
+        "upstream", "--event-canvas",
+        help="EventGPT's event frames: upstream (its chunking, each chunk on its own canvas) or sensor (one sensor-sized canvas).",
+    ),
+    generation_config: str = typer.Option(
+        "evspec", "--generation-config",
+        help="evspec (--temperature/--top-p) or checkpoint (sample as the target's generation_config.json says).",
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder. Default: runs/spec-<timestamp>."),
     force: bool = typer.Option(False, "--force", help="Discard results of another config in --out."),
 ) -> None:
@@ -76,6 +86,7 @@ def spec(
         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature, top_p=top_p,
         seed=seed, parallel_prefill=parallel_prefill, device=device, draft_device=draft_device, dtype=dtype,
         cache=cache, quantize=quantize, warmup=warmup, oracle_draft=oracle_draft, bridge=bridge,
+        event_canvas=event_canvas, generation_config=generation_config,
     )
     out = out if out is not None else default_out("spec")
     with progress_reporter() as reporter:

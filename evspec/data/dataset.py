@@ -16,11 +16,18 @@ then against the modality's folder (``event_npy/`` for ``event_data``, ``event_i
 ``event_image``, ``mp4/`` then ``video/`` for ``video_data``), because some of the seeds' files
 store paths relative to those folders. The first candidate that exists wins; when none exists the
 root-relative path is kept, and :func:`check_dataset` (or the reader) reports it as missing.
+
+Containment: after symlinks are resolved, every path must lie inside the dataset root (a
+dataset names files, and must not make evspec read any file on the machine); ``../x``, an
+absolute path elsewhere or a symlink out of the root is an error naming the row, unless the
+caller passes ``allow_outside_root=True`` (the CLI's ``--allow-outside-root``). Ids must be
+unique (the benchmarks key their resumable records by id) and a dataset must hold rows.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +111,10 @@ class Sample:
     event_image_paths: tuple[Path, ...]
     video_path: Path | None
     scene: dict | None
+    # The synthetic builder's extra fields (None in other datasets): what an event camera can see of
+    # the answer (no colour, no still object under a fixed camera), and the question's type.
+    event_visible_answer: str | None = None
+    question_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,29 @@ def _resolve(root: Path, rel: str, kind: str) -> Path:
         return path
     candidates = [root / path] + [root / sub / path for sub in _SUBDIRS[kind]]
     return next((c for c in candidates if c.exists()), candidates[0])
+
+
+def _outside_root(path: Path, root: Path) -> Path | None:
+    """Where ``path`` really points (symlinks resolved) when that is outside ``root``, else None."""
+    try:
+        real, real_root = path.resolve(), root.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: nothing inside the root can be meant
+        return path
+    return None if real.is_relative_to(real_root) else real
+
+
+def check_inside_root(record: ClipRecord, sample: Sample, root: str | Path) -> None:
+    """An InputError when one of the sample's files lies outside ``root`` once symlinks are resolved."""
+    root = Path(root)
+    named = [("event_data", record.event_data, sample.event_path), ("video_data", record.video_data, sample.video_path)]
+    named += [("event_image", rel, path) for rel, path in zip(record.event_image, sample.event_image_paths)]
+    for field, rel, path in named:
+        real = _outside_root(path, root) if path is not None else None
+        if real is not None:
+            raise InputError(
+                f"{field} {rel!r} of id {record.id!r} leads to {real}, outside the dataset root {root}; "
+                "pass allow_outside_root (--allow-outside-root) to read it"
+            )
 
 
 def _json_path(root: Path, json_name: str | None) -> tuple[Path, Path]:
@@ -144,23 +178,34 @@ def _describe(exc: ValidationError) -> str:
 
 
 def read_records(json_path: str | Path) -> list[ClipRecord]:
-    """Parse and validate a dataset JSON list; the first bad row raises with its index and field."""
+    """Parse and validate a dataset JSON list; the first bad row raises with its index and field.
+    An empty list and a repeated id are errors too."""
     json_path = Path(json_path)
     try:
         rows = json.loads(json_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"not a readable JSON file ({exc})", json_path) from exc
+        raise InputError(f"not a readable JSON file ({exc})", json_path) from None
+    except RecursionError:
+        raise InputError("not a readable JSON file (nested too deeply to parse)", json_path) from None
     if not isinstance(rows, list):
         raise InputError(f"expected a JSON list of rows, got {type(rows).__name__}", json_path)
+    if not rows:
+        raise InputError("the dataset holds no rows (an empty JSON list)", json_path)
     records = []
+    first_row: dict[str, int] = {}
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
             raise InputError(f"row {index}: expected an object, got {type(row).__name__}", json_path)
         try:
-            records.append(ClipRecord.model_validate(row))
-        except ValidationError as exc:
-            rid = f" (id {row['id']!r})" if "id" in row else ""
-            raise InputError(f"row {index}{rid}: {_describe(exc)}", json_path) from exc
+            record = ClipRecord.model_validate(row)
+        except (ValidationError, RecursionError) as exc:
+            rid = f" (id {str(row['id'])[:80]!r})" if "id" in row else ""
+            why = _describe(exc) if isinstance(exc, ValidationError) else "nested too deeply"
+            raise InputError(f"row {index}{rid}: {why}", json_path) from None
+        if record.id in first_row:
+            raise InputError(f"row {index}: id {record.id!r} repeats row {first_row[record.id]}; ids must be unique", json_path)
+        first_row[record.id] = index
+        records.append(record)
     return records
 
 
@@ -177,7 +222,14 @@ def to_sample(record: ClipRecord, root: str | Path) -> Sample:
         event_image_paths=tuple(_resolve(root, p, "image") for p in record.event_image),
         video_path=_resolve(root, record.video_data, "video") if record.video_data else None,
         scene=record.scene,
+        event_visible_answer=_optional_text(record, "event_visible_answer"),
+        question_type=_optional_text(record, "question_type"),
     )
+
+
+def _optional_text(record: ClipRecord, key: str) -> str | None:
+    value = (record.model_extra or {}).get(key)
+    return value if isinstance(value, str) else None
 
 
 def load_dataset(
@@ -186,18 +238,32 @@ def load_dataset(
     split: str | None = None,
     json_name: str | None = None,
     max_samples: int | None = None,
+    allow_outside_root: bool = False,
 ) -> list[Sample]:
     """Load ``root/dataset.json`` (or ``root/json_name``; ``root`` may also be the JSON file),
-    keep rows of ``split`` if given, and the first ``max_samples`` of those."""
+    keep rows of ``split`` if given, and the first ``max_samples`` of those. Every row's paths must
+    stay inside the root unless ``allow_outside_root`` (module docstring); all rows are checked."""
     if max_samples is not None and max_samples < 1:
         raise ConfigError(f"max_samples must be >= 1, got {max_samples}")
     root, json_path = _json_path(Path(root), json_name)
     records = read_records(json_path)
+    samples = []
+    for index, record in enumerate(records):
+        sample = to_sample(record, root)
+        if not allow_outside_root:
+            try:
+                check_inside_root(record, sample, root)
+            except InputError as exc:
+                raise InputError(f"row {index}: {exc}", json_path) from None
+        samples.append(sample)
     if split is not None:
-        records = [r for r in records if r.split == split]
+        splits = sorted({s.split for s in samples if s.split is not None})
+        if split not in splits:  # a typo in --split must not look like a clean, empty dataset
+            raise InputError(f"no split {split!r} in the dataset (splits: {', '.join(splits) or 'none'})", json_path)
+        samples = [s for s in samples if s.split == split]
     if max_samples is not None:
-        records = records[:max_samples]
-    return [to_sample(r, root) for r in records]
+        samples = samples[:max_samples]
+    return samples
 
 
 def save_dataset_json(records: list[ClipRecord], path: str | Path) -> None:
@@ -240,14 +306,19 @@ def check_dataset(
     json_name: str | None = None,
     max_samples: int | None = None,
     n_video_frames: int = 8,
+    allow_outside_root: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Problem]:
     """Open every file the dataset references (events, event images, video decoded up to the last
     of ``n_video_frames`` uniformly sampled frames) and return one Problem per sample and bad file.
-    A file shared by several samples is opened once. An empty list means everything reads."""
-    samples = load_dataset(root, split=split, json_name=json_name, max_samples=max_samples)
+    A file shared by several samples is opened once. An empty list means everything reads.
+    ``progress(done, total)`` is called after each sample."""
+    samples = load_dataset(
+        root, split=split, json_name=json_name, max_samples=max_samples, allow_outside_root=allow_outside_root
+    )
     seen: dict[Path, str | None] = {}
     problems: list[Problem] = []
-    for sample in samples:
+    for done, sample in enumerate(samples, start=1):
         refs = [(p, "image") for p in sample.event_image_paths]
         if sample.event_path is not None:
             refs.insert(0, (sample.event_path, "event"))
@@ -258,4 +329,6 @@ def check_dataset(
                 seen[path] = _check_file(path, kind, n_video_frames, _sensor_size(sample))
             if seen[path] is not None:
                 problems.append(Problem(sample.id, path, seen[path]))
+        if progress is not None:
+            progress(done, len(samples))
     return problems

@@ -15,16 +15,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from evspec.errors import ConfigError, ModelError
-from evspec.models.loading import LoadOptions, quiet_transformers
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch and the loaders are imported when a model loads: the CLI's help starts fast
+    import torch
+
     from evspec.models.base import VisionLanguageModel
 
 FAMILIES = ("eventgpt", "videollava", "llava")
 TINY_NAMES = {"tiny-eventgpt": "eventgpt", "tiny-videollava": "videollava", "tiny-llava": "llava"}
+NAME_FORMS: dict[str, str] = {
+    ", ".join(TINY_NAMES): "tiny seeded checkpoints, built once and cached",
+    ", ".join(f"random-7b-{f}" for f in FAMILIES): "real 7B shapes, random weights, built in memory (speed only)",
+    "FAMILY:PATH": f"a checkpoint folder, FAMILY one of {', '.join(FAMILIES)}",
+}
+"""Every form a model name takes, with what it is: the one list help texts and errors show."""
+
+
+def model_names_help() -> str:
+    """The model-name forms in one line, for ``--help`` texts and error messages."""
+    return "; ".join(f"{forms} ({what})" for forms, what in NAME_FORMS.items())
 
 # --------------------------------------------------------------------------- names
 
@@ -36,31 +46,43 @@ def parse_name(name: str) -> tuple[str, Path | None]:
     family, sep, path = name.partition(":")
     if sep and family in FAMILIES and path:
         return family, Path(path).expanduser()
-    raise ModelError(
-        f"unknown model {name!r}: use one of {', '.join(TINY_NAMES)}, random-7b-FAMILY (real shapes, random "
-        f"weights), or FAMILY:PATH with FAMILY in {', '.join(FAMILIES)}"
-    )
+    raise ModelError(f"unknown model {name!r}: use {model_names_help()}")
 
 
 def check_model_name(name: str) -> None:
-    """A ``ModelError`` now, before any work, for a name no loader takes (folders are checked on load)."""
+    """A ``ModelError`` now, before any work, for a name no loader takes or a ``FAMILY:PATH`` whose
+    folder is not a checkpoint folder (missing, a file, no ``config.json``); weights are checked on load."""
     from evspec.models.tiny import RANDOM_NAMES
 
-    if name not in RANDOM_NAMES:
-        parse_name(name)
+    if name in RANDOM_NAMES:
+        return
+    _, folder = parse_name(name)
+    if folder is not None:
+        from evspec.models.loading import require_checkpoint_folder
+
+        require_checkpoint_folder(folder)
 
 
 def load_model(
-    name: str, *, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32", quantize: str | None = None
+    name: str, *, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32", quantize: str | None = None,
+    event_canvas: str = "upstream",
 ) -> VisionLanguageModel:
-    """Load a model by name (module docstring) on ``device`` in ``dtype``, optionally 4-/8-bit."""
+    """Load a model by name (module docstring) on ``device`` in ``dtype``, optionally 4-/8-bit.
+    ``event_canvas``: how EventGPT draws its event frames (``upstream``'s per-chunk canvas or
+    ``sensor``); other families have none."""
+    from evspec.data.render import check_event_canvas
+    from evspec.models.loading import LoadOptions, quiet_transformers
     from evspec.models.tiny import RANDOM_NAMES, random_model
 
+    check_event_canvas(event_canvas)
     options = LoadOptions.resolve(device, dtype, quantize)
     if name in RANDOM_NAMES:
         if quantize is not None:
             raise ConfigError(f"{name} has random weights: quantising them measures nothing real")
-        return random_model(name, options.device, options.torch_dtype)
+        model = random_model(name, options.device, options.torch_dtype)
+        if model.family == "eventgpt":
+            model.event_canvas = event_canvas  # type: ignore[attr-defined]
+        return model
     family, folder = parse_name(name)
     if folder is None:
         from evspec.models.tiny import tiny_checkpoint
@@ -70,7 +92,7 @@ def load_model(
     if family == "eventgpt":
         from evspec.models.eventgpt import load_eventgpt
 
-        return load_eventgpt(folder, options, name=name)
+        return load_eventgpt(folder, options, name=name, event_canvas=event_canvas)
     from evspec.models.llava import load_llava, load_videollava
 
     loader = load_videollava if family == "videollava" else load_llava

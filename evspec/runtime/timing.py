@@ -17,7 +17,7 @@ Definitions (all in seconds; stages run one after another, never nested):
   token from the prefill logits); ``token_latencies[i]`` = mark ``i-1`` -> mark ``i`` (one target
   pass plus choosing the token).
 - TTFT (time to first token) = the sum of every stage that ran before the token stage
-  (load + preprocess + encode + prefill, plus any extra stage a decoder ran before it) +
+  (read + preprocess + encode + prefill, plus any extra stage a decoder ran before it) +
   ``token_latencies[0]``. Gaps between stages (the runner's own bookkeeping) are not counted.
 - TPOT (time per output token) = (token stage time - ``token_latencies[0]``) / (n_new - 1):
   the steady-state cost of one more token after the first (None when fewer than 2 tokens).
@@ -41,8 +41,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-STAGES: tuple[str, ...] = ("load", "preprocess", "encode", "prefill", "decode")
-"""The pipeline's stages in order (DESIGN.md's data flow)."""
+STAGES: tuple[str, ...] = ("read", "preprocess", "encode", "prefill", "decode")
+"""The pipeline's stages in order (DESIGN.md's data flow). ``read`` is reading the sample's files
+(``model.load(sample)``: events, images or video -> frames); loading a model is not a stage of a
+sample: the runner times it once per model (``model_load_s``)."""
 
 
 @dataclass

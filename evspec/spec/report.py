@@ -19,8 +19,8 @@ dataset a small synthetic one is built into ``OUT/data`` by the bench's own help
 
 from __future__ import annotations
 
-import functools
 import gc
+import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -49,12 +49,15 @@ from evspec.bench.runner import (
     check_run_options,
     dataset_root,
     load_samples,
+    generation_records,
     registry_loader,
+    registry_loader_for,
     release_memory,
     resolve_device,
     resolve_dtype,
 )
 from evspec.errors import ConfigError, EvspecError
+from evspec.models.generation import checkpoint_generation_configs
 from evspec.models.registry import check_model_name
 from evspec.runtime.decode import SamplingConfig
 from evspec.spec.metrics import summarize
@@ -70,7 +73,7 @@ SPLIT_PNG = "time_split.png"
 IDENTITY_FIELDS: tuple[str, ...] = (
     "target", "draft", "oracle_draft", "dataset", "split", "gamma", "max_gamma", "adaptive_gamma", "max_new_tokens",
     "min_new_tokens", "temperature", "top_p", "seed", "parallel_prefill", "device", "draft_device", "dtype", "cache",
-    "bridge", "quantize",
+    "bridge", "quantize", "event_canvas", "generation_config",
 )
 OUTPUTS: tuple[str, ...] = (RECORDS_NAME, SUMMARY_NAME, REPORT_NAME, ACCEPTANCE_PNG, SPEEDUP_PNG, SPLIT_PNG)
 """What ``--force`` deletes before a run of another identity (``config.json`` too)."""
@@ -105,8 +108,15 @@ class SpecRunConfig:
     warmup: int = 1
     oracle_draft: str = "tiny-eventgpt"
     bridge: str = "auto"
+    event_canvas: str = "upstream"  # EventGPT's event frames (target or draft): upstream's per-chunk canvas, or "sensor"
+    generation_config: str = "evspec"  # "checkpoint": sample as the target's generation_config.json says
 
     def __post_init__(self) -> None:
+        from evspec.data.render import check_event_canvas
+        from evspec.models.generation import check_generation_source
+
+        check_event_canvas(self.event_canvas)
+        check_generation_source(self.generation_config)
         if self.gamma < 1:
             raise ConfigError(f"--gamma must be >= 1, got {self.gamma}")
         if self.max_gamma is not None and self.max_gamma < self.gamma:
@@ -218,6 +228,12 @@ def _error_text(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, EvspecError) else f"{type(exc).__name__}: {exc}"
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for a model's weights to land on the GPU before its load time is read."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def run_sample(config: SpecRunConfig, target: VisionLanguageModel, proposer: Proposer, sample: Sample,
                target_factory: Any) -> dict[str, Any]:
     """One sample both ways; a failure that is about the sample becomes a record with ``error``."""
@@ -253,8 +269,15 @@ def run_spec(
     if model_loader is registry_loader:
         for name in config.model_names():
             check_model_name(name)  # before any work: a typo should not cost a dataset build
-    elif config.quantize is not None:
-        raise ConfigError("--quantize applies to models loaded by name (the registry), not to a custom loader")
+        # Sampling follows the target's file (the output is the target's); the draft's is recorded.
+        config, generation = generation_records(config, [config.target])
+        generation["checkpoint_generation_config"] = checkpoint_generation_configs(config.model_names(), strict=False)
+        model_loader = registry_loader_for(None, config.event_canvas)
+    elif config.quantize is not None or config.generation_config != "evspec":
+        raise ConfigError("--quantize and --generation-config apply to models loaded by name (the registry), "
+                          "not to a custom loader")
+    else:
+        generation = {"source": config.generation_config, "checkpoint_generation_config": None}
     out_dir = Path(out_dir)
     device = resolve_device(config.device)
     draft_device = resolve_device(config.draft_device) if config.draft_device else device
@@ -264,7 +287,7 @@ def run_spec(
 
         for where in {device, draft_device}:
             LoadOptions.resolve(where, dtype, config.quantize)  # CUDA and bitsandbytes present, or one clear error
-        model_loader = functools.partial(registry_loader, quantize=config.quantize)
+        model_loader = registry_loader_for(config.quantize, config.event_canvas)
     identity = {k: v for k, v in asdict(config).items() if k in IDENTITY_FIELDS}
     identity.update(dataset=str(dataset_root(config.dataset, out_dir).resolve()), device=str(device),
                     draft_device=str(draft_device), dtype=str(dtype).removeprefix("torch."))
@@ -273,16 +296,24 @@ def run_spec(
     samples = load_samples(config.dataset, out_dir, split=config.split, max_samples=config.max_samples,
                            reporter=progress)
 
-    meta = write_run_config(out_dir, identity=identity, config=asdict(config), device=str(device), command=command)
+    meta = write_run_config(out_dir, identity=identity, config={**asdict(config), "generation": generation},
+                            device=str(device), command=command)
 
     records_path = out_dir / RECORDS_NAME
     done = {r["id"] for r in read_records(records_path) if not r.get("error")}
     pending = [s for s in samples if s.id not in done]
     progress.start(len(samples), len(samples) - len(pending))
+    model_load_s: dict[str, float | None] = {"target": None, "draft": None}
     if pending:
         progress.status(f"loading {config.target} and the draft on {device} ({dtype})")
+        start = time.perf_counter()
         target = model_loader(config.target, device, dtype)
+        _synchronize(device)
+        model_load_s["target"] = time.perf_counter() - start
+        start = time.perf_counter()
         proposer = build_proposer(config, target, model_loader, draft_device, dtype)
+        _synchronize(draft_device)
+        model_load_s["draft"] = time.perf_counter() - start if config.draft_kind != "ngram" else None
         target_factory = state_factory_for(config.cache, target.language_model)
         torch.manual_seed(config.seed)
         gc.collect()
@@ -293,7 +324,7 @@ def run_spec(
         progress.status(f"running {config.target} <- {config.draft}")
         with JsonLinesLog(records_path, _row, dump_line) as log:  # truncates a torn last line
             for sample in pending:
-                record = run_sample(config, target, proposer, sample, target_factory)
+                record = {**run_sample(config, target, proposer, sample, target_factory), "model_load_s": model_load_s}
                 log.append(record)
                 if record["error"] is not None:
                     progress.warn(f"{record['id']}: {record['error']}")
@@ -306,6 +337,7 @@ def run_spec(
     latest = {r["id"]: r for r in read_records(records_path) if r["id"] in wanted}
     records = sorted(latest.values(), key=lambda r: wanted[r["id"]])
     summary = {**summarize(records), "synthetic": config.draft_kind == "oracle", **meta}
+    summary["model_load_s"] = model_load_s  # this invocation's loads (None: not loaded, every sample done)
     write_json(out_dir / SUMMARY_NAME, summary)
     report = write_report(out_dir, summary, records)
     return SpecRunResult(out_dir, records, summary, report)
@@ -336,6 +368,9 @@ class SpecDecoder:
             parallel_prefill=parallel_prefill, draft_device=draft_device, cache=cache, oracle_draft=oracle_draft,
             bridge=bridge, seed=seed,
         )
+        if getattr(model_loader, "func", model_loader) in (None, registry_loader):  # names go to the registry
+            for name in self.config.model_names()[1:]:  # the draft's (or the oracle's); the runner checks targets
+                check_model_name(name)  # before any work
         self.name = f"spec:{draft}"
         self.device = torch.device(device)
         self.dtype = dtype

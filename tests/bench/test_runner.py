@@ -16,9 +16,9 @@ from evspec.errors import ConfigError, InputError
 from tests.bench.conftest import make_dataset
 
 RECORD_FIELDS = {
-    "id", "model", "load_s", "preprocess_s", "encode_s", "prefill_s", "decode_s", "total_s", "ttft_s", "tpot_s",
+    "id", "model", "read_s", "preprocess_s", "encode_s", "prefill_s", "decode_s", "total_s", "ttft_s", "tpot_s",
     "n_prompt_tokens", "n_visual_tokens", "n_new_tokens", "token_ids", "text", "token_latencies_s",
-    "peak_memory_bytes", "error",
+    "peak_memory_bytes", "model_load_s", "error",
 }
 STAT_FIELDS = {"count", "mean", "p50", "p90", "p95", "p99", "stdev"}
 
@@ -41,10 +41,10 @@ def test_records_summary_and_report_hold_every_field(tmp_path: Path, dataset: Pa
         assert row["error"] is None
         assert row["n_new_tokens"] == 6 == len(row["token_ids"]) == len(row["token_latencies_s"])
         assert row["n_visual_tokens"] == 2 and row["n_prompt_tokens"] > row["n_visual_tokens"]
-        stages = [row[f"{s}_s"] for s in ("load", "preprocess", "encode", "prefill", "decode")]
+        stages = [row[f"{s}_s"] for s in ("read", "preprocess", "encode", "prefill", "decode")]
         assert all(s > 0 for s in stages) and row["total_s"] == pytest.approx(sum(stages))
         assert row["ttft_s"] == pytest.approx(sum(stages[:4]) + row["token_latencies_s"][0])
-        assert set(row["peak_memory_bytes"]) == {"load", "preprocess", "encode", "prefill", "decode"}
+        assert set(row["peak_memory_bytes"]) == {"read", "preprocess", "encode", "prefill", "decode"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary == result.summary
     for key in ("config", "environment", "device", "dtype", "seed", "models", "command"):
@@ -56,10 +56,13 @@ def test_records_summary_and_report_hold_every_field(tmp_path: Path, dataset: Pa
     for model in ("a", "b"):
         block = summary["models"][model]
         assert block["n_ok"] == 3
-        for name in ("load_s", "preprocess_s", "encode_s", "prefill_s", "decode_s", "total_s", "ttft_s", "tpot_s"):
+        for name in ("read_s", "preprocess_s", "encode_s", "prefill_s", "decode_s", "total_s", "ttft_s", "tpot_s"):
             assert STAT_FIELDS <= block["latency_s"][name].keys()
             assert block["latency_s"][name]["count"] == 3
         assert block["samples_per_s"] > 0 and block["tokens_per_s"] > 0 and "peak_memory_bytes" in block
+        # model loading is timed once per model, apart from the samples' file reading
+        assert block["model_load_s"] is not None and block["model_load_s"] >= 0
+        assert {r.model_load_s for r in result.records if r.model == model} == {block["model_load_s"]}
     report = (out / "report.md").read_text()
     for png in ("stages.png", "latency.png", "per_token_cdf.png"):
         assert (out / png).stat().st_size > 1000 and f"({png})" in report
@@ -180,7 +183,7 @@ def test_a_custom_decoder_plugs_into_records_and_summary(tmp_path: Path, dataset
     record = result.records[0]
     assert record.decoder == "spec:toy" and record.metrics["acceptance_rate"] == 0.25
     assert record.extra_stages_s["draft_encode"] > 0
-    stages = [record.load_s, record.preprocess_s, record.encode_s, record.extra_stages_s["draft_encode"], record.prefill_s]
+    stages = [record.read_s, record.preprocess_s, record.encode_s, record.extra_stages_s["draft_encode"], record.prefill_s]
     assert record.ttft_s == pytest.approx(sum(stages) + record.token_latencies_s[0])  # type: ignore[arg-type]
     block = result.summary["models"]["a"]
     assert block["metrics"]["acceptance_rate"]["mean"] == 0.25

@@ -39,7 +39,7 @@ def test_latency_stats_skip_none_and_handle_empty() -> None:
 def _record(i: int, model: str = "m", error: str | None = None, **kw: object) -> Record:
     if error is not None:
         return Record(id=f"s{i}", model=model, error=error)
-    base = dict(load_s=0.1, preprocess_s=0.1, encode_s=0.1, prefill_s=0.2, decode_s=0.5, total_s=1.0,
+    base = dict(read_s=0.1, preprocess_s=0.1, encode_s=0.1, prefill_s=0.2, decode_s=0.5, total_s=1.0,
                 ttft_s=0.6, tpot_s=0.1, n_new_tokens=5, token_latencies_s=[0.1] * 5, n_prompt_tokens=10,
                 n_visual_tokens=4, token_ids=[1, 2, 3, 4, 5], text="x")
     base.update(kw)
@@ -65,10 +65,18 @@ def test_records_round_trip_every_field(tmp_path: Path) -> None:
             log.append(r)
     assert read_records(path) == written
     assert {f.name for f in fields(Record)} >= {
-        "id", "model", "load_s", "preprocess_s", "encode_s", "prefill_s", "decode_s", "total_s", "ttft_s",
+        "id", "model", "read_s", "preprocess_s", "encode_s", "prefill_s", "decode_s", "total_s", "ttft_s",
         "tpot_s", "n_prompt_tokens", "n_visual_tokens", "n_new_tokens", "token_ids", "text",
         "token_latencies_s", "peak_memory_bytes", "error",
     }
+
+
+def test_records_of_the_old_stage_name_read_back_as_read_s(tmp_path: Path) -> None:
+    """Before the rename a record's file-reading stage was called ``load``."""
+    path = tmp_path / "records.jsonl"
+    path.write_text('{"id": "s0", "model": "m", "load_s": 0.25, "peak_memory_bytes": {"load": 7, "decode": 9}}\n')
+    (record,) = read_records(path)
+    assert record.read_s == 0.25 and record.peak_memory_bytes == {"read": 7, "decode": 9}
 
 
 def test_torn_last_line_is_dropped_and_truncated(tmp_path: Path) -> None:

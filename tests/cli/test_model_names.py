@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,44 @@ def test_unknown_model_is_one_line_and_no_work(args: list[str], tmp_path: Path, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "unknown model" in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["bench", "--model", "tiny-llava,eventgpt:/nonexistent/EventGPT-7b"],
+    ["bench", "--model", "tiny-llava", "--draft", "eventgpt:/nonexistent/EventGPT-7b"],
+    ["spec", "--target", "videollava:/nonexistent/Video-LLaVA"],
+    ["spec", "--draft", "eventgpt:/nonexistent/EventGPT-7b"],
+    ["verify", "llava:/nonexistent/llava"],
+])
+def test_missing_checkpoint_folder_is_one_line_and_no_work(
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint folder that is not there fails before any sample runs: no run folder, no empty report."""
+    out = tmp_path / "run"
+    extra = [] if args[0] == "verify" else ["--out", str(out)]
+    assert main([*args, *extra]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "/nonexistent/" in err and "does not exist" in err
+    assert len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [["bench"], ["spec"], ["verify"], ["data", "synth"]])
+def test_flags_render_as_flags(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*command, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "<bool>" not in text and "--help" in text
+
+
+def test_help_lists_every_model_name_form(capsys: pytest.CaptureFixture[str]) -> None:
+    from evspec.models.registry import FAMILIES, TINY_NAMES
+    from evspec.models.tiny import RANDOM_NAMES
+
+    for command in (["bench"], ["spec"], ["verify"]):
+        assert main([*command, "--help"]) == 0
+        text = re.sub(r"-\s+", "-", " ".join(capsys.readouterr().out.split()))  # undo wrapping after hyphens
+        for name in [*TINY_NAMES, *RANDOM_NAMES, "FAMILY:PATH", *FAMILIES]:
+            assert name in text, (command, name)
 
 
 @pytest.mark.parametrize("args", [

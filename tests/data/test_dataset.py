@@ -72,7 +72,8 @@ def test_seeds_form_loads_and_resolves_paths(dataset: Path) -> None:
 def test_split_and_max_samples(dataset: Path) -> None:
     assert [s.id for s in load_dataset(dataset, split="test")] == ["seq_b/000000", "seq_c/000000"]
     assert len(load_dataset(dataset, split="test", max_samples=1)) == 1
-    assert load_dataset(dataset, split="val") == []
+    with pytest.raises(InputError, match=r"no split 'val' in the dataset \(splits: test, train\)"):
+        load_dataset(dataset, split="val")  # a typo must not look like an empty, clean selection
     with pytest.raises(ConfigError, match="max_samples"):
         load_dataset(dataset, max_samples=0)
 

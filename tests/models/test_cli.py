@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evspec.cli import main
-from evspec.cli.models import Comparison
+from evspec.models.verify import Comparison
 
 
 def test_verify_passes_on_a_synthetic_dataset(tiny_cache: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["verify", "tiny-videollava", "--samples", "2", "--max-new-tokens", "5", "--device", "cpu", "--repeats", "1"])
+    code = main(["verify", "tiny-videollava", "--max-samples", "2", "--max-new-tokens", "5", "--device", "cpu", "--repeats", "1"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert out.count("PASS") == 3  # two rows and the closing line
@@ -24,7 +24,7 @@ def test_verify_on_a_given_dataset_without_hooks(tiny_cache: str, tmp_path: Path
     from evspec.data.synth.builder import SynthConfig, build_dataset
 
     build_dataset(tmp_path, SynthConfig(clips=2, size=(64, 48), seed=3, seq_prefix="mine"))
-    code = main(["verify", "tiny-eventgpt", "--dataset", str(tmp_path), "--samples", "1",
+    code = main(["verify", "tiny-eventgpt", "--dataset", str(tmp_path), "--max-samples", "1",
                  "--max-new-tokens", "3", "--min-new-tokens", "3", "--no-hooks"])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -42,19 +42,30 @@ def test_verify_fails_when_the_reference_disagrees(tiny_cache: str, monkeypatch:
         return tokens[:2] + [tokens[2] + 1] + tokens[3:]
 
     monkeypatch.setattr(Llava, "reference_generate", off_by_one)
-    code = main(["verify", "tiny-llava", "--samples", "1", "--max-new-tokens", "4", "--min-new-tokens", "4", "--no-hooks"])
+    code = main(["verify", "tiny-llava", "--max-samples", "1", "--max-new-tokens", "4", "--min-new-tokens", "4", "--no-hooks"])
     captured = capsys.readouterr()
     assert code == 1
     assert "FAIL" in captured.out and "FAIL" in captured.err
     row = next(line for line in captured.out.splitlines() if "synth_0000_000000" in line)
-    assert " 2 " in row  # first mismatch at index 2
+    assert row.split("\t")[2:] == ["2", "FAIL"]  # piped: tab-separated, first mismatch at index 2
+
+
+def test_verify_json_is_one_document(tiny_cache: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    code = main(["verify", "tiny-llava", "--max-samples", "2", "--max-new-tokens", "3", "--no-hooks", "--json"])
+    document = json.loads(capsys.readouterr().out)  # the whole of stdout parses as one document
+    assert code == 0 and document["passed"] is True and document["model"] == "tiny-llava"
+    assert [s["id"] for s in document["samples"]] == ["synth_0000_000000", "synth_0001_000000"]
+    assert all(s["decoupled"] == s["reference"] and len(s["decoupled"]) <= 3 for s in document["samples"])
+    assert document["hooks"] is None
 
 
 def test_verify_option_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["verify", "tiny-llava", "--samples", "0"]) == 1
-    assert main(["verify", "nonsense-model", "--samples", "1"]) == 1
+    assert main(["verify", "tiny-llava", "--max-samples", "0"]) == 1
+    assert main(["verify", "nonsense-model", "--max-samples", "1"]) == 1
     err = capsys.readouterr().err
-    assert "--samples must be >= 1" in err and "unknown model 'nonsense-model'" in err
+    assert "--max-samples must be >= 1" in err and "unknown model 'nonsense-model'" in err
 
 
 @settings(max_examples=50, deadline=None)
