@@ -35,6 +35,21 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def model_labels(names: Sequence[str]) -> dict[str, str]:
+    """Short labels for tables and plots: ``FAMILY:PATH`` becomes the checkpoint folder's name
+    (records and summary keep the full name); other names stay. Labels that would clash keep the
+    full name."""
+    from pathlib import PurePath
+
+    short = {}
+    for name in names:
+        family, sep, path = name.partition(":")
+        folder = PurePath(path).name if sep and path and not family.startswith(("oracle", "spec")) else ""
+        short[name] = folder or name
+    counts = {label: list(short.values()).count(label) for label in short.values()}
+    return {name: label if counts[label] == 1 else name for name, label in short.items()}
+
+
 def _ok(records: Sequence[Record], model: str) -> list[Record]:
     return [r for r in records if r.model == model and r.error is None]
 
@@ -204,13 +219,18 @@ def write_report(out_dir: str | Path, summary: dict[str, Any], records: Sequence
 
 
 def summary_table(summary: dict[str, Any]) -> Any:
-    """The overview for the terminal (a ``rich.table.Table`` that fits 80 columns)."""
+    """The overview for the terminal (a ``rich.table.Table``; models by their short label, the
+    full names are in the records and ``summary.json``)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="evspec bench (times in ms)", title_justify="left")
-    table.add_column("model", no_wrap=True)
-    for column in ("ok", "total mean", "TTFT p50", "TPOT p50", "decode tok/s", "peak MiB"):
+    labels = model_labels(list(summary["models"]))
+    table = Table(title="evspec bench (times in ms; model load in s)", title_justify="left")
+    table.add_column("model")
+    for column in ("ok", "total mean", "TTFT p50", "TPOT p50", "decode tok/s", "peak MiB", "model load s"):
         table.add_column(column, justify="right")
-    for row in _overview_rows(summary):
-        table.add_row(row[0], row[1], row[2], row[3], row[5], row[6], row[8])
+    for row, block in zip(_overview_rows(summary), summary["models"].values()):
+        load = block.get("model_load_s")
+        table.add_row(escape(labels[row[0]]), row[1], row[2], row[3], row[5], row[6], row[8],
+                      "-" if load is None else f"{load:.2f}")
     return table

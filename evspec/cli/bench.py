@@ -14,6 +14,7 @@ import typer
 
 from evspec.cli import err_console
 from evspec.cli.common import dataset_args, default_out, progress_reporter
+from evspec.cli.output import print_line, print_table
 from evspec.models.registry import model_names_help
 
 
@@ -31,6 +32,16 @@ def _command_line(config: Any, out: Path, force: bool) -> str:
     return shlex.join(args + (["--force"] if force else []))
 
 
+def sample_line(record: Any) -> str:
+    """One finished sample as a line of tab-separated ``key=value`` fields (what a pipe sees)."""
+    head = f"sample={record.id}\tmodel={record.model}"
+    if record.error is not None:
+        return f"{head}\terror={' '.join(record.error.split())}"
+    ms = {"read_ms": record.read_s, "total_ms": record.total_s, "ttft_ms": record.ttft_s, "tpot_ms": record.tpot_s}
+    fields = [f"{k}={'-' if v is None else f'{v * 1e3:.2f}'}" for k, v in ms.items()]
+    return "\t".join([head, *fields, f"new_tokens={record.n_new_tokens}"])
+
+
 def bench(
     model: str = typer.Option(
         "tiny-eventgpt,tiny-videollava,tiny-llava", "--model", "-m",
@@ -40,6 +51,9 @@ def bench(
         None, "--dataset", "-d", help="Dataset folder (or its JSON). Default: a small synthetic set built into OUT/data.",
     ),
     split: str | None = typer.Option(None, "--split", help="Only rows of this split."),
+    allow_outside_root: bool = typer.Option(
+        False, "--allow-outside-root", help="Let dataset rows name files outside the dataset folder."
+    ),
     max_samples: int | None = typer.Option(None, "--max-samples", "-n", help="First N samples only."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Most tokens generated per sample."),
     min_new_tokens: int = typer.Option(0, "--min-new-tokens", help="EOS is masked below this length (fixed-length timing)."),
@@ -74,20 +88,18 @@ def bench(
     Writes OUT/records.jsonl (one line per sample and model), OUT/summary.json and OUT/report.md
     with plots. Rerunning with the same --out resumes: finished pairs are skipped.
     """
-    from rich.console import Console
-
     from evspec.bench.report import summary_table
     from evspec.bench.runner import BenchConfig, run_bench
 
     config = BenchConfig(
         models=tuple(m.strip() for m in model.split(",") if m.strip()),
         dataset=str(dataset) if dataset is not None else None, split=split, max_samples=max_samples,
+        allow_outside_root=allow_outside_root,
         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, warmup=warmup,
         temperature=temperature, top_p=top_p, seed=seed, device=device, dtype=dtype, cache=cache,  # type: ignore[arg-type]
         quantize=quantize, event_canvas=event_canvas, generation_config=generation_config,
     )
     out = out if out is not None else default_out("bench")
-    console = Console(highlight=False, soft_wrap=True)
     decoder = None
     command = _command_line(config, out, force)
     if draft is not None:  # the speculative engine behind the runner's Decoder seam
@@ -101,10 +113,10 @@ def bench(
         extra = ["--draft", draft, "--gamma", str(gamma)] + (["--draft-device", draft_device] if draft_device else [])
         extra += [f for f, on in (("--adaptive-gamma", adaptive_gamma), ("--parallel-prefill", parallel_prefill)) if on]
         command += " " + shlex.join(extra)
-    with progress_reporter() as reporter:
+    with progress_reporter(sample_line) as reporter:
         result = run_bench(config, out, force=force, reporter=reporter, decoder=decoder, command=command)
-    console.print(summary_table(result.summary))
-    console.print(f"wrote {out}/records.jsonl, {out}/summary.json and {result.report_path}")
+    print_table(summary_table(result.summary))
+    print_line(f"wrote {out}/records.jsonl, {out}/summary.json and {result.report_path}")
     failed = [m for m in config.models if result.n_ok(m) == 0]
     if failed:
         for m in failed:

@@ -3,13 +3,15 @@ run folder and the dataset part of the command line each records in its results.
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from evspec.cli import err_console
+from evspec.cli.output import print_line, stdout_console
 
 
 class RichReporter:
@@ -20,9 +22,10 @@ class RichReporter:
     thread, so no thread of ours competes with a timed stage for the GIL.
     """
 
-    def __init__(self, progress: Any) -> None:
+    def __init__(self, progress: Any, line: Callable[[Any], str] | None = None) -> None:
         self.progress = progress
         self.task = progress.add_task("starting", total=None)
+        self.line = line
 
     def start(self, total: int, done: int) -> None:
         self.progress.update(self.task, total=total, completed=done, refresh=True)
@@ -34,12 +37,18 @@ class RichReporter:
         self.progress.console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
     def advance(self, record: Any) -> None:
+        """Move the bar; when stdout is not a terminal, also print the sample's line there at once
+        (a pipe sees each sample as it finishes, not everything at the end)."""
         self.progress.update(self.task, advance=1, refresh=True)
+        if self.line is not None and not stdout_console.is_terminal:
+            print_line(self.line(record))
+            sys.stdout.flush()
 
 
 @contextmanager
-def progress_reporter() -> Iterator[RichReporter]:
-    """A transient progress bar on stderr (gone when the run ends), as a :class:`RichReporter`."""
+def progress_reporter(line: Callable[[Any], str] | None = None) -> Iterator[RichReporter]:
+    """A transient progress bar on stderr (gone when the run ends), as a :class:`RichReporter`;
+    ``line(record)`` is the one line a finished sample prints when stdout is piped."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -50,7 +59,7 @@ def progress_reporter() -> Iterator[RichReporter]:
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True, auto_refresh=False) as progress:
-        yield RichReporter(progress)
+        yield RichReporter(progress, line)
 
 
 def default_out(command: str) -> Path:
@@ -67,4 +76,6 @@ def dataset_args(config: Any) -> list[str]:
         args += ["--split", config.split]
     if config.max_samples is not None:
         args += ["--max-samples", str(config.max_samples)]
+    if getattr(config, "allow_outside_root", False):
+        args.append("--allow-outside-root")
     return args

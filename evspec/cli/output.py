@@ -71,5 +71,7 @@ def print_json(document: Any) -> None:
 
 
 def print_line(text: str, console: Console | None = None) -> None:
-    """One line of plain text, never wrapped or cut (no markup interpreted)."""
-    (console or stdout_console).print(text, markup=False, highlight=False, soft_wrap=True)
+    """One line of plain text, never wrapped or cut, tabs kept (no markup interpreted)."""
+    out = (console or stdout_console).file
+    out.write(text + "\n")
+    out.flush()

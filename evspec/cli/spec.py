@@ -34,6 +34,21 @@ def _command_line(config: Any, out: Path, force: bool) -> str:
     return shlex.join(args + [flag for flag, on in flags if on])
 
 
+def sample_line(record: dict[str, Any]) -> str:
+    """One finished sample as a line of tab-separated ``key=value`` fields (what a pipe sees)."""
+    head = f"sample={record['id']}"
+    if record.get("error"):
+        return f"{head}\terror={' '.join(str(record['error']).split())}"
+    counts = record.get("counts") or {}
+
+    def shown(value: Any, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    return "\t".join([head, f"speedup={shown(record.get('speedup'), 3)}",
+                       f"acceptance_rate={shown(counts.get('acceptance_rate'), 3)}",
+                       f"new_tokens={len(record['spec']['token_ids'])}", f"lossless={record.get('lossless')}"])
+
+
 def spec(
     target: str = typer.Option("tiny-videollava", "--target", "-t", help=f"Target model. Names: {model_names_help()}."),
     draft: str = typer.Option(
@@ -42,6 +57,9 @@ def spec(
     ),
     dataset: Path | None = typer.Option(None, "--dataset", "-d", help="Dataset folder or JSON. Default: a synthetic set in OUT/data."),
     split: str | None = typer.Option(None, "--split", help="Only rows of this split."),
+    allow_outside_root: bool = typer.Option(
+        False, "--allow-outside-root", help="Let dataset rows name files outside the dataset folder."
+    ),
     max_samples: int | None = typer.Option(None, "--max-samples", "-n", help="First N samples only."),
     gamma: int = typer.Option(4, "--gamma", "-g", help="Drafted tokens per round (the start value with --adaptive-gamma)."),
     max_gamma: int | None = typer.Option(None, "--max-gamma", help="Upper bound of adaptive gamma (default 2 x gamma)."),
@@ -82,6 +100,7 @@ def spec(
 
     config = SpecRunConfig(
         target=target, draft=draft, dataset=str(dataset) if dataset is not None else None, split=split,
+        allow_outside_root=allow_outside_root,
         max_samples=max_samples, gamma=gamma, max_gamma=max_gamma, adaptive_gamma=adaptive_gamma,
         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature, top_p=top_p,
         seed=seed, parallel_prefill=parallel_prefill, device=device, draft_device=draft_device, dtype=dtype,
@@ -89,7 +108,7 @@ def spec(
         event_canvas=event_canvas, generation_config=generation_config,
     )
     out = out if out is not None else default_out("spec")
-    with progress_reporter() as reporter:
+    with progress_reporter(sample_line) as reporter:
         result = run_spec(config, out, force=force, progress=reporter, command=_command_line(config, out, force))
     s, c = result.summary, result.summary["counts"]
     console = Console(highlight=False, soft_wrap=True)
@@ -100,6 +119,9 @@ def spec(
     lossless = "-" if s["lossless"] is None else f"{s['n_lossless']}/{s['n_samples']}"
     console.print(f"{config.target} <- {config.draft}{tag}: acceptance rate {rate}, mean acceptance length {length}, "
                   f"median speedup {speedup}, lossless {lossless}", markup=False)
+    loads = {k: v for k, v in (s.get("model_load_s") or {}).items() if v is not None}
+    if loads:
+        console.print("model load: " + ", ".join(f"{k} {v:.2f} s" for k, v in loads.items()), markup=False)
     console.print(f"wrote {out}/records.jsonl, {out}/summary.json and {result.report_path}", markup=False)
     if s["n_samples"] == 0:
         err_console.print(f"[red]error:[/] no sample succeeded (errors in {out}/records.jsonl)")

@@ -49,6 +49,13 @@ def test_default_command_builds_data_and_benchmarks_the_three_tiny_models(
     assert (run / "report.md").is_file()
     printed = capsys.readouterr().out
     assert "tiny-videollava" in printed and f"{run.relative_to(tmp_path)}/records.jsonl" in printed
+    # piped: one tab-separated line per sample as it finished, then the table as plain rows
+    sample_lines = [line.split("\t") for line in printed.splitlines() if line.startswith("sample=")]
+    assert sorted((f[0], f[1]) for f in sample_lines) == sorted((f"sample={r['id']}", f"model={r['model']}") for r in rows)
+    assert all(f[2].startswith("read_ms=") and f[-1].startswith("new_tokens=") for f in sample_lines)
+    table = [line.split("\t") for line in printed.splitlines() if line.startswith("tiny-")]
+    assert [row[0] for row in table] == list(runner.DEFAULT_MODELS) and all(len(row) == 8 for row in table)
+    assert all(float(row[-1]) >= 0 for row in table)  # model load seconds
 
 
 def test_zero_successes_exit_non_zero(tmp_path: Path, stand_in_registry: Counter, capsys: pytest.CaptureFixture[str]) -> None:
