@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import h5py
 import numpy as np
@@ -232,15 +232,24 @@ class EventStream:
             raise InputError(f"slice_count({start}, {stop}) is outside 0 <= start <= stop <= {len(self)}")
         return self._sub(start, stop)
 
-    def split_count(self, n: int) -> list[EventStream]:
-        """``n`` chunks of equal event count (np.array_split sizes: differ by at most 1).
+    def split_count(self, n: int, *, remainder: Literal["spread", "last"] = "spread") -> list[EventStream]:
+        """``n`` chunks of (nearly) equal event count.
 
-        Chunks are views; concatenated they give the stream back. With n > len some are empty.
+        ``remainder="spread"``: np.array_split's sizes (the first ``len % n`` chunks take one extra
+        event). ``remainder="last"``: upstream EventGPT's rule, the first ``n - 1`` chunks hold
+        ``len // n`` events each and the last chunk the rest. Chunks are views; concatenated they
+        give the stream back. With n > len some are empty.
         """
         if n < 1:
             raise InputError(f"split_count needs n >= 1, got {n}")
         q, r = divmod(len(self), n)
-        bounds = np.concatenate([[0], np.cumsum([q + 1] * r + [q] * (n - r))])
+        if remainder == "spread":
+            sizes = [q + 1] * r + [q] * (n - r)
+        elif remainder == "last":
+            sizes = [q] * (n - 1) + [q + r]
+        else:
+            raise InputError(f"split_count: remainder must be 'spread' or 'last', got {remainder!r}")
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
         return [self._sub(int(a), int(b)) for a, b in pairwise(bounds)]
 
     def split_time(self, n: int) -> list[EventStream]:

@@ -7,12 +7,13 @@ handful of frames or bins.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
 
 from evspec.data.events import EventStream, atomic_path
-from evspec.errors import InputError
+from evspec.errors import ConfigError, InputError
 
 Color = tuple[int, int, int]
 
@@ -44,12 +45,12 @@ def _frame_shape(stream: EventStream, size: str | tuple[int, int]) -> tuple[int,
     """(height, width) of the rendered images."""
     if size == "sensor":
         return stream.height, stream.width
-    if size == "data":  # upstream EventGPT: depends on where events happen to fall
+    if size in ("data", "chunk"):  # upstream EventGPT: depends on where events happen to fall
         return int(stream.y.max()) + 1, int(stream.x.max()) + 1
     try:
         width, height = (int(v) for v in size)  # type: ignore[union-attr]
     except (TypeError, ValueError):
-        raise InputError(f"size must be 'sensor', 'data' or (width, height), got {size!r}") from None
+        raise InputError(f"size must be 'chunk', 'sensor', 'data' or (width, height), got {size!r}") from None
     if width < 1 or height < 1:
         raise InputError(f"size must be positive, got {size!r}")
     x_max, y_max = int(stream.x.max()), int(stream.y.max())
@@ -83,22 +84,48 @@ def render_eventgpt_frames(
     stream: EventStream,
     n_frames: int = 5,
     *,
-    size: str | tuple[int, int] = "sensor",
+    size: str | tuple[int, int] = "chunk",
+    remainder: Literal["last", "spread"] = "last",
     colors: dict[int, Color] = POLARITY_COLORS_EVENTGPT,
 ) -> list[np.ndarray]:
     """EventGPT's event images: ``n_frames`` chunks of equal EVENT COUNT, one HxWx3 uint8 each.
 
     White background; each pixel hit shows the polarity colour of its last event in the chunk.
-    ``size``: "sensor" (sensor height x width, the sane default), "data" (upstream's
-    (y.max()+1, x.max()+1), computed over the whole stream so all frames match) or (w, h).
+    The defaults are upstream EventGPT's code (XduSyL/EventGPT): the first ``n_frames - 1``
+    chunks hold ``len // n_frames`` events and the last the rest (``remainder="last"``;
+    ``"spread"`` is np.array_split's), and each chunk is drawn on its own canvas of that chunk's
+    ``(y.max()+1, x.max()+1)`` (``size="chunk"``), so the frames of one clip can differ in size.
+    Other sizes: "sensor" (sensor height x width), "data" (the whole stream's
+    ``(y.max()+1, x.max()+1)``, so all frames match) or (w, h).
     """
     _require_stream(stream, "render_eventgpt_frames")
     if not 1 <= n_frames <= len(stream):
         raise InputError(f"n_frames must be in 1..{len(stream)} (number of events), got {n_frames}")
     palette = _palette(colors)
     shape = _frame_shape(stream, size)
-    return [_render_last_wins(c.x, c.y, c.p, shape, palette) for c in stream.split_count(n_frames)]
+    return [_render_last_wins(c.x, c.y, c.p, shape, palette) for c in chunks]
 
+
+EventCanvas = Literal["upstream", "sensor"]
+EVENT_CANVASES: dict[str, str] = {"upstream": "chunk", "sensor": "sensor"}
+"""``--event-canvas`` -> ``render_eventgpt_frames(size=...)``: upstream's per-chunk canvas, or the
+sensor-sized one (every frame the same size; what evspec drew before it followed upstream)."""
+
+
+def check_event_canvas(canvas: str) -> EventCanvas:
+    """``canvas`` if it names an event canvas, else a ConfigError naming the choices."""
+    if canvas not in EVENT_CANVASES:
+        raise ConfigError(f"unknown event canvas {canvas!r}: use {' or '.join(EVENT_CANVASES)}")
+    return canvas  # type: ignore[return-value]
+
+
+def render_eventgpt_input(stream: EventStream, n_frames: int = 5, canvas: EventCanvas = "upstream") -> list[np.ndarray]:
+    """The frames an EventGPT checkpoint is fed: upstream's chunking, on the chosen canvas."""
+    return render_eventgpt_frames(stream, n_frames, size=EVENT_CANVASES[check_event_canvas(canvas)])
+
+    chunks = stream.split_count(n_frames, remainder=remainder)
+    if size == "chunk":
+        return [_render_last_wins(c.x, c.y, c.p, _frame_shape(c, size), palette) for c in chunks]
 
 def render_histogram(stream: EventStream, *, normalize: bool = False) -> np.ndarray:
     """[2, H, W] float32 event counts per pixel; channel 0 = p0, channel 1 = p1.

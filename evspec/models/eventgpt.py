@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +47,7 @@ from evspec.models.base import (
     VisualFeatures,
     VisualInput,
 )
+from evspec.models.generation import read_generation_config
 from evspec.models.loading import (
     LoadOptions,
     check_state_dict_keys,
@@ -77,6 +79,10 @@ N_EVENT_FRAMES = 5
 TOWER_PREFIX = "model.visual_tower.visual_tower."
 UPSTREAM_TOWER_PREFIX = TOWER_PREFIX + "vision_model."
 SYSTEM = (
+UPSTREAM_MAX_WINDOW_US = 100_000
+"""Upstream's ``process_event_data`` refuses windows with ``t.max() - t.min() >= 100 ms``."""
+UPSTREAM_TOKENIZER_LEGACY = True
+"""transformers 4.37.2 (upstream's pin) takes ``legacy=True`` when tokenizer_config.json has no key."""
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
@@ -87,6 +93,20 @@ VISUAL_TOWER_ENV = "EVSPEC_VISUAL_TOWER"
 def conv_eventgpt_v1(query: str) -> str:
     """Upstream's ``conv_eventgpt_v1`` prompt for one question (sep " ", no history)."""
     return f"{SYSTEM} USER: {EV_START_TOKEN}{EVENT_TOKEN}{EV_END_TOKEN}\n{query} ASSISTANT:"
+class EventWindowWarning(UserWarning):
+    """An event window upstream EventGPT would refuse (100 ms or more): the checkpoint never saw one."""
+
+
+def warn_if_long_window(duration_us: int, path: object) -> None:
+    """Warn (not refuse, as upstream does) about a window of ``UPSTREAM_MAX_WINDOW_US`` or more."""
+    if duration_us >= UPSTREAM_MAX_WINDOW_US:
+        warnings.warn(
+            f"{path}: event window of {duration_us / 1000:.1f} ms; upstream EventGPT refuses windows of "
+            f"{UPSTREAM_MAX_WINDOW_US // 1000} ms or more, so its checkpoints were never fed one",
+            EventWindowWarning, stacklevel=2,
+        )
+
+
 
 
 def spatio_temporal_tokens(features: torch.Tensor) -> torch.Tensor:
@@ -239,7 +259,12 @@ class EventGPT(VisionLanguageModel):
     family = "eventgpt"
     modality = "event_frames"
 
-    def __init__(self, model: EventChatModel, tokenizer, image_processor, *, name: str, n_frames: int = N_EVENT_FRAMES) -> None:
+    def __init__(
+        self, model: EventChatModel, tokenizer, image_processor, *, name: str, n_frames: int = N_EVENT_FRAMES,
+        event_canvas: str = "upstream", checkpoint_generation_config: dict | None = None,
+    ) -> None:
+        from evspec.data.render import check_event_canvas
+
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.image_processor = image_processor
@@ -248,24 +273,39 @@ class EventGPT(VisionLanguageModel):
         self.language_model = LanguageModel.from_causal_lm(model)
 
     @property
+        self.event_canvas = check_event_canvas(event_canvas)
+        self.checkpoint_generation_config = checkpoint_generation_config
     def vision_tower(self) -> nn.Module:
         return self.model.model.visual_tower
+    def preprocessing(self) -> dict[str, object]:
+        """How this model turns a sample into inputs (for run records): the event canvas, the
+        tokenizer's ``legacy`` mode, and the checkpoint's ``generation_config.json`` (None if absent)."""
+        return {
+            "event_canvas": self.event_canvas, "n_frames": self.n_frames,
+            "tokenizer_legacy": getattr(self.tokenizer, "legacy", None),
+            "checkpoint_generation_config": self.checkpoint_generation_config,
+        }
+
 
     @property
     def eos_token_ids(self) -> list[int]:
         return [int(self.tokenizer.eos_token_id)]
 
     def load(self, sample: Sample) -> VisualInput:
-        """The sample's event images if it lists them, else frames rendered from its raw events."""
+        """Frames rendered from the sample's raw events as upstream's ``process_event_data`` does
+        (its chunking, on ``event_canvas``); the sample's listed event images only when it has no
+        event file, since their rendering is whatever made them."""
+        if sample.event_path is not None:
+            from evspec.data.events import read_events
+            from evspec.data.render import render_eventgpt_input
+
+            stream = read_events(sample.event_path)
+            warn_if_long_window(stream.duration_us, sample.event_path)
+            return VisualInput("event_frames", render_eventgpt_input(stream, self.n_frames, self.event_canvas))
         if sample.event_image_paths:
             from evspec.data.video import read_image
 
             return VisualInput("event_frames", [read_image(p) for p in sample.event_image_paths])
-        if sample.event_path is not None:
-            from evspec.data.events import read_events
-            from evspec.data.render import render_eventgpt_frames
-
-            return VisualInput("event_frames", render_eventgpt_frames(read_events(sample.event_path), self.n_frames))
         raise InputError(f"sample {sample.id!r} has neither event images nor an event file; EventGPT needs one")
 
     def prompt(self, query: str) -> str:
@@ -384,8 +424,14 @@ def _image_processor(folder: Path, tower_folder: Path, tower: CLIPVisionConfig):
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
-def load_eventgpt(folder: str | Path, options: LoadOptions, *, name: str | None = None) -> EventGPT:
-    """Load an upstream-layout EventGPT checkpoint folder (see the module docstring)."""
+def load_eventgpt(
+    folder: str | Path, options: LoadOptions, *, name: str | None = None, event_canvas: str = "upstream",
+) -> EventGPT:
+    """Load an upstream-layout EventGPT checkpoint folder (see the module docstring).
+
+    Preprocessed as upstream's code does by default: its event chunking and per-chunk canvas
+    (``event_canvas="sensor"``: one sensor-sized canvas), and its tokenizer's ``legacy=True``
+    when ``tokenizer_config.json`` does not say."""
     folder = require_checkpoint_folder(folder)
     raw = read_config_dict(folder)
     if raw.get("model_type") != MODEL_TYPE:
@@ -416,7 +462,7 @@ def load_eventgpt(folder: str | Path, options: LoadOptions, *, name: str | None 
     if not tower_in_file:
         _load_tower_weights(model, tower_folder, options)
 
-    tokenizer = load_tokenizer(folder)
+    tokenizer = load_tokenizer(folder, legacy_if_absent=UPSTREAM_TOKENIZER_LEGACY)
     if getattr(config, "mm_use_im_patch_token", True):
         add_special_tokens(tokenizer, [EVENT_PATCH_TOKEN])
     if getattr(config, "mm_use_im_start_end", False):
@@ -424,7 +470,10 @@ def load_eventgpt(folder: str | Path, options: LoadOptions, *, name: str | None 
     if len(tokenizer) != model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))  # upstream's inference does exactly this
     model = options.place(model)
-    return EventGPT(model, tokenizer, _image_processor(folder, tower_folder, tower_config), name=name or f"eventgpt:{folder}")
+    return EventGPT(
+        model, tokenizer, _image_processor(folder, tower_folder, tower_config), name=name or f"eventgpt:{folder}",
+        event_canvas=event_canvas, checkpoint_generation_config=read_generation_config(folder),
+    )
 
 
 def _load_tower_weights(model: EventChatModel, tower_folder: Path, options: LoadOptions) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,23 +102,50 @@ def build_base_tokenizer(vocab_size: int = BASE_VOCAB_SIZE):  # -> transformers.
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "tokenizer.model").write_bytes(train_sentencepiece(vocab_size))
-        tokenizer = LlamaTokenizer.from_pretrained(tmp, legacy=False, add_bos_token=True, add_eos_token=False)
+        tokenizer = LlamaTokenizer.from_pretrained(
+            tmp, legacy=False, add_bos_token=True, add_eos_token=False, trust_remote_code=False
+        )
     if tokenizer.bos_token_id != 1 or tokenizer.eos_token_id != 2:
         raise ModelError(f"tiny tokenizer has bos={tokenizer.bos_token_id} eos={tokenizer.eos_token_id}, expected 1 and 2")
     return tokenizer
 
 
-def load_tokenizer(folder: str | Path):  # -> transformers.PreTrainedTokenizerBase
-    """The tokenizer saved in a checkpoint folder (``tokenizer.json`` or LLaMA's ``tokenizer.model``)."""
+def legacy_key(folder: str | Path) -> bool | None:
+    """The ``legacy`` value of a folder's ``tokenizer_config.json``; None when the key (or the
+    file) is absent. A LLaMA tokenizer's ``legacy`` decides whether text right after a special
+    token gets SentencePiece's dummy-prefix piece "\u2581" (legacy=True) or not."""
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise ModelError(f"{path}: not a readable JSON tokenizer config ({type(error).__name__}: {error})") from None
+    value = raw.get("legacy") if isinstance(raw, dict) else None
+    if value is not None and not isinstance(value, bool):
+        raise ModelError(f"{path}: 'legacy' must be true or false, got {value!r}")
+    return value
+
+
+def load_tokenizer(folder: str | Path, *, legacy_if_absent: bool | None = None):  # -> PreTrainedTokenizerBase
+    """The tokenizer saved in a checkpoint folder (``tokenizer.json`` or LLaMA's ``tokenizer.model``).
+
+    ``legacy_if_absent``: the ``legacy`` value to use when ``tokenizer_config.json`` has no
+    ``legacy`` key. Releases disagree on that default (transformers 4.37, which upstream EventGPT
+    pins, takes True; transformers 5 takes False), so a family that must tokenize as its upstream
+    did states it instead of inheriting whatever this transformers does. None: this transformers'."""
     from transformers import AutoTokenizer
 
     folder = Path(folder)
     if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
         raise ModelError(f"{folder}: no tokenizer files (tokenizer.json or tokenizer.model)")
+    kwargs = {}
+    if legacy_if_absent is not None and legacy_key(folder) is None:
+        kwargs["legacy"] = legacy_if_absent
     try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, ImportError) as error:
-        raise ModelError(f"{folder}: cannot load the tokenizer ({error})") from error
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False, **kwargs)
+    except Exception as error:  # the boundary: tokenizers raises bare Exceptions on damaged tokenizer.json
+        raise ModelError(f"{folder}: cannot load the tokenizer ({type(error).__name__}: {error})") from None
 
 
 def tokenizer_event_token(prompt: str, tokenizer, event_token_index: int = EVENT_TOKEN_INDEX) -> list[int]:

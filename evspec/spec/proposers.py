@@ -206,6 +206,22 @@ class DraftModelProposer(Proposer):
                 )
             self._allowed = bridge.allowed.to(self.lm.device)
 
+    @classmethod
+    def paired(
+        cls, draft: VisionLanguageModel, target: VisionLanguageModel, *, bridge: str = "auto",
+        state_factory: StateFactory = EagerState, name: str | None = None,
+    ) -> DraftModelProposer:
+        """A draft model's proposer for ``target``, with the vocabulary bridge the pair needs
+        (``auto``: token ids when they share a tokenizer, text re-encoding otherwise)."""
+        from evspec.spec.vocab import bridge_vocabularies
+
+        mapping = bridge_vocabularies(
+            draft.tokenizer, target.tokenizer, draft_vocab_size=draft.language_model.vocab_size,
+            target_vocab_size=target.language_model.vocab_size, draft_eos=draft.eos_token_ids,
+            target_eos=target.eos_token_ids, mode=bridge,  # type: ignore[arg-type]
+        )
+        return cls(draft, mapping, state_factory=state_factory, name=name)
+
     @property
     def device(self) -> torch.device:
         return self.lm.device

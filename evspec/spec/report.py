@@ -58,7 +58,7 @@ from evspec.bench.runner import (
 )
 from evspec.errors import ConfigError, EvspecError
 from evspec.models.generation import checkpoint_generation_configs
-from evspec.models.registry import check_model_name
+from evspec.models.registry import check_model_name, check_token_budget
 from evspec.runtime.decode import SamplingConfig
 from evspec.spec.metrics import summarize
 
@@ -91,6 +91,7 @@ class SpecRunConfig:
     dataset: str | None = None
     split: str | None = None
     max_samples: int | None = None
+    allow_outside_root: bool = False  # dataset rows may name files outside the dataset folder
     gamma: int = 4
     max_gamma: int | None = None
     adaptive_gamma: bool = False
@@ -179,7 +180,6 @@ def build_proposer(
 ) -> Proposer:
     """The proposer named by ``config.draft`` (model drafts are paired with the target here)."""
     from evspec.spec.proposers import DraftModelProposer, NgramProposer, OracleProposer
-    from evspec.spec.vocab import bridge_vocabularies
 
     if config.draft_kind == "ngram":
         return NgramProposer()
@@ -188,13 +188,8 @@ def build_proposer(
         return OracleProposer(draft, config.oracle_alpha or 0.0, seed=config.seed,
                               state_factory=state_factory_for(config.cache, draft.language_model))
     draft = loader(config.draft, draft_device, dtype)
-    bridge = bridge_vocabularies(
-        draft.tokenizer, target.tokenizer, draft_vocab_size=draft.language_model.vocab_size,
-        target_vocab_size=target.language_model.vocab_size, draft_eos=draft.eos_token_ids,
-        target_eos=target.eos_token_ids, mode=config.bridge,  # type: ignore[arg-type]
-    )
-    return DraftModelProposer(draft, bridge, state_factory=state_factory_for(config.cache, draft.language_model),
-                              name=f"draft:{config.draft}")
+    return DraftModelProposer.paired(draft, target, bridge=config.bridge, name=f"draft:{config.draft}",
+                                     state_factory=state_factory_for(config.cache, draft.language_model))
 
 
 # --------------------------------------------------------------------------- records file
@@ -269,6 +264,7 @@ def run_spec(
     if model_loader is registry_loader:
         for name in config.model_names():
             check_model_name(name)  # before any work: a typo should not cost a dataset build
+        check_token_budget(config.target, config.max_new_tokens, config.min_new_tokens)
         # Sampling follows the target's file (the output is the target's); the draft's is recorded.
         config, generation = generation_records(config, [config.target])
         generation["checkpoint_generation_config"] = checkpoint_generation_configs(config.model_names(), strict=False)
@@ -291,10 +287,12 @@ def run_spec(
     identity = {k: v for k, v in asdict(config).items() if k in IDENTITY_FIELDS}
     identity.update(dataset=str(dataset_root(config.dataset, out_dir).resolve()), device=str(device),
                     draft_device=str(draft_device), dtype=str(dtype).removeprefix("torch."))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is an existing file; give a folder for the run")
     out_dir.mkdir(parents=True, exist_ok=True)
     check_or_reset(out_dir, identity, IDENTITY_FIELDS, force, OUTPUTS)
     samples = load_samples(config.dataset, out_dir, split=config.split, max_samples=config.max_samples,
-                           reporter=progress)
+                           reporter=progress, allow_outside_root=config.allow_outside_root)
 
     meta = write_run_config(out_dir, identity=identity, config={**asdict(config), "generation": generation},
                             device=str(device), command=command)

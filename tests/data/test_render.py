@@ -38,12 +38,17 @@ def streams(draw: st.DrawFn, min_events: int = 1, max_events: int = 80) -> Event
 
 
 def reference_frames(
-    s: EventStream, n: int, colors: dict[int, tuple[int, int, int]], shape: tuple[int, int]
+    s: EventStream, n: int, colors: dict[int, tuple[int, int, int]], shape: tuple[int, int] | None = None
 ) -> list[np.ndarray]:
-    """Upstream EventGPT, literally: equal-count chunks, paint events in order on white."""
+    """Upstream EventGPT's rule, written out: the first n-1 chunks hold len // n events, the last
+    the rest; each chunk painted in order on white, on ``shape`` or (None) on its own canvas of
+    (y.max()+1, x.max()+1)."""
+    per = len(s) // n
     frames = []
-    for chunk in np.array_split(np.arange(len(s)), n):
-        img = np.full((*shape, 3), 255, dtype=np.uint8)
+    for k in range(n):
+        chunk = np.arange(k * per, (k + 1) * per if k < n - 1 else len(s))
+        canvas = shape or (int(s.y[chunk].max()) + 1, int(s.x[chunk].max()) + 1)
+        img = np.full((*canvas, 3), 255, dtype=np.uint8)
         for i in chunk:
             img[s.y[i], s.x[i]] = colors[int(s.p[i])]
         frames.append(img)
@@ -63,21 +68,24 @@ def test_frames_follow_colour_and_overwrite_rules(
     s: EventStream, n: int, colors: dict[int, tuple[int, int, int]]
 ) -> None:
     n = min(n, len(s))
-    got = render_eventgpt_frames(s, n, colors=colors)
-    expected = reference_frames(s, n, colors, (SIZE[1], SIZE[0]))
+    got = render_eventgpt_frames(s, n, colors=colors)  # upstream's chunking and per-chunk canvas
+    expected = reference_frames(s, n, colors)
     assert len(got) == n
     for g, e in zip(got, expected):
-        assert g.dtype == np.uint8 and g.shape == (SIZE[1], SIZE[0], 3)
+        assert g.dtype == np.uint8 and g.shape == e.shape
         assert np.array_equal(g, e)
+    on_sensor = render_eventgpt_frames(s, n, size="sensor", colors=colors)
+    for g, e in zip(on_sensor, reference_frames(s, n, colors, (SIZE[1], SIZE[0]))):
+        assert g.shape == (SIZE[1], SIZE[0], 3) and np.array_equal(g, e)
 
 
 def test_later_event_overwrites_earlier() -> None:
     s = EventStream.from_arrays([2, 2, 2, 0], [1, 1, 1, 0], [0, 1, 2, 3], [1, 0, 1, 0], (4, 3))
-    (img,) = render_eventgpt_frames(s, 1)
+    (img,) = render_eventgpt_frames(s, 1, size="sensor")
     assert tuple(img[1, 2]) == (255, 0, 0)  # last event there has p=1 -> red
     assert tuple(img[0, 0]) == (0, 0, 255)  # p=0 -> blue
     assert tuple(img[2, 3]) == (255, 255, 255)  # untouched -> white
-    (dsec,) = render_eventgpt_frames(s, 1, colors=POLARITY_COLORS_DSEC)
+    (dsec,) = render_eventgpt_frames(s, 1, size="sensor", colors=POLARITY_COLORS_DSEC)
     assert tuple(dsec[1, 2]) == (0, 0, 255) and tuple(dsec[0, 0]) == (255, 0, 0)
 
 
@@ -85,19 +93,20 @@ def test_frames_split_by_event_count_not_time() -> None:
     # 4 events bunched at t=0 and 4 spread over a long time: count split puts the bunch in frame 0
     t = [0, 0, 0, 0, 1000, 2000, 3000, 4000]
     s = EventStream.from_arrays([0, 1, 2, 3, 0, 1, 2, 3], [0] * 4 + [1] * 4, t, [1] * 8, (4, 2))
-    first, second = render_eventgpt_frames(s, 2)
+    first, second = render_eventgpt_frames(s, 2, size="sensor")
     assert (first[0] != 255).any(axis=-1).all() and (first[1] == 255).all()
     assert (second[1] != 255).any(axis=-1).all() and (second[0] == 255).all()
 
 
 def test_frame_sizes() -> None:
     s = EventStream.from_arrays([0, 3, 6], [0, 2, 1], [0, 1, 2], [0, 1, 1], (640, 480))
-    assert render_eventgpt_frames(s, 1)[0].shape == (480, 640, 3)
-    assert render_eventgpt_frames(s, 3, size="data")[0].shape == (3, 7, 3)  # upstream (y.max()+1, x.max()+1)
+    assert render_eventgpt_frames(s, 1, size="sensor")[0].shape == (480, 640, 3)
+    assert render_eventgpt_frames(s, 3, size="data")[0].shape == (3, 7, 3)  # the whole stream's maxima
+    assert [f.shape for f in render_eventgpt_frames(s, 3)] == [(1, 1, 3), (3, 4, 3), (2, 7, 3)]  # each chunk's
     assert render_eventgpt_frames(s, 1, size=(10, 20))[0].shape == (20, 10, 3)
     with pytest.raises(InputError, match="too small"):
         render_eventgpt_frames(s, 1, size=(6, 20))
-    with pytest.raises(InputError, match="'sensor', 'data' or"):
+    with pytest.raises(InputError, match="'chunk', 'sensor', 'data' or"):
         render_eventgpt_frames(s, 1, size="big")
 
 
@@ -124,7 +133,7 @@ def test_tonic_stream_renders() -> None:
         [1, 0, 1, 0, 1, 0],
     )
     s = EventStream(events, SIZE)
-    frames = render_eventgpt_frames(s, 2)
+    frames = render_eventgpt_frames(s, 2, size="sensor")
     assert np.array_equal(frames[0], reference_frames(s, 2, POLARITY_COLORS_EVENTGPT, (4, 5))[0])
 
 

@@ -202,7 +202,10 @@ def build_clip(out_dir: str | Path, config: SynthConfig, index: int, split: str,
     with step("npy"):
         write_eventgpt_npy(stream, out / paths.event_data)
     with step("images"):
-        images = render_eventgpt_frames(stream, config.n_event_images)
+        # Upstream EventGPT's rendering (its chunking, each chunk on its own canvas): the images are
+        # the dataset's EventGPT input, so they show what a checkpoint trained by upstream's code is
+        # fed, and equal what EventGPT.load renders from the .npy with the default canvas.
+        images = render_eventgpt_frames(stream, config.n_event_images, size="chunk", remainder="last")
         for image, rel in zip(images, paths.event_image):
             save_png(image, out / rel)
     with step("qa"):
