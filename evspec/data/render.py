@@ -102,6 +102,9 @@ def render_eventgpt_frames(
     if not 1 <= n_frames <= len(stream):
         raise InputError(f"n_frames must be in 1..{len(stream)} (number of events), got {n_frames}")
     palette = _palette(colors)
+    chunks = stream.split_count(n_frames, remainder=remainder)
+    if size == "chunk":
+        return [_render_last_wins(c.x, c.y, c.p, _frame_shape(c, size), palette) for c in chunks]
     shape = _frame_shape(stream, size)
     return [_render_last_wins(c.x, c.y, c.p, shape, palette) for c in chunks]
 
@@ -123,9 +126,6 @@ def render_eventgpt_input(stream: EventStream, n_frames: int = 5, canvas: EventC
     """The frames an EventGPT checkpoint is fed: upstream's chunking, on the chosen canvas."""
     return render_eventgpt_frames(stream, n_frames, size=EVENT_CANVASES[check_event_canvas(canvas)])
 
-    chunks = stream.split_count(n_frames, remainder=remainder)
-    if size == "chunk":
-        return [_render_last_wins(c.x, c.y, c.p, _frame_shape(c, size), palette) for c in chunks]
 
 def render_histogram(stream: EventStream, *, normalize: bool = False) -> np.ndarray:
     """[2, H, W] float32 event counts per pixel; channel 0 = p0, channel 1 = p1.

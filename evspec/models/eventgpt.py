@@ -76,13 +76,13 @@ EV_START_TOKEN = "<ev_start>"
 EV_END_TOKEN = "<ev_end>"
 DEFAULT_PROMPT_LIMIT = 2048  # upstream's hard-coded tokenizer_model_max_length
 N_EVENT_FRAMES = 5
-TOWER_PREFIX = "model.visual_tower.visual_tower."
-UPSTREAM_TOWER_PREFIX = TOWER_PREFIX + "vision_model."
-SYSTEM = (
 UPSTREAM_MAX_WINDOW_US = 100_000
 """Upstream's ``process_event_data`` refuses windows with ``t.max() - t.min() >= 100 ms``."""
 UPSTREAM_TOKENIZER_LEGACY = True
 """transformers 4.37.2 (upstream's pin) takes ``legacy=True`` when tokenizer_config.json has no key."""
+TOWER_PREFIX = "model.visual_tower.visual_tower."
+UPSTREAM_TOWER_PREFIX = TOWER_PREFIX + "vision_model."
+SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
@@ -90,9 +90,6 @@ VISUAL_TOWER_ENV = "EVSPEC_VISUAL_TOWER"
 """Overrides ``mm_visual_tower`` (a local CLIP folder or a hub name already in the local cache)."""
 
 
-def conv_eventgpt_v1(query: str) -> str:
-    """Upstream's ``conv_eventgpt_v1`` prompt for one question (sep " ", no history)."""
-    return f"{SYSTEM} USER: {EV_START_TOKEN}{EVENT_TOKEN}{EV_END_TOKEN}\n{query} ASSISTANT:"
 class EventWindowWarning(UserWarning):
     """An event window upstream EventGPT would refuse (100 ms or more): the checkpoint never saw one."""
 
@@ -107,6 +104,9 @@ def warn_if_long_window(duration_us: int, path: object) -> None:
         )
 
 
+def conv_eventgpt_v1(query: str) -> str:
+    """Upstream's ``conv_eventgpt_v1`` prompt for one question (sep " ", no history)."""
+    return f"{SYSTEM} USER: {EV_START_TOKEN}{EVENT_TOKEN}{EV_END_TOKEN}\n{query} ASSISTANT:"
 
 
 def spatio_temporal_tokens(features: torch.Tensor) -> torch.Tensor:
@@ -270,13 +270,10 @@ class EventGPT(VisionLanguageModel):
         self.image_processor = image_processor
         self.name = name
         self.n_frames = n_frames
-        self.language_model = LanguageModel.from_causal_lm(model)
-
-    @property
         self.event_canvas = check_event_canvas(event_canvas)
         self.checkpoint_generation_config = checkpoint_generation_config
-    def vision_tower(self) -> nn.Module:
-        return self.model.model.visual_tower
+        self.language_model = LanguageModel.from_causal_lm(model)
+
     def preprocessing(self) -> dict[str, object]:
         """How this model turns a sample into inputs (for run records): the event canvas, the
         tokenizer's ``legacy`` mode, and the checkpoint's ``generation_config.json`` (None if absent)."""
@@ -286,6 +283,9 @@ class EventGPT(VisionLanguageModel):
             "checkpoint_generation_config": self.checkpoint_generation_config,
         }
 
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.model.model.visual_tower
 
     @property
     def eos_token_ids(self) -> list[int]:
