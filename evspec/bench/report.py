@@ -57,6 +57,15 @@ def _ok(records: Sequence[Record], model: str) -> list[Record]:
 # --------------------------------------------------------------------------- plots
 
 
+def run_subtitle(summary: dict[str, Any], n_samples: int | None = None) -> str:
+    """What every plot title carries: sample count, device and dtype (timings mean nothing without them)."""
+    if n_samples is None:
+        n_samples = max((b.get("n_ok", 0) for b in summary.get("models", {}).values()), default=0)
+    env = summary.get("environment") or {}
+    where = env.get("gpu") or summary.get("device")
+    return f"{n_samples} samples, {where}, {summary.get('dtype')}"
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -70,6 +79,7 @@ def plot_stages(summary: dict[str, Any], path: Path) -> Path:
     """Stacked bars: mean seconds per stage, one bar per model."""
     plt = _pyplot()
     models = list(summary["models"])
+    labels = model_labels(models)
     extra = sorted({n for b in summary["models"].values() for n in b["extra_stages_s"]})
     names = [*STAGES, *extra]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(models) + 2), 4.0))
@@ -80,10 +90,11 @@ def plot_stages(summary: dict[str, Any], path: Path) -> Path:
             block = summary["models"][m]
             stats = block["latency_s"].get(f"{name}_s") or block["extra_stages_s"].get(name) or {}
             values.append((stats.get("mean") or 0.0) * 1000)
-        ax.bar(models, values, bottom=bottom, label=name)
+        ax.bar([labels[m] for m in models], values, bottom=bottom, label=name)
         bottom += np.asarray(values)
     ax.set_ylabel("mean time per sample (ms)")
-    ax.set_title("Stage breakdown")
+    ax.set_title(f"Stage breakdown\n{run_subtitle(summary)}", fontsize="medium")
+    ax.tick_params(axis="x", labelrotation=20, labelsize="small")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -91,7 +102,7 @@ def plot_stages(summary: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def plot_latency(records: Sequence[Record], models: Sequence[str], path: Path) -> Path:
+def plot_latency(records: Sequence[Record], models: Sequence[str], path: Path, subtitle: str = "") -> Path:
     """One box plot per stage (and TTFT, TPOT, total), one box per model."""
     plt = _pyplot()
     cols = 4
@@ -100,30 +111,36 @@ def plot_latency(records: Sequence[Record], models: Sequence[str], path: Path) -
     for ax, name in zip(axes.flat, DISTRIBUTION_FIELDS):
         data = [[getattr(r, name) * 1000 for r in _ok(records, m) if getattr(r, name) is not None] for m in models]
         if any(data):
-            ax.boxplot([d if d else [np.nan] for d in data], tick_labels=list(models), showfliers=True)
+            labels = model_labels(models)
+            ax.boxplot([d if d else [np.nan] for d in data], tick_labels=[labels[m] for m in models], showfliers=True)
         ax.set_title(name.removesuffix("_s"))
         ax.set_ylabel("ms")
         ax.tick_params(axis="x", labelrotation=30, labelsize="small")
     for ax in list(axes.flat)[len(DISTRIBUTION_FIELDS):]:
         ax.set_visible(False)
-    fig.suptitle("Latency distribution per stage")
+    fig.suptitle("Latency distribution per stage" + (f" ({subtitle})" if subtitle else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def plot_token_cdf(records: Sequence[Record], models: Sequence[str], path: Path) -> Path:
-    """Empirical CDF of per-token latency (tokens after the first), one line per model."""
+def plot_token_cdf(records: Sequence[Record], models: Sequence[str], path: Path, subtitle: str = "") -> Path:
+    """Empirical CDF of per-token latency (tokens after the first), one line per model, on a log
+    axis: most tokens take a fraction of the slowest ones, and a linear axis hides them."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    labels = model_labels(models)
     for m in models:
         values = np.sort([x * 1000 for r in _ok(records, m) for x in r.token_latencies_s[1:]])
         if values.size:
-            ax.step(values, np.arange(1, values.size + 1) / values.size, where="post", label=m)
-    ax.set_xlabel("per-token latency (ms)")
+            ax.step(values, np.arange(1, values.size + 1) / values.size, where="post", label=labels[m])
+    if ax.lines and all(line.get_xdata().min() > 0 for line in ax.lines):
+        ax.set_xscale("log")
+    ax.set_xlabel("per-token latency (ms, log scale)")
     ax.set_ylabel("fraction of tokens")
-    ax.set_title("Per-token latency CDF (decode, first token excluded)")
+    ax.set_title("Per-token latency CDF (decode, first token excluded)" + (f"\n{subtitle}" if subtitle else ""),
+                 fontsize="medium")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
     fig.tight_layout()
@@ -175,9 +192,15 @@ def render_markdown(summary: dict[str, Any], images: Sequence[str]) -> str:
         f"(min {config.get('min_new_tokens')}), temperature {config.get('temperature')}, top-p {config.get('top_p')}, "
         f"cache {config.get('cache')}, {config.get('warmup')} warm-up sample(s) per model discarded.",
         "",
+        *(["## Timing warnings", "", *(f"- **warning**: {w}" for w in summary["timing_warnings"]), ""]
+          if summary.get("timing_warnings") else []),
         "## Overview",
         "",
         _table(OVERVIEW_HEADER, _overview_rows(summary)),
+        "",
+        "Model load (s, once per model, not part of any sample): " + ", ".join(
+            f"{m} {'-' if b.get('model_load_s') is None else format(b['model_load_s'], '.2f')}"
+            for m, b in summary["models"].items()) + ".",
         "",
         "## Stages (ms)",
         "",
@@ -210,8 +233,8 @@ def write_report(out_dir: str | Path, summary: dict[str, Any], records: Sequence
     models = list(summary["models"])
     images = [
         plot_stages(summary, out_dir / STAGES_PNG).name,
-        plot_latency(records, models, out_dir / LATENCY_PNG).name,
-        plot_token_cdf(records, models, out_dir / TOKENS_PNG).name,
+        plot_latency(records, models, out_dir / LATENCY_PNG, run_subtitle(summary)).name,
+        plot_token_cdf(records, models, out_dir / TOKENS_PNG, run_subtitle(summary)).name,
     ]
     path = out_dir / "report.md"
     path.write_text(render_markdown(summary, images), encoding="utf-8")

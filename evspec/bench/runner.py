@@ -59,7 +59,7 @@ from evspec.bench.rundir import (
     write_run_config,
 )
 from evspec.errors import ConfigError, EvspecError, InputError
-from evspec.models.registry import check_model_name
+from evspec.models.registry import check_model_name, check_token_budget
 from evspec.runtime.decode import Prefilled, SamplingConfig, decode, prefill
 from evspec.runtime.timing import STAGES, StageTimer, Timings, collector_paused
 
@@ -148,6 +148,7 @@ class BenchConfig:
     quantize: str | None = None  # "4bit" | "8bit": bitsandbytes, CUDA only
     event_canvas: str = "upstream"  # EventGPT's event frames: upstream's per-chunk canvas, or "sensor"
     generation_config: str = "evspec"  # "checkpoint": sample as the models' generation_config.json says
+    allow_outside_root: bool = False  # dataset rows may name files outside the dataset folder
 
     def __post_init__(self) -> None:
         from evspec.data.render import check_event_canvas
@@ -405,6 +406,7 @@ def dataset_root(dataset: str | None, out_dir: Path) -> Path:
 
 def load_samples(
     dataset: str | None, out_dir: Path, *, split: str | None, max_samples: int | None, reporter: Reporter,
+    allow_outside_root: bool = False,
 ) -> list[Sample]:
     """The run's samples, building the built-in set first when ``dataset`` is None. No sample,
     or a sample id twice, is an error: records are keyed by id."""
@@ -413,7 +415,7 @@ def load_samples(
     root = dataset_root(dataset, out_dir)
     if dataset is None:
         build_default_dataset(out_dir, reporter)
-    samples = load_dataset(root, split=split, max_samples=max_samples)
+    samples = load_dataset(root, split=split, max_samples=max_samples, allow_outside_root=allow_outside_root)
     if not samples:
         raise InputError(f"no samples{f' in split {split!r}' if split else ''}", root)
     ids = [s.id for s in samples]
@@ -473,6 +475,7 @@ def run_bench(
     if model_loader is None:
         for name in config.models:
             check_model_name(name)  # before any work: a typo should not cost a dataset build
+            check_token_budget(name, config.max_new_tokens, config.min_new_tokens)
         model_loader = registry_loader_for(config.quantize, config.event_canvas)
         config, generation = generation_records(config, config.models)
     elif config.quantize is not None or config.generation_config != "evspec":
@@ -490,10 +493,12 @@ def run_bench(
         LoadOptions.resolve(device, dtype, config.quantize)  # CUDA and bitsandbytes present, or one clear error
     root = dataset_root(config.dataset, out_dir)
     identity = _identity(config, str(root.resolve()), device, dtype, decoder)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is an existing file; give a folder for the run")
     out_dir.mkdir(parents=True, exist_ok=True)
     check_or_reset(out_dir, identity, IDENTITY_FIELDS, force, OUTPUTS)
     samples = load_samples(config.dataset, out_dir, split=config.split, max_samples=config.max_samples,
-                           reporter=reporter)
+                           reporter=reporter, allow_outside_root=config.allow_outside_root)
     ids = [s.id for s in samples]
 
     meta = write_run_config(out_dir, identity=identity, config={**asdict(config), "generation": generation},
@@ -503,6 +508,10 @@ def run_bench(
     timer = StageTimer(device)
     model_load_s: dict[str, float | None] = {}
     torch.manual_seed(config.seed)
+    from evspec.bench.stats import machine_load
+
+    before = machine_load()  # before any timed work: the load is other processes'
+    machine: dict[str, Any] = {"cpu_count": before["cpu_count"], "before": before}
     with RecordLog(out_dir / RECORDS_NAME) as log:
         done = {k for k, r in latest_by_key(log.existing).items() if r.error is None}
         todo = {m: [s for s in samples if (s.id, m) not in done] for m in config.models}
@@ -557,7 +566,8 @@ def run_bench(
     from evspec.bench.report import write_report as write_markdown
     from evspec.bench.stats import build_summary
 
-    summary = build_summary(records, meta=meta, models=config.models, model_load_s=model_load_s)
+    machine["after"] = machine_load()
+    summary = build_summary(records, meta=meta, models=config.models, model_load_s=model_load_s, machine=machine)
     write_json(out_dir / SUMMARY_NAME, summary)
     report_path = write_markdown(out_dir, summary, records) if write_report else None
     return BenchResult(out_dir=out_dir, records=records, summary=summary, report_path=report_path)

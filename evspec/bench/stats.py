@@ -8,6 +8,7 @@ A latency record follows optimum-benchmark's: count, total, mean, p50, p90, p95,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -113,9 +114,52 @@ def summarize(records: Sequence[Record], models: Sequence[str]) -> dict[str, dic
     return {m: summarize_model([r for r in records if r.model == m]) for m in models}
 
 
+NOISY_SPREAD = 0.5
+"""A stage whose standard deviation over samples exceeds this share of its mean is flagged."""
+STEADY_FIELDS: tuple[str, ...] = ("read_s", "preprocess_s", "encode_s", "prefill_s", "tpot_s")
+"""Per-sample times whose work barely changes between samples of a dataset (decode and total
+grow with the answer's length, so their spread says nothing about noise)."""
+LOADED_SHARE = 0.8
+"""The machine counts as loaded when its 1-minute load average exceeds this share of its CPUs."""
+
+
+def machine_load() -> dict[str, Any]:
+    """The CPU count and the 1-minute load average now (None where the OS has none)."""
+    try:
+        load: float | None = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = None
+    return {"cpu_count": os.cpu_count(), "loadavg_1m": load}
+
+
+def timing_warnings(per_model: dict[str, dict[str, Any]], machine: dict[str, Any] | None = None) -> list[str]:
+    """Why these timings may be noisy: a steady stage that varies a lot over samples, or a machine
+    that was busy with other work (before the run, or after it beyond the one core the run used)."""
+    warnings = []
+    for model, block in per_model.items():
+        for name in STEADY_FIELDS:
+            stats = block["latency_s"].get(name) or {}
+            mean, stdev = stats.get("mean"), stats.get("stdev")
+            if stats.get("count", 0) >= 3 and mean and stdev is not None and stdev > NOISY_SPREAD * mean:
+                warnings.append(
+                    f"{model}: {name.removesuffix('_s')} varies a lot over samples (mean {mean * 1e3:.2f} ms, "
+                    f"stdev {stdev * 1e3:.2f} ms, p50 {stats['p50'] * 1e3:.2f} ms, max {stats['max'] * 1e3:.2f} ms): "
+                    f"timings may be noisy"
+                )
+    cpus = (machine or {}).get("cpu_count")
+    for when, own in (("before", 0.0), ("after", 1.0)):
+        load = ((machine or {}).get(when) or {}).get("loadavg_1m")
+        if cpus and load is not None and load - own > LOADED_SHARE * cpus:
+            warnings.append(
+                f"the machine was loaded {when} the run (1-minute load average {load:.2f} on {cpus} CPUs"
+                f"{', one of them this run' if own else ''}): other work competed with the timed stages"
+            )
+    return warnings
+
+
 def build_summary(
     records: Sequence[Record], *, meta: dict[str, Any], models: Sequence[str],
-    model_load_s: dict[str, float | None] | None = None,
+    model_load_s: dict[str, float | None] | None = None, machine: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``summary.json``: the run's config, identity, environment (versions, device), per-model
     statistics, and each model's load-from-disk time in this invocation (None when it was not
@@ -134,6 +178,8 @@ def build_summary(
         "started": meta.get("started"),
         "definitions": DEFINITIONS,
         "models": per_model,
+        "machine": machine,
+        "timing_warnings": timing_warnings(per_model, machine),
     }
 
 
@@ -154,5 +200,8 @@ DEFINITIONS: dict[str, str] = {
     "garbage collection": "Python's cyclic GC is paused while a sample runs and the model's objects are frozen "
     "(gc.freeze), so no full collection lands inside a timed stage",
     "warm-up": "the first --warmup samples run through every stage per model and are discarded",
+    "timing_warnings": f"a steady stage ({', '.join(STEADY_FIELDS)}) whose stdev over samples exceeds "
+    f"{NOISY_SPREAD:g} x its mean, or a 1-minute load average above {LOADED_SHARE:g} x the CPU count before the "
+    "run (or after it, less the one core the run used)",
     "percentiles": "numpy.percentile, linear interpolation; stdev is the population standard deviation",
 }

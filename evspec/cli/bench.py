@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from evspec.cli import err_console
 from evspec.cli.common import dataset_args, default_out, progress_reporter
@@ -116,6 +117,8 @@ def bench(
     with progress_reporter(sample_line) as reporter:
         result = run_bench(config, out, force=force, reporter=reporter, decoder=decoder, command=command)
     print_table(summary_table(result.summary))
+    for warning in result.summary.get("timing_warnings") or []:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
     print_line(f"wrote {out}/records.jsonl, {out}/summary.json and {result.report_path}")
     failed = [m for m in config.models if result.n_ok(m) == 0]
     if failed:

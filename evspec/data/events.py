@@ -27,6 +27,7 @@ import numpy as np
 import numpy.lib.format as npy_format
 
 from evspec.errors import ConfigError, InputError, UnsafeFileError
+from evspec.memory import require_memory
 
 EVENT_DTYPE = np.dtype([("x", "<u2"), ("y", "<u2"), ("t", "<i8"), ("p", "u1")])
 DEFAULT_SENSOR_SIZE: tuple[int, int] = (640, 480)  # (width, height): DSEC / EventGPT clips
@@ -74,6 +75,8 @@ def _check_events(events: Any, sensor_size: tuple[int, int], path: str | Path | 
 def _check_columns(cols: dict[str, np.ndarray], sensor_size: tuple[int, int], path: str | Path | None) -> None:
     """Raise InputError unless the x, y, t, p columns are integer, sorted in t and on the sensor.
 
+    Columns read from a file (``path`` given) must also have t >= 0: files store time since the
+    recording started, and a negative t there is damage (in memory, relative times may be negative).
     Checks are min/max reductions first; the (slower) masks that count and locate bad events
     are only built when something is wrong.
     """
@@ -99,6 +102,13 @@ def _check_columns(cols: dict[str, np.ndarray], sensor_size: tuple[int, int], pa
                 f"{first + 1} (t={int(t[first + 1])} after t={int(t[first])})",
                 path,
             )
+    if path is not None and int(t[0]) < 0:  # sorted, so t[0] is the smallest
+        n_bad, first = _bad_summary(t < 0)
+        raise InputError(
+            f"{n_bad} event(s) have negative timestamps, first at index {first} (t={int(t[first])}); "
+            "evspec needs t >= 0 microseconds (shift the stream, or move the offset out of t)",
+            path,
+        )
     for name, limit, label in (("x", width, "width"), ("y", height, "height")):
         v = cols[name]
         if int(v.min()) < 0 or int(v.max()) >= limit:
@@ -296,11 +306,62 @@ def _register_blosc():
     return hdf5plugin
 
 
+# Temporary files of atomic writes: ".<name>.<pid>.<random>.evspec.tmp". The writer's pid in the
+# name tells a killed write's leftover (its process is gone) from a write still under way.
+TEMP_SUFFIX = ".evspec.tmp"
+_swept_folders: set[Path] = set()
+
+
+def _writer_pid(temp_name: str) -> int | None:
+    """The pid in a temporary file's name, None when the name is not one of ours."""
+    if not (temp_name.startswith(".") and temp_name.endswith(TEMP_SUFFIX)):
+        return None
+    parts = temp_name[: -len(TEMP_SUFFIX)].split(".")
+    return int(parts[-2]) if len(parts) >= 4 and parts[-2].isdigit() else None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that killed atomic writes left in ``folder`` (their writer's
+    process no longer exists); returns what was removed. Writes in progress are left alone."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid = _writer_pid(entry.name)
+        if pid is None or pid == os.getpid() or _process_alive(pid):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:  # another run removed it first, or it is not ours to remove
+            pass
+    return removed
+
+
 def _temp_sibling(path: Path) -> Path:
-    """An empty temporary file next to ``path`` (same filesystem, so os.replace is atomic)."""
+    """An empty temporary file next to ``path`` (same filesystem, so os.replace is atomic).
+
+    The first write of this process into a folder also removes the leftovers of killed writes there.
+    """
     if not path.parent.is_dir():
         raise InputError("parent folder does not exist", path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    folder = path.parent.resolve()
+    if folder not in _swept_folders:
+        remove_stale_temp_files(folder)
+        _swept_folders.add(folder)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     # mkstemp makes the file private (0600); give it the mode an ordinary open() would.
     umask = os.umask(0)
@@ -347,6 +408,29 @@ def _read_npy_header(f: io.BufferedReader, path: Path) -> tuple[tuple[int, ...],
     except (ValueError, OSError, EOFError, SyntaxError) as err:
         raise InputError(f"not a readable .npy file (bad magic or header: {err})", path) from None
     return shape, dtype
+
+
+def _declared_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Bytes an array of ``shape`` and ``dtype`` holds (Python ints: no overflow)."""
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    return count * dtype.itemsize
+
+
+def _check_declared_size(
+    shape: tuple[int, ...], dtype: np.dtype, stored_bytes: int, path: Path, what: str = "the file"
+) -> None:
+    """A header's shape must match the bytes stored after it, and fit in memory, before any array
+    is allocated (a 1 KB file can declare 10^12 rows)."""
+    declared = _declared_bytes(shape, dtype)
+    if declared != stored_bytes:
+        raise InputError(
+            f"header declares shape {shape} of {dtype} ({declared:,} bytes) but {what} holds {stored_bytes:,} "
+            "bytes of data; truncated or corrupt",
+            path,
+        )
+    require_memory(declared, f"an array of shape {shape} of {dtype}", path)
 
 
 # ----------------------------------------------------------------------------- EventGPT .npy
@@ -475,12 +559,13 @@ def read_structured_npy(path: str | Path, sensor_size: tuple[int, int] | None = 
     """
     path = _require_file(path)
     with open(path, "rb") as f:
-        _, dtype = _read_npy_header(f, path)
+        shape, dtype = _read_npy_header(f, path)
         if dtype.names is None:
             hint = " (a pickled object: for EventGPT files use read_eventgpt_npy)" if dtype == np.dtype(object) else ""
             raise InputError(f"expected a structured array with fields x, y, t, p, found dtype {dtype}{hint}", path)
         if dtype.hasobject:
             raise UnsafeFileError("structured array holds Python objects; refusing to unpickle them", path)
+        _check_declared_size(shape, dtype, path.stat().st_size - f.tell(), path)
         f.seek(0)
         try:
             events = npy_format.read_array(f, allow_pickle=False)
@@ -510,10 +595,11 @@ def read_npz(path: str | Path, sensor_size: tuple[int, int] | None = None) -> Ev
     if not zipfile.is_zipfile(path):  # else np.load would guess "pickle" for any non-zip bytes
         raise InputError("not a .npz file (no zip archive found; truncated or corrupt?)", path)
     try:
+        _check_npz_members(path)
         with np.load(path, allow_pickle=False) as z:
             names = [n for n in z.files if n != "sensor_size"]
             if sensor_size is None and "sensor_size" in z.files:
-                sensor_size = tuple(int(v) for v in z["sensor_size"])  # type: ignore[assignment]
+                sensor_size = _stored_sensor_size(z["sensor_size"], path)
             if set(_FIELDS) <= set(names):
                 cols = [z[n] for n in _FIELDS]
                 if cols[0].size == 0:
@@ -533,8 +619,34 @@ def read_npz(path: str | Path, sensor_size: tuple[int, int] | None = None) -> Ev
         if "allow_pickle" in str(err):
             raise UnsafeFileError("holds pickled Python objects; refusing to unpickle them", path) from None
         raise InputError(f"corrupt or truncated .npz ({err})", path) from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as err:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, NotImplementedError, RuntimeError) as err:
+        # NotImplementedError: an unsupported compression method; RuntimeError: an encrypted member
         raise InputError(f"corrupt or truncated .npz ({type(err).__name__}: {err})", path) from None
+
+
+def _check_npz_members(path: Path) -> None:
+    """Each member's .npy header against the bytes the archive says it holds, and their total
+    against memory, before np.load allocates anything (a zip member can declare any shape)."""
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                raise InputError(f"member {info.filename!r} is not a .npy array; not an evspec .npz", path)
+            with archive.open(info) as member:
+                shape, dtype = _read_npy_header(member, path)
+                header_bytes = member.tell()
+            if dtype.hasobject:
+                raise UnsafeFileError(f"member {info.filename!r} holds pickled Python objects; refusing to unpickle it", path)
+            _check_declared_size(shape, dtype, info.file_size - header_bytes, path, f"member {info.filename!r}")
+            total += _declared_bytes(shape, dtype)
+    require_memory(total, "the arrays of this .npz", path)
+
+
+def _stored_sensor_size(stored: np.ndarray, path: Path) -> tuple[int, int]:
+    """The ``sensor_size`` array a .npz carries: exactly two integers."""
+    if stored.shape != (2,) or stored.dtype.kind not in "iu":
+        raise InputError(f"stored sensor_size must be two integers (width, height), got {stored.dtype} {stored.shape}", path)
+    return _check_sensor_size(stored, path)
 
 
 def write_npz(stream: EventStream, path: str | Path, *, compressed: bool = True) -> None:
@@ -628,6 +740,9 @@ class DsecEventFile:
         try:
             self._open()
             self._rectify_map = _load_rectify_map(rectify_map, self.sensor_size) if rectify_map is not None else None
+        except (OSError, KeyError, TypeError, ValueError, RuntimeError) as err:
+            self._file.close()  # h5py's own errors on a damaged file, named here
+            raise InputError(f"damaged HDF5 file ({type(err).__name__}: {err})", self.path) from None
         except BaseException:
             self._file.close()
             raise
@@ -644,6 +759,19 @@ class DsecEventFile:
         self._n = int(lengths["t"])
         if self._n == 0:
             raise InputError("file contains no events", self.path)
+        # The same rules as every other reader, on the datasets' types before any value is read:
+        # integer t (a float t would be truncated), integer coordinates and polarities.
+        for name, data in (("events/t", self._t), ("events/x", self._x), ("events/y", self._y), ("events/p", self._p)):
+            if data.dtype.kind not in "iub" or (name == "events/t" and data.dtype == np.uint64):
+                raise InputError(
+                    f"/{name} has dtype {data.dtype}; DSEC stores integers (t as integer microseconds, int64 at most)",
+                    self.path,
+                )
+        table = f["ms_to_idx"]
+        if table.ndim != 1 or table.shape[0] == 0 or table.dtype.kind not in "iu":
+            raise InputError(
+                f"/ms_to_idx must be a non-empty 1-D integer array, got {table.dtype} of shape {table.shape}", self.path
+            )
         try:
             t_offset = np.asarray(f["t_offset"][()]).reshape(-1)
             if t_offset.size != 1 or t_offset.dtype.kind not in "iu":
@@ -651,15 +779,31 @@ class DsecEventFile:
                     f"/t_offset must be one integer, got {t_offset.dtype} of size {t_offset.size}", self.path
                 )
             self.t_offset = int(t_offset[0])
-            ms_to_idx = np.asarray(f["ms_to_idx"][()], dtype=np.int64)
             self.t_first_us = int(self._t[0])
             self.t_last_us = int(self._t[self._n - 1])
-        except (OSError, TypeError, ValueError) as err:
+        except (OSError, TypeError, ValueError, KeyError, RuntimeError) as err:
             raise InputError(
                 f"cannot read DSEC datasets ({err}); file corrupt or Blosc plugin missing", self.path
             ) from None
-        if ms_to_idx.ndim != 1 or ms_to_idx.size == 0:
-            raise InputError(f"/ms_to_idx must be a non-empty 1-D array, got shape {ms_to_idx.shape}", self.path)
+        if self.t_first_us < 0 or self.t_last_us < self.t_first_us:
+            raise InputError(
+                f"/events/t runs from {self.t_first_us} to {self.t_last_us} us; file-clock t must be >= 0 and sorted",
+                self.path,
+            )
+        # ms_to_idx has one entry per millisecond of the recording (and one past its end): a longer
+        # table is damage, and loading it could exhaust memory.
+        most = self.t_last_us // 1000 + 2
+        if table.shape[0] > most:
+            raise InputError(
+                f"/ms_to_idx has {table.shape[0]:,} entries, but events end at t={self.t_last_us} us "
+                f"(at most {most:,} millisecond entries); file corrupt",
+                self.path,
+            )
+        require_memory(table.shape[0] * 8, f"/ms_to_idx of {table.shape[0]:,} entries", self.path)
+        try:
+            ms_to_idx = np.asarray(table[()], dtype=np.int64)
+        except (OSError, TypeError, ValueError, RuntimeError) as err:
+            raise InputError(f"cannot read /ms_to_idx ({err}); file corrupt or Blosc plugin missing", self.path) from None
         if np.any(np.diff(ms_to_idx) < 0) or ms_to_idx[0] < 0 or ms_to_idx[-1] > self._n:
             raise InputError(f"/ms_to_idx is not a non-decreasing index into {self._n} events; file corrupt", self.path)
         self._ms_to_idx = ms_to_idx
@@ -712,7 +856,7 @@ class DsecEventFile:
             i0, i1 = (int(i) for i in np.searchsorted(inner, [t0, t1], side="left"))
             s, e = lo + i0, lo + i1
             x, y, p = self._x[s:e], self._y[s:e], self._p[s:e]
-        except OSError as err:
+        except (OSError, TypeError, ValueError, RuntimeError) as err:
             raise InputError(
                 f"cannot read events ({err}); file truncated/corrupt or Blosc plugin missing", self.path
             ) from None
@@ -726,6 +870,44 @@ class DsecEventFile:
         ok_before = idx == 0 or t[idx - 1 - a] < bound
         if not (ok_after and ok_before):
             raise InputError(f"/ms_to_idx[{ms}]={idx} disagrees with /events/t; file corrupt", self.path)
+
+    def validate(self, chunk_events: int = 1 << 20) -> None:
+        """Check every event and the whole ``ms_to_idx`` table, a chunk at a time (memory stays at
+        one chunk): the checks each window read applies (coordinates on the sensor, t sorted and
+        >= 0, polarity 0/1), across chunk edges too, and ``ms_to_idx[ms]`` equal to the index of
+        the first event with t >= ms * 1000 for every entry. Raises InputError at the first damage."""
+        table, n_ms = self._ms_to_idx, self._ms_to_idx.size
+        bounds = np.arange(n_ms, dtype=np.int64) * 1000
+        expected = np.full(n_ms, self._n, dtype=np.int64)  # boundaries after the last event
+        previous_last = -1
+        for start in range(0, self._n, chunk_events):
+            stop = min(start + chunk_events, self._n)
+            try:
+                cols = {name: data[start:stop] for name, data in zip("xytp", (self._x, self._y, self._t, self._p))}
+            except (OSError, TypeError, ValueError, RuntimeError) as err:
+                raise InputError(
+                    f"cannot read events {start}..{stop} ({err}); file truncated/corrupt or Blosc plugin missing",
+                    self.path,
+                ) from None
+            try:
+                _check_columns(cols, self.sensor_size, self.path)
+            except InputError as err:
+                raise InputError(f"in events {start}..{stop}: {str(err).removeprefix(f'{self.path}: ')}", self.path) from None
+            t = cols["t"].astype(np.int64)
+            if int(t[0]) < previous_last:
+                raise InputError(f"timestamps are not sorted: event {start} (t={int(t[0])}) is earlier than its predecessor", self.path)
+            # boundaries in (previous_last, t[-1]] have their first event at or after t >= boundary in this chunk
+            lo, hi = np.searchsorted(bounds, [previous_last, int(t[-1])], side="right")
+            expected[lo:hi] = start + np.searchsorted(t, bounds[lo:hi], side="left")
+            previous_last = int(t[-1])
+        wrong = np.flatnonzero(expected != table)
+        if wrong.size:
+            ms = int(wrong[0])
+            raise InputError(
+                f"/ms_to_idx disagrees with /events/t at {wrong.size:,} of {n_ms:,} entries, first at ms {ms} "
+                f"(says {int(table[ms])}, the events say {int(expected[ms])}); file corrupt",
+                self.path,
+            )
 
     def read_all(self, *, apply_t_offset: bool = False) -> EventStream:
         """Every event in the file (memory grows with the file: prefer :meth:`window`)."""

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from evspec.data.events import EventStream, atomic_path
+from evspec.memory import require_memory
 from evspec.errors import ConfigError, InputError
 
 Color = tuple[int, int, int]
@@ -69,6 +70,8 @@ def _render_last_wins(
     (unbuffered, defined for repeated indices). Colours are then one gather through a palette.
     """
     height, width = shape
+    # the last-event index per pixel (intp), the palette codes and the RGB image
+    require_memory(height * width * (np.dtype(np.intp).itemsize + 1 + 3), f"a {width}x{height} event image")
     pixel = y.astype(np.intp) * width + x
     last = np.full(height * width, -1, dtype=np.intp)
     np.maximum.at(last, pixel, np.arange(pixel.size, dtype=np.intp))
@@ -135,6 +138,7 @@ def render_histogram(stream: EventStream, *, normalize: bool = False) -> np.ndar
     """
     _require_stream(stream, "render_histogram")
     width, height = stream.sensor_size
+    require_memory(2 * height * width * (8 + 4), f"a {width}x{height} histogram")  # int64 counts, float32 copy
     index = stream.p.astype(np.intp) * (height * width) + stream.y.astype(np.intp) * width + stream.x
     hist = np.bincount(index, minlength=2 * height * width).astype(np.float32).reshape(2, height, width)
     if normalize:
@@ -153,6 +157,8 @@ def render_voxel_grid(stream: EventStream, n_bins: int = 5) -> np.ndarray:
     if n_bins < 1:
         raise InputError(f"n_bins must be >= 1, got {n_bins}")
     width, height = stream.sensor_size
+    # two float64 bincounts and the float32 result, each n_bins x H x W
+    require_memory(n_bins * height * width * (8 + 8 + 4), f"a {n_bins}x{height}x{width} voxel grid")
     t = stream.t.astype(np.float64)
     duration = t[-1] - t[0]
     t_norm = (t - t[0]) * ((n_bins - 1) / duration) if duration > 0 else np.zeros_like(t)

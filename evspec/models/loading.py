@@ -13,6 +13,7 @@ quantisation without CUDA or bitsandbytes.
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,13 @@ if TYPE_CHECKING:
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 QUANTIZE = ("4bit", "8bit")
+# What transformers' loaders raise on a damaged file (after evspec's own checks); each becomes a
+# ModelError naming the folder. RecursionError: deeply nested JSON; UnpicklingError: a .bin
+# refused by weights_only.
+LOADER_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError, IndexError, EOFError,
+    RecursionError, UnicodeDecodeError, pickle.UnpicklingError,
+)
 # Buffers older transformers releases saved with the weights; harmless when present.
 IGNORABLE_SUFFIXES = ("rotary_emb.inv_freq", "embeddings.position_ids")
 _SHOWN = 5
@@ -100,7 +108,9 @@ class LoadOptions:
     def from_pretrained_kwargs(self, skip_modules: Iterable[str] = ()) -> dict[str, Any]:
         """Keyword arguments for ``from_pretrained``: offline, weights-only, dtype and quantisation.
         ``skip_modules`` stay unquantised (vision tower, projector, LM head)."""
-        kwargs: dict[str, Any] = {"dtype": self.torch_dtype, "local_files_only": True, "weights_only": True}
+        kwargs: dict[str, Any] = {
+            "dtype": self.torch_dtype, "local_files_only": True, "weights_only": True, "trust_remote_code": False,
+        }
         if self.quantize is not None:
             from transformers import BitsAndBytesConfig
 
@@ -132,25 +142,74 @@ def require_checkpoint_folder(path: str | Path) -> Path:
         raise ModelError(f"{folder}: expected a checkpoint folder, got a file")
     if not (folder / "config.json").is_file():
         raise ModelError(f"{folder}: no config.json in the checkpoint folder")
+    refuse_custom_code(folder)
     return folder
+
+
+# The files through which transformers' Auto* loaders can be told to import a checkpoint's own
+# Python code, and the keys that name a class to build.
+CODE_NAMING_FILES = (
+    "config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json",
+    "video_preprocessor_config.json", "image_processor_config.json", "feature_extractor_config.json",
+)
+CLASS_KEYS = ("tokenizer_class", "image_processor_type", "feature_extractor_type", "processor_class",
+              "video_processor_type")
+
+
+def _read_json_file(path: Path, what: str = "file") -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"{path}: not a readable JSON {what} ({error})") from None
+    except RecursionError:
+        raise ModelError(f"{path}: not a readable JSON {what} (nested too deeply to parse)") from None
+
+
+def _custom_code_request(raw: Any) -> str | None:
+    """What in a loaded JSON file asks for code outside transformers, or None."""
+    import transformers
+
+    if not isinstance(raw, dict):
+        return None
+    for sub in (raw, *(v for v in raw.values() if isinstance(v, dict))):  # text_config, vision_config, ...
+        if "auto_map" in sub:
+            return f"an auto_map ({str(sub['auto_map'])[:120]})"
+        for key in CLASS_KEYS:
+            name = sub.get(key)
+            if name is not None and not (isinstance(name, str) and name.isidentifier() and hasattr(transformers, name)):
+                return f"{key} {str(name)[:80]!r}, which transformers does not define"
+    return None
+
+
+def refuse_custom_code(folder: Path) -> None:
+    """A ModelError naming the file when a checkpoint asks transformers to run its own code
+    (an ``auto_map``, or a tokenizer/processor class transformers does not have).
+
+    evspec also passes ``trust_remote_code=False`` to every ``from_pretrained``, so transformers
+    would refuse such a folder too (and never ask on stdin); this names the file up front."""
+    for name in CODE_NAMING_FILES:
+        path = folder / name
+        if path.is_file():
+            request = _custom_code_request(_read_json_file(path, "config" if name == "config.json" else "file"))
+            if request is not None:
+                raise ModelError(
+                    f"{path}: asks for custom code ({request}); evspec never runs code from a checkpoint"
+                )
 
 
 def read_config_dict(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"{path}: not a readable JSON config ({error})") from error
+    raw = _read_json_file(path, "config")
     if not isinstance(raw, dict):
         raise ModelError(f"{path}: expected a JSON object")
     return raw
 
 
 def _index_keys(path: Path) -> set[str]:
-    try:
-        return set(json.loads(path.read_text(encoding="utf-8"))["weight_map"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ModelError(f"{path}: unreadable weight index ({error})") from error
+    raw = _read_json_file(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("weight_map"), dict):
+        raise ModelError(f"{path}: unreadable weight index (expected an object with a weight_map object)")
+    return set(raw["weight_map"])
 
 
 def _bin_keys(path: Path) -> set[str]:
@@ -162,12 +221,45 @@ def _bin_keys(path: Path) -> set[str]:
         # mmap reads only the pickled index of a zip-format file; legacy files load whole.
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as error:
-        raise UnsafeFileError(f"refused to unpickle: the file holds more than tensors ({error})", path) from error
-    except (OSError, RuntimeError, EOFError) as error:
-        raise ModelError(f"{path}: unreadable PyTorch weights ({error})") from error
+        # torch's message is a page of advice; the line naming what the pickle asked for is the reason
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = next((line for line in lines if "Unsupported" in line or "global" in line.lower()), lines[0] if lines else "")
+        reason = reason.split(" Please use")[0]
+        raise UnsafeFileError(f"refused to unpickle: the file holds more than tensors ({reason})", path) from None
+    except (OSError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, MemoryError, RecursionError) as error:
+        raise ModelError(f"{path}: unreadable PyTorch weights ({type(error).__name__}: {error})") from None
     if not isinstance(state, dict):
         raise ModelError(f"{path}: expected a state dict, got {type(state).__name__}")
     return set(state)
+
+
+def _safetensors_keys(path: Path) -> set[str]:
+    """Tensor names from a safetensors header; safetensors checks that the header's offsets fit
+    the file, so a header claiming gigabytes the file does not hold is refused here."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return set(f.keys())
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ModelError(f"{path}: unreadable safetensors file ({error})") from None
+
+
+def check_weight_files(folder: Path) -> None:
+    """Open every weights file's header (every shard an index names, too) before transformers
+    loads them: damaged files and pickles that hold more than tensors fail here, named."""
+    checkpoint_keys(folder)
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).is_file():
+            shards = {str(v) for v in _read_json_file(folder / index)["weight_map"].values()}  # checked above
+            for shard in sorted(shards):
+                path = folder / shard
+                if not path.resolve().is_relative_to(folder.resolve()) or not path.is_file():
+                    raise ModelError(f"{folder / index}: names shard {shard!r}, which is not a file in the folder")
+                if shard.endswith(".safetensors"):
+                    _safetensors_keys(path)
+                else:
+                    _bin_keys(path)
 
 
 def checkpoint_keys(folder: Path) -> set[str]:
@@ -182,11 +274,7 @@ def checkpoint_keys(folder: Path) -> set[str]:
 
         keys: set[str] = set()
         for shard in shards:
-            try:
-                with safe_open(str(shard), framework="pt") as f:
-                    keys.update(f.keys())
-            except Exception as error:
-                raise ModelError(f"{shard}: unreadable safetensors file ({error})") from error
+            keys.update(_safetensors_keys(shard))
         return keys
     bins = sorted(folder.glob("pytorch_model*.bin"))
     if bins:
@@ -253,17 +341,40 @@ def from_pretrained_checked(
     cls: type, folder: Path, options: LoadOptions, *, skip_modules: Iterable[str] = (),
     allowed_missing: set[str] = frozenset(), ignored_prefixes: tuple[str, ...] = (), **kwargs: Any,
 ) -> nn.Module:
-    """``cls.from_pretrained`` offline and weights-only, failing on any missing, unexpected or
-    mis-shaped tensor instead of leaving it randomly initialised."""
+    """``cls.from_pretrained`` offline, weights-only and without remote code, failing on any
+    missing, unexpected or mis-shaped tensor instead of leaving it randomly initialised.
+    Custom-code requests and damaged weight files are refused before transformers sees them."""
+    refuse_custom_code(folder)
+    check_weight_files(folder)
     try:
         with quiet_transformers():
             model, info = cls.from_pretrained(
                 str(folder), output_loading_info=True, **options.from_pretrained_kwargs(skip_modules), **kwargs
             )
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
-        raise ModelError(f"{folder}: cannot load {cls.__name__} ({type(error).__name__}: {error})") from error
+    except LOADER_ERRORS as error:
+        raise ModelError(f"{folder}: cannot load {cls.__name__} ({type(error).__name__}: {error})") from None
     check_loading_info(info, folder, allowed_missing=allowed_missing, ignored_prefixes=ignored_prefixes)
     return model
+
+
+def _processed_size(image_processor: Any) -> tuple[int, int] | None:
+    """(height, width) of the pixels an image processor hands the tower, None when not fixed."""
+    size = getattr(image_processor, "crop_size", None) if getattr(image_processor, "do_center_crop", False) else None
+    size = size or getattr(image_processor, "size", None)
+    if isinstance(size, dict):  # older releases keep plain dicts, newer a SizeDict with attributes
+        height, width = size.get("height"), size.get("width")
+    else:
+        height, width = getattr(size, "height", None), getattr(size, "width", None)
+    return (int(height), int(width)) if height is not None and width is not None else None
+
+
+def check_processor_size(image_processor: Any, image_size: int, config_file: Path) -> None:
+    """A ModelError naming ``config_file`` unless the processor makes images of the tower's
+    ``image_size`` square (else the first encode fails deep inside the vision tower)."""
+    made = _processed_size(image_processor)
+    if made != (image_size, image_size):
+        what = f"makes {made[0]}x{made[1]} images" if made else "does not crop images to a fixed size"
+        raise ModelError(f"{config_file}: the image processor {what}, but the vision tower takes {image_size}x{image_size}")
 
 
 def ensure_prompt_fits(n_tokens: int, max_tokens: int, name: str) -> None:

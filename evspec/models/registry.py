@@ -63,6 +63,37 @@ def check_model_name(name: str) -> None:
         require_checkpoint_folder(folder)
 
 
+def context_length_of(name: str) -> int:
+    """The most positions (prompt + answer) model ``name`` takes, read from its config without
+    loading the model (a ``FAMILY:PATH`` folder is checked as :func:`check_model_name` does)."""
+    from evspec.models import tiny
+
+    if name in tiny.RANDOM_NAMES:
+        return int(tiny.VICUNA_7B["max_position_embeddings"])
+    _, folder = parse_name(name)
+    if folder is None:
+        return tiny.CONTEXT
+    from evspec.models.loading import read_config_dict, require_checkpoint_folder
+
+    raw = read_config_dict(require_checkpoint_folder(folder))
+    text = raw["text_config"] if isinstance(raw.get("text_config"), dict) else raw
+    value = text.get("max_position_embeddings", 2048)  # LlamaConfig's default when the key is absent
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ModelError(f"{folder / 'config.json'}: max_position_embeddings must be an integer >= 2, got {value!r}")
+    return value
+
+
+def check_token_budget(name: str, max_new_tokens: int, min_new_tokens: int = 0) -> None:
+    """A ConfigError before any model is loaded when a token count cannot fit ``name``'s context
+    even after a one-token prompt (decoding would stop short, or generate() run on past it)."""
+    context = context_length_of(name)
+    for option, value in (("max_new_tokens", max_new_tokens), ("min_new_tokens", min_new_tokens)):
+        if value > context:
+            raise ConfigError(
+                f"{option}={value} exceeds what {name} can generate: its context holds {context} tokens, prompt included"
+            )
+
+
 def load_model(
     name: str, *, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32", quantize: str | None = None,
     event_canvas: str = "upstream",

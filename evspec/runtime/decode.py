@@ -11,6 +11,7 @@ bit-identical to the family's own ``generate()``: the same kernels see the same 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -188,8 +189,8 @@ class SamplingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:  # nan < 0 is False
+            raise ConfigError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
 
@@ -276,6 +277,11 @@ def decode(
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     state, logits = prefilled.state, prefilled.logits
     room = state.capacity - state.length
+    if min_new_tokens > room + 1:  # a promise decoding could not keep: an error, not fewer tokens
+        raise ConfigError(
+            f"min_new_tokens={min_new_tokens} cannot be met: the prompt of {state.length} tokens leaves room for "
+            f"{room + 1} new tokens in the context of {state.capacity}"
+        )
     if max_new_tokens > room + 1:
         max_new_tokens = room + 1  # the last token needs no cache slot of its own
     generator = None if sampling.greedy else sampling.generator()

@@ -384,6 +384,11 @@ def speculative_generate(
         state = prefilled.state
         n_prompt = prefilled.n_prompt_tokens
         cap = min(max_new_tokens, state.capacity - n_prompt + 1)  # decode()'s cap: the last token needs no slot
+        if min_new_tokens > state.capacity - n_prompt + 1:  # as decode(): an error, not fewer tokens
+            raise ConfigError(
+                f"min_new_tokens={min_new_tokens} cannot be met: the prompt of {n_prompt} tokens leaves room for "
+                f"{state.capacity - n_prompt + 1} new tokens in the context of {state.capacity}"
+            )
         proposer.observe(prefilled.hidden[None])
 
         with stage("decode"):

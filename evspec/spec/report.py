@@ -56,6 +56,7 @@ from evspec.bench.runner import (
     resolve_device,
     resolve_dtype,
 )
+from evspec.bench.stats import machine_load
 from evspec.errors import ConfigError, EvspecError
 from evspec.models.generation import checkpoint_generation_configs
 from evspec.models.registry import check_model_name, check_token_budget
@@ -223,6 +224,18 @@ def _error_text(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, EvspecError) else f"{type(exc).__name__}: {exc}"
 
 
+def spec_timing_warnings(records: Sequence[dict[str, Any]], machine: dict[str, Any]) -> list[str]:
+    """The bench's timing warnings (:func:`evspec.bench.stats.timing_warnings`) for a spec run: the
+    target-alone decode time per token (steady over samples) and the machine's load."""
+    from evspec.bench.stats import latency_stats, timing_warnings
+
+    per_token = [r["baseline"]["decode_s"] / len(r["baseline"]["token_ids"]) for r in records
+                 if not r.get("error") and r["baseline"]["token_ids"]]
+    block = {"latency_s": {"tpot_s": latency_stats(per_token).to_dict()}}
+    return [w.replace("target alone: tpot", "target alone: decode time per token")
+            for w in timing_warnings({"target alone": block}, machine)]
+
+
 def _synchronize(device: torch.device) -> None:
     """Wait for a model's weights to land on the GPU before its load time is read."""
     if device.type == "cuda":
@@ -302,6 +315,7 @@ def run_spec(
     pending = [s for s in samples if s.id not in done]
     progress.start(len(samples), len(samples) - len(pending))
     model_load_s: dict[str, float | None] = {"target": None, "draft": None}
+    machine: dict[str, Any] = {"cpu_count": machine_load()["cpu_count"], "before": machine_load()}
     if pending:
         progress.status(f"loading {config.target} and the draft on {device} ({dtype})")
         start = time.perf_counter()
@@ -336,6 +350,9 @@ def run_spec(
     records = sorted(latest.values(), key=lambda r: wanted[r["id"]])
     summary = {**summarize(records), "synthetic": config.draft_kind == "oracle", **meta}
     summary["model_load_s"] = model_load_s  # this invocation's loads (None: not loaded, every sample done)
+    machine["after"] = machine_load()
+    summary["machine"] = machine
+    summary["timing_warnings"] = spec_timing_warnings(records, machine)
     write_json(out_dir / SUMMARY_NAME, summary)
     report = write_report(out_dir, summary, records)
     return SpecRunResult(out_dir, records, summary, report)
@@ -438,30 +455,67 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _subtitle(summary: dict[str, Any], n_samples: int | None = None) -> str:
+    """Sample count, device and dtype: every plot title carries them."""
+    env = summary.get("environment") or {}
+    n = summary.get("n_samples") if n_samples is None else n_samples
+    return f"{n} samples, {env.get('gpu') or env.get('device') or '?'}, {(summary.get('identity') or {}).get('dtype')}"
+
+
+def expected_oracle_rates(summary: dict[str, Any]) -> list[float] | None:
+    """alpha^k for k = 1..gamma: the per-position rate an oracle run of fixed gamma has in
+    expectation (position k is accepted when all k draws hit, each with probability alpha).
+    None for other drafts and for adaptive gamma (rounds of other lengths change the rate)."""
+    config = summary.get("config") or {}
+    draft = str(config.get("draft", ""))
+    if not draft.startswith("oracle:") or config.get("adaptive_gamma"):
+        return None
+    alpha = float(draft.removeprefix("oracle:"))
+    return [alpha**k for k in range(1, int(config["gamma"]) + 1)]
+
+
 def plot_acceptance(summary: dict[str, Any], path: Path) -> Path:
+    """Per-position acceptance: bars and points (a rate of 0 stays visible), the counts it comes
+    from, and for oracle runs the expected alpha^k."""
     plt = _pyplot()
-    rates = summary["counts"]["per_position_acceptance_rate"]
-    fig, ax = plt.subplots(figsize=(5.0, 3.2))
-    ax.bar(range(1, len(rates) + 1), rates, color="#4c72b0")
+    c = summary["counts"]
+    rates = c["per_position_acceptance_rate"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    positions = list(range(1, len(rates) + 1))
+    ax.bar(positions, rates, color="#4c72b0", alpha=0.6)
+    ax.plot(positions, rates, "o", color="#4c72b0", label="measured")
+    expected = expected_oracle_rates(summary)
+    if expected is not None:
+        alpha = expected[0]
+        ax.plot(range(1, len(expected) + 1), expected, "--", color="#c44e52", marker="x", label=f"expected {alpha:g}^k")
+    if not positions:
+        ax.text(0.5, 0.5, "no drafts: nothing was proposed", ha="center", va="center", transform=ax.transAxes)
+    ax.text(0.98, 0.95, f"{c['accepted_tokens']} of {c['drafted_tokens']} drafted tokens accepted, {c['drafts']} drafts",
+            ha="right", va="top", transform=ax.transAxes, fontsize="small")
     ax.set_xlabel("draft position k")
     ax.set_ylabel("accepted at k / drafts")
-    ax.set_ylim(0, 1)
-    ax.set_title("per-position acceptance rate")
+    ax.set_ylim(-0.03, 1.05)
+    ax.set_xticks(positions or [1])
+    ax.set_title(f"per-position acceptance rate\n{_subtitle(summary)}", fontsize="medium")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small", loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def plot_speedup(records: Sequence[dict[str, Any]], path: Path) -> Path:
+def plot_speedup(records: Sequence[dict[str, Any]], path: Path, subtitle: str = "") -> Path:
+    """Speedup per sample, each bar labelled by the sample's id."""
     plt = _pyplot()
     ok = [r for r in records if not r.get("error")]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.25 * len(ok) + 2), 3.2))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.3 * len(ok) + 2), 3.8))
     ax.bar(range(len(ok)), [r["speedup"] or 0.0 for r in ok], color="#55a868")
     ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xlabel("sample")
+    ax.set_xticks(range(len(ok)), [str(r["id"]) for r in ok], rotation=60, ha="right", fontsize="x-small")
+    ax.set_xlabel("sample id")
     ax.set_ylabel("target-alone wall / speculative wall")
-    ax.set_title("speedup per sample")
+    ax.set_title("speedup per sample" + (f"\n{subtitle}" if subtitle else ""), fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -488,7 +542,7 @@ def plot_time_split(summary: dict[str, Any], records: Sequence[dict[str, Any]], 
         ax.bar(["target alone", "speculative"], [base, spec], bottom=bottom, label=name)
         bottom = [bottom[0] + base, bottom[1] + spec]
     ax.set_ylabel("seconds (all samples)")
-    ax.set_title("where the time goes")
+    ax.set_title(f"where the time goes\n{_subtitle(summary, len(ok))}", fontsize="medium")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -515,8 +569,9 @@ def render_markdown(summary: dict[str, Any], records: Sequence[dict[str, Any]]) 
         "| metric | value |",
         "|---|---|",
         f"| samples (errors) | {summary['n_samples']} ({summary['n_errors']}) |",
-        f"| lossless (greedy: token-identical to the target alone) | "
-        f"{'-' if lossless is None else ('yes' if lossless else 'NO')} ({summary['n_lossless']}/{summary['n_samples']}) |",
+        f"| lossless (greedy: against the target alone; flips classified by top-2 margin) | "
+        f"{'-' if lossless is None else summary.get('lossless_verdict')} "
+        f"({summary.get('n_exact', summary['n_lossless'])}/{summary['n_samples']} token-identical) |",
         f"| drafts / drafted / accepted tokens | {c['drafts']} / {c['drafted_tokens']} / {c['accepted_tokens']} |",
         f"| acceptance rate (accepted / drafted) | {_fmt(c['acceptance_rate'])} |",
         f"| mean acceptance length (1 + accepted / drafts) | {_fmt(c['mean_acceptance_length'])} |",
@@ -543,6 +598,12 @@ def render_markdown(summary: dict[str, Any], records: Sequence[dict[str, Any]]) 
         f"![time split]({SPLIT_PNG})",
         "",
     ]
+    loads = {k: v for k, v in (summary.get("model_load_s") or {}).items() if v is not None}
+    if loads:
+        lines += ["Model load (s, once per model, not part of any sample): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in loads.items()) + ".", ""]
+    if summary.get("timing_warnings"):
+        lines += ["## Timing warnings", ""] + [f"- **warning**: {w}" for w in summary["timing_warnings"]] + [""]
     errors = [r for r in records if r.get("error")]
     if errors:
         lines += ["## Errors", ""] + [f"- {r['id']}: {r['error']}" for r in errors] + [""]
@@ -551,7 +612,7 @@ def render_markdown(summary: dict[str, Any], records: Sequence[dict[str, Any]]) 
 
 def write_report(out_dir: Path, summary: dict[str, Any], records: Sequence[dict[str, Any]]) -> Path:
     plot_acceptance(summary, out_dir / ACCEPTANCE_PNG)
-    plot_speedup(records, out_dir / SPEEDUP_PNG)
+    plot_speedup(records, out_dir / SPEEDUP_PNG, _subtitle(summary))
     plot_time_split(summary, records, out_dir / SPLIT_PNG)
     path = out_dir / REPORT_NAME
     path.write_text(render_markdown(summary, records), encoding="utf-8")

@@ -105,3 +105,22 @@ def test_latest_record_of_a_pair_wins() -> None:
     records = [_record(0, error="missing"), _record(0), _record(1)]
     latest = latest_by_key(records)
     assert latest[("s0", "m")].error is None and len(latest) == 2
+
+
+def test_timing_warnings_flag_a_noisy_stage_and_a_loaded_machine() -> None:
+    from evspec.bench.stats import summarize, timing_warnings
+
+    steady = [_record(i, model="steady", tpot_s=0.010) for i in range(4)]
+    noisy = [_record(i, model="noisy", tpot_s=t) for i, t in enumerate((0.0055, 0.006, 0.058, 0.0058))]
+    per_model = summarize([*steady, *noisy], ["steady", "noisy"])
+    quiet = {"cpu_count": 4, "before": {"loadavg_1m": 0.5}, "after": {"loadavg_1m": 1.4}}  # 1.4 - the run's own core
+    (warning,) = timing_warnings(per_model, quiet)
+    assert warning.startswith("noisy: tpot varies a lot over samples")
+    busy = {"cpu_count": 2, "before": {"loadavg_1m": 3.1}, "after": {"loadavg_1m": 1.2}}
+    assert timing_warnings({"steady": per_model["steady"]}, busy) == [
+        "the machine was loaded before the run (1-minute load average 3.10 on 2 CPUs): "
+        "other work competed with the timed stages"
+    ]
+    # decode and total grow with the answer's length: their spread is not noise
+    long_answers = [_record(i, model="m", decode_s=0.1 * (i + 1) ** 3, total_s=0.1 * (i + 1) ** 3) for i in range(4)]
+    assert timing_warnings(summarize(long_answers, ["m"]), None) == []

@@ -55,7 +55,7 @@ StepTimer = Callable[[str], AbstractContextManager[Any]]
 class SynthConfig(BaseModel):
     """Everything that decides the dataset's content; stored as ``synth_config.json``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # inf seconds never ends
 
     clips: int = Field(100, ge=1)
     seed: int = 0
