@@ -23,11 +23,11 @@ if TYPE_CHECKING:
 SYNTH_SIZE = (96, 64)
 
 
-def _samples(dataset: Path | None, k: int, workdir: Path) -> list[Sample]:
+def _samples(dataset: Path | None, k: int, workdir: Path, allow_outside_root: bool = False) -> list[Sample]:
     from evspec.data.dataset import load_dataset
 
     if dataset is not None:
-        return load_dataset(dataset, max_samples=k)
+        return load_dataset(dataset, max_samples=k, allow_outside_root=allow_outside_root)
     from evspec.data.synth.builder import SynthConfig, build_dataset
 
     build_dataset(workdir, SynthConfig(clips=k, size=SYNTH_SIZE, seed=0))
@@ -49,6 +49,9 @@ def verify(
     dataset: Path | None = typer.Option(
         None, "--dataset", "-d", help="Dataset folder (or its JSON). Default: a small synthetic set built in a temp dir."
     ),
+    allow_outside_root: bool = typer.Option(
+        False, "--allow-outside-root", help="Let dataset rows name files outside the dataset folder."
+    ),
     max_samples: int = typer.Option(4, "--max-samples", "-n", help="First N samples only (checked one by one)."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Most tokens generated per sample."),
     min_new_tokens: int = typer.Option(0, "--min-new-tokens", help="EOS is masked below this length (longer checks)."),
@@ -68,7 +71,7 @@ def verify(
     from rich.table import Table
     from transformers.utils import logging as hf_logging
 
-    from evspec.models.registry import load_model
+    from evspec.models.registry import check_token_budget, load_model
     from evspec.models.verify import verify_model
 
     hf_logging.set_verbosity_error()  # backend-fallback and deprecation notices are not the user's concern here
@@ -77,10 +80,11 @@ def verify(
         raise ConfigError(f"--max-samples must be >= 1, got {max_samples}")
     if max_new_tokens < 1 or not 0 <= min_new_tokens <= max_new_tokens:
         raise ConfigError(f"need 1 <= --max-new-tokens and 0 <= --min-new-tokens <= --max-new-tokens, got {max_new_tokens}, {min_new_tokens}")
+    check_token_budget(model, max_new_tokens, min_new_tokens)  # before loading: 10^6 tokens would run for hours
     device, dtype = _resolve_auto(device, dtype)
     vlm = load_model(model, device=device, dtype=dtype, quantize=quantize, event_canvas=event_canvas)
     with tempfile.TemporaryDirectory(prefix="evspec-verify-") as tmp:
-        rows = _samples(dataset, max_samples, Path(tmp))
+        rows = _samples(dataset, max_samples, Path(tmp), allow_outside_root)
         if not rows:
             raise InputError("the dataset holds no samples", dataset)
         result = verify_model(vlm, rows, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,

@@ -49,7 +49,9 @@ from evspec.models.base import (
 )
 from evspec.models.generation import read_generation_config
 from evspec.models.loading import (
+    LOADER_ERRORS,
     LoadOptions,
+    check_processor_size,
     check_state_dict_keys,
     checkpoint_keys,
     ensure_prompt_fits,
@@ -418,8 +420,14 @@ def _image_processor(folder: Path, tower_folder: Path, tower: CLIPVisionConfig):
     from transformers import CLIPImageProcessor
 
     for where in (folder, tower_folder):
-        if (where / "preprocessor_config.json").is_file():
-            return CLIPImageProcessor.from_pretrained(str(where), local_files_only=True)
+        config_file = where / "preprocessor_config.json"
+        if config_file.is_file():
+            try:
+                processor = CLIPImageProcessor.from_pretrained(str(where), local_files_only=True, trust_remote_code=False)
+            except LOADER_ERRORS as error:
+                raise ModelError(f"{config_file}: cannot load the image processor ({type(error).__name__}: {error})") from None
+            check_processor_size(processor, int(tower.image_size), config_file)
+            return processor
     size = int(tower.image_size)
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
@@ -436,11 +444,11 @@ def load_eventgpt(
     raw = read_config_dict(folder)
     if raw.get("model_type") != MODEL_TYPE:
         raise ModelError(f"{folder}: config.json has model_type {raw.get('model_type')!r}, expected '{MODEL_TYPE}'")
-    config = EventChatConfig.from_pretrained(str(folder), local_files_only=True)
+    config = EventChatConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     if not getattr(config, "mm_visual_tower", None):
         raise ModelError(f"{folder}: config.json has no mm_visual_tower (the CLIP vision tower to use)")
     tower_folder = resolve_visual_tower(str(config.mm_visual_tower), folder)
-    tower_config = CLIPVisionConfig.from_pretrained(str(tower_folder), local_files_only=True)
+    tower_config = CLIPVisionConfig.from_pretrained(str(tower_folder), local_files_only=True, trust_remote_code=False)
     config.visual_tower_config = tower_config.to_dict()
 
     found = {upstream_key(k) for k in checkpoint_keys(folder)}

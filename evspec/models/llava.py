@@ -36,7 +36,9 @@ from evspec.models.base import (
 )
 from evspec.models.eventgpt import greedy_generation_config
 from evspec.models.loading import (
+    LOADER_ERRORS,
     LoadOptions,
+    check_processor_size,
     ensure_prompt_fits,
     from_pretrained_checked,
     read_config_dict,
@@ -245,7 +247,11 @@ def load_videollava(folder: str | Path, options: LoadOptions, *, name: str | Non
         VideoLlavaForConditionalGeneration, folder, options,
         skip_modules=["video_tower", "image_tower", "multi_modal_projector", "lm_head"],
     )
-    image_processor = VideoLlavaImageProcessor.from_pretrained(str(folder), local_files_only=True)
+    try:
+        image_processor = VideoLlavaImageProcessor.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except LOADER_ERRORS as error:
+        raise ModelError(f"{folder}: cannot load the VideoLlavaImageProcessor ({type(error).__name__}: {error})") from None
+    check_processor_size(image_processor, int(model.config.vision_config.image_size), folder / "preprocessor_config.json")
     return VideoLlava(options.place(model), load_tokenizer(folder), image_processor, name=name or f"videollava:{folder}")
 
 
@@ -260,7 +266,8 @@ def load_llava(folder: str | Path, options: LoadOptions, *, name: str | None = N
     )
     load_tokenizer(folder)  # a clear error when the tokenizer files are missing
     try:
-        processor = LlavaProcessor.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, TypeError) as error:
-        raise ModelError(f"{folder}: cannot load the LlavaProcessor ({error})") from error
+        processor = LlavaProcessor.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except LOADER_ERRORS as error:
+        raise ModelError(f"{folder}: cannot load the LlavaProcessor ({type(error).__name__}: {error})") from None
+    check_processor_size(processor.image_processor, int(model.config.vision_config.image_size), folder / "processor_config.json")
     return Llava(options.place(model), processor, name=name or f"llava:{folder}")
