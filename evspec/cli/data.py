@@ -60,7 +60,7 @@ def synth_config(**options: object):
 @app.command()
 def synth(
     out: Path = typer.Argument(..., help="Dataset folder to write (resumed if it exists)."),
-    clips: int = typer.Option(100, "--clips", "-n", help="Number of clips."),
+    clips: int = typer.Option(100, "--clips", help="Number of clips."),  # no -n: elsewhere -n is --max-samples
     seed: int = typer.Option(0, help="Seed: the same seed gives the same dataset."),
     size: str = typer.Option("640x480", help="Frame and sensor size WIDTHxHEIGHT (even numbers)."),
     fps: int = typer.Option(20, help="Video frame rate."),
@@ -71,6 +71,7 @@ def synth(
     shot_noise_hz: float = typer.Option(0.0, help="Shot-noise events per pixel per second."),
     pan_probability: float = typer.Option(0.2, help="Probability of a slow camera pan per clip."),
     test_fraction: float = typer.Option(0.2, help="Share of clips in the test split."),
+    workers: int = typer.Option(1, "--workers", help="Processes building clips (the dataset is the same for any number)."),
 ) -> None:
     """Build a synthetic paired event + video dataset with questions and ground-truth answers."""
     from evspec.data.synth.builder import build_dataset
@@ -85,7 +86,8 @@ def synth(
     out.mkdir(parents=True, exist_ok=True)
     with _progress() as progress:
         task = progress.add_task("synthesising clips", total=clips)
-        summary = build_dataset(out, config, progress=lambda done, total: progress.update(task, completed=done))
+        summary = build_dataset(out, config, progress=lambda done, total: progress.update(task, completed=done),
+                                workers=workers)
     console.print(
         f"[green]wrote[/] {escape(str(summary.dataset_json))}: {summary.clips} clips ({summary.built} built, "
         f"{summary.skipped} already done), {summary.n_events:,} events, {summary.seconds:.1f} s"

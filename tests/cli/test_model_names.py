@@ -77,3 +77,21 @@ def test_quantize_without_cuda_is_one_line(args: list[str], tmp_path: Path, caps
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "quantis" in err and len(err.splitlines()) == 1
     assert not (out / "records.jsonl").exists()
+
+
+def test_one_option_name_per_meaning() -> None:
+    """--max-samples (short -n) means 'first N samples' in every command that takes it, and -n
+    means nothing else anywhere."""
+    import typer.main
+
+    from evspec.cli import app
+
+    def commands(group):  # type: ignore[no-untyped-def]
+        for name, command in group.commands.items():
+            yield from (commands(command) if hasattr(command, "commands") else [(name, command)])
+
+    for name, command in commands(typer.main.get_command(app)):
+        for param in command.params:
+            if "-n" in param.opts:
+                assert param.opts == ["--max-samples", "-n"], (name, param.opts)
+            assert "--samples" not in param.opts, name
