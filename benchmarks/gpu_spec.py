@@ -63,7 +63,7 @@ VICUNA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32
 DRAFT_200M = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=12, num_attention_heads=16, num_key_value_heads=16)
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4)
 TINY_DRAFT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4)
-# Prompt sizes (REFERENCE.md): Video-LLaVA 8 frames x 257 tokens; EventGPT 5 frames -> 582 tokens.
+# Prompt sizes: Video-LLaVA 8 frames x 257 tokens; EventGPT 5 frames -> 582 tokens.
 FULL_PROMPTS = {"target_visual": 2056, "target_text": 40, "draft_visual": 582, "draft_text": 60}
 QUICK_PROMPTS = {"target_visual": 48, "target_text": 8, "draft_visual": 16, "draft_text": 8}
 EOS: list[int] = []  # fixed-length runs

@@ -13,7 +13,7 @@ What each command puts in a record is its own business; how the folder is kept i
   (and :class:`JsonLinesLog` truncates it before appending) instead of failing. A bad line
   anywhere else means the file was edited or corrupted, and that is an error;
 - provenance: every result file carries the config, versions, device and command that made it
-  (DESIGN.md): :func:`environment`, :func:`write_run_config`.
+  (every result file carries them, docs/ARCHITECTURE.md): :func:`environment`, :func:`write_run_config`.
 """
 
 from __future__ import annotations

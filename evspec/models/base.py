@@ -1,4 +1,4 @@
-"""The one interface every model family implements (DESIGN.md's data flow).
+"""The one interface every model family implements (docs/ARCHITECTURE.md's data flow).
 
     load        Sample -> VisualInput            files on disk -> RGB frames (NumPy)
     preprocess  VisualInput, query -> Prepared   pixel tensors + prompt ids on the device
@@ -13,10 +13,11 @@ decoupled path gives the same tokens (``evspec verify``).
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +34,22 @@ if TYPE_CHECKING:
     from evspec.data.dataset import Sample
 
 Modality = Literal["event_frames", "video", "image"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def inference_stage(method: F) -> F:
+    """A stage runs in inference mode, unless its model's modules are in training mode
+    (``evspec train`` calls the same stages with autograd recording): one forward pass for both."""
+
+    @functools.wraps(method)
+    def run(self: VisionLanguageModel, *args: Any, **kwargs: Any) -> Any:
+        if self.trainable_module.training:
+            return method(self, *args, **kwargs)
+        with torch.inference_mode():
+            return method(self, *args, **kwargs)
+
+    return run  # type: ignore[return-value]
 
 
 @dataclass
@@ -97,7 +114,16 @@ class VisionLanguageModel(ABC):
     def reference_generate(self, prepared: Prepared, max_new_tokens: int, min_new_tokens: int = 0) -> list[int]:
         """Greedy tokens from the family's own monolithic generate() (new tokens only)."""
 
+    def encode_batch(self, prepared: Sequence[Prepared]) -> list[VisualFeatures]:
+        """``encode`` of several samples, in one pass where the family can batch (training)."""
+        return [self.encode(p) for p in prepared]
+
     # ---- shared
+    @property
+    def trainable_module(self) -> torch.nn.Module:
+        """The whole model as one ``nn.Module`` (towers, projector, language model)."""
+        return self.model  # type: ignore[attr-defined]
+
     @property
     def device(self) -> torch.device:
         return self.language_model.device
@@ -124,8 +150,10 @@ class VisionLanguageModel(ABC):
         features: VisualFeatures | None = None,
     ) -> DecodeResult:
         """Decoupled generation: encode once (unless ``features`` are given), prefill, decode."""
-        features = self.encode(prepared) if features is None else features
-        prefilled = prefill(self.language_model, self.splice(prepared, features))
+        with torch.inference_mode():
+            features = self.encode(prepared) if features is None else features
+            embeds = self.splice(prepared, features)
+        prefilled = prefill(self.language_model, embeds)
         return decode(
             prefilled, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
             eos_token_ids=self.eos_token_ids, sampling=sampling,

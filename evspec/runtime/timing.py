@@ -1,6 +1,6 @@
 """Stage timing from outside the models: ``with timer.stage("encode"): ...``.
 
-Why this shape (optimum-benchmark's rules, DESIGN.md): GPU work is asynchronous, so wall clocks
+Why this shape (optimum-benchmark's rules): GPU work is asynchronous, so wall clocks
 around it measure the launch, not the work. On CUDA every stage records a pair of
 ``torch.cuda.Event(enable_timing=True)`` on the current stream and nothing synchronizes while
 the pipeline runs; :meth:`StageTimer.read` synchronizes ONCE and turns the events into seconds.
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 
 STAGES: tuple[str, ...] = ("read", "preprocess", "encode", "prefill", "decode")
-"""The pipeline's stages in order (DESIGN.md's data flow). ``read`` is reading the sample's files
+"""The pipeline's stages in order (docs/ARCHITECTURE.md's data flow). ``read`` is reading the sample's files
 (``model.load(sample)``: events, images or video -> frames); loading a model is not a stage of a
 sample: the runner times it once per model (``model_load_s``)."""
 

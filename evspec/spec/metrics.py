@@ -1,4 +1,4 @@
-"""Speculative-decoding metrics with vLLM's definitions (REFERENCE.md section 3).
+"""Speculative-decoding metrics with vLLM's definitions (vLLM's spec-decode metrics).
 
 - a *draft* is one round in which the proposer offered at least one token;
 - acceptance rate = accepted tokens / drafted tokens;
@@ -155,6 +155,8 @@ def _median(values: Iterable[float | None]) -> float | None:
 
 def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Summary over per-sample records (``evspec spec``'s records.jsonl rows without errors)."""
+    from evspec.spec.lossless import run_verdict
+
     ok = [r for r in records if not r.get("error")]
     counts = SpecCounts()
     for r in ok:
@@ -173,6 +175,8 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "counts": counts.as_dict(),
         "lossless": all(r["lossless"] for r in greedy) if greedy else None,
         "n_lossless": sum(1 for r in greedy if r["lossless"]),
+        "n_exact": sum(1 for r in greedy if r.get("exact", r["lossless"])),
+        "lossless_verdict": run_verdict(ok)[0],
         "speedup_median": _median(r["speedup"] for r in ok),
         "speedup_pooled": base_total / spec_total if spec_total > 0 else None,
         "decode_speedup_median": _median(r.get("decode_speedup") for r in ok),

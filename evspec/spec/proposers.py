@@ -401,7 +401,8 @@ class OracleProposer(DraftModelProposer):
     while a real draft model runs the same forward passes a draft would (so the cost is real).
 
     Greedy only. Outputs carry ``synthetic: true``. Per-position draws are i.i.d., so the realized
-    acceptance follows the formula of REFERENCE.md section 3 exactly in expectation.
+    acceptance follows, in expectation, the i.i.d. formula of Leviathan et al. 2023: position k is
+    accepted with probability alpha^k, and a pass yields (1 - alpha^(gamma+1)) / (1 - alpha) tokens.
     """
 
     synthetic = True

@@ -1,6 +1,6 @@
 """Verification: which drafted tokens the target keeps, and the token it adds after them.
 
-Two rules (REFERENCE.md section 3):
+Two rules:
 
 - greedy: keep the longest prefix of drafts equal to the target's argmax; then append the
   target's argmax at the first mismatch, or a bonus token (argmax of the last row) when every

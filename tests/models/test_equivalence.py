@@ -76,7 +76,7 @@ def test_eventgpt_splice_has_t_plus_p_plus_1_visual_tokens(tiny_models: dict) ->
 
 
 def test_real_eventgpt_sizes_give_582_tokens() -> None:
-    """5 frames of CLIP-L/336 (24x24 patches + CLS) -> 5 + 577 = 582 tokens (REFERENCE.md)."""
+    """5 frames of CLIP-L/336 (24x24 patches + CLS) -> 5 + 577 = 582 tokens (upstream EventGPT's splice)."""
     assert spatio_temporal_tokens(torch.zeros(5, 577, 4)).shape == (582, 4)
 
 
