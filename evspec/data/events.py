@@ -15,6 +15,7 @@ import pickle
 import tempfile
 import zipfile
 import zlib
+from tokenize import TokenError
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -405,8 +406,9 @@ def _read_npy_header(f: io.BufferedReader, path: Path) -> tuple[tuple[int, ...],
             shape, _, dtype = npy_format.read_array_header_2_0(f)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
-    except (ValueError, OSError, EOFError, SyntaxError) as err:
-        raise InputError(f"not a readable .npy file (bad magic or header: {err})", path) from None
+    except (ValueError, OSError, EOFError, SyntaxError, TokenError, RecursionError, TypeError, KeyError) as err:
+        # numpy parses the header with Python's own tokenizer: a damaged one raises its errors
+        raise InputError(f"not a readable .npy file (bad magic or header: {type(err).__name__}: {err})", path) from None
     return shape, dtype
 
 

@@ -120,7 +120,10 @@ def probe_video(path: str | Path) -> VideoInfo:
             duration = container.duration / av.time_base
         else:
             duration = n_frames / fps if math.isfinite(fps) and fps > 0 else float("nan")
-        width, height = stream.codec_context.width, stream.codec_context.height
+        codec = stream.codec_context
+        if codec is None:  # FFmpeg found a stream but no decoder for it (damaged or unknown codec)
+            raise InputError("video stream has no usable codec; damaged or unsupported file", path)
+        width, height = codec.width, codec.height
     finally:
         container.close()
     if n_frames < 1 or width < 1 or height < 1:

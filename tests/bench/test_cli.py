@@ -27,6 +27,7 @@ def stand_in_registry(monkeypatch: pytest.MonkeyPatch, calls: Counter) -> Counte
 
     monkeypatch.setattr(runner, "registry_loader", load)
     monkeypatch.setattr(runner, "check_model_name", lambda name: None)  # stand-in names pass; load decides
+    monkeypatch.setattr(runner, "check_token_budget", lambda name, max_new, min_new: None)  # no config to read
     return calls
 
 
