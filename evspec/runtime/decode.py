@@ -267,11 +267,14 @@ def decode(
     min_new_tokens: int = 0,
     sampling: SamplingConfig = SamplingConfig(),
     on_token: Callable[[int], None] | None = None,
+    on_logits: Callable[[torch.Tensor], None] | None = None,
 ) -> DecodeResult:
     """One token per target pass, from a prefilled state. EOS is kept in the output, like generate().
 
     ``min_new_tokens`` masks EOS until that many tokens exist (fixed-length timing runs).
     ``on_token(i)`` is called after token i is chosen (the benchmark records per-token times there).
+    ``on_logits(row)`` sees each row a token is chosen from, EOS mask applied (the lossless check
+    records the top-2 margins there).
     """
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -291,6 +294,8 @@ def decode(
         if i < min_new_tokens and eos:
             logits = logits.clone()
             logits[eos] = float("-inf")
+        if on_logits is not None:
+            on_logits(logits)
         token = select_token(logits, sampling, generator)
         result.token_ids.append(token)
         if on_token is not None:

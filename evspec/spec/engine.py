@@ -49,6 +49,7 @@ from evspec.runtime.decode import (
     probabilities,
 )
 from evspec.runtime.timing import collector_paused
+from evspec.spec.lossless import LosslessCheck, TopTwo, TopTwoLog, check_lossless
 from evspec.spec.metrics import SpecCounts, SpecTimings, position_match
 from evspec.spec.proposers import DraftContext, DraftModelProposer, Proposal, Proposer
 from evspec.spec.verify import Verdict, verify_greedy, verify_stochastic
@@ -236,6 +237,7 @@ class BaselineOutcome:
     text: str
     prefill_s: float
     decode_s: float
+    top2: list[TopTwo] | None = None  # per output position, with record_top2 (the lossless check)
 
     @property
     def wall_s(self) -> float:
@@ -257,6 +259,7 @@ class SpecOutcome:
     stopped_on_eos: bool = False
     gamma_trace: list[int] = field(default_factory=list)
     n_prompt_tokens: int = 0
+    top2: list[TopTwo] | None = None  # the target's top-2 per output position, with record_top2
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -273,19 +276,50 @@ def target_only(
     sampling: SamplingConfig = SamplingConfig(),
     min_new_tokens: int = 0,
     state_factory: StateFactory = EagerState,
+    record_top2: bool = False,
     **inputs: Any,
 ) -> BaselineOutcome:
-    """The target decoding alone (one pass per token) with the same state factory: the reference."""
+    """The target decoding alone (one pass per token) with the same state factory: the reference.
+    ``record_top2``: keep the top-2 logits of every output position (one ``topk`` per token)."""
     tgt = target_input(target, **inputs)
     devices = _devices(tgt.lm.device)
+    log = TopTwoLog() if record_top2 else None
     with torch.inference_mode(), collector_paused():
         t0 = _now(devices)
         prefilled = prefill(tgt.lm, tgt.embed(), state_factory)
         t1 = _now(devices)
         result = decode(prefilled, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                        eos_token_ids=tgt.eos_token_ids, sampling=sampling)
+                        eos_token_ids=tgt.eos_token_ids, sampling=sampling, on_logits=log.add if log else None)
         t2 = _now(devices)
-    return BaselineOutcome(result.token_ids, tgt.decode_text(result.token_ids), t1 - t0, t2 - t1)
+    return BaselineOutcome(result.token_ids, tgt.decode_text(result.token_ids), t1 - t0, t2 - t1,
+                           top2=log.read() if log else None)
+
+
+def target_forced(
+    tgt: TargetInput, prefix: Sequence[int], *, max_new_tokens: int, min_new_tokens: int = 0,
+    state_factory: StateFactory = EagerState,
+) -> tuple[list[int], list[TopTwo]]:
+    """The target alone, greedy, but made to emit ``prefix`` first (one-token steps, as the
+    baseline runs): its output and top-2 per position. The lossless check re-runs the baseline
+    from a speculative output this way after a near-tie flip. Untimed."""
+    log = TopTwoLog()
+    eos = list(tgt.eos_token_ids)
+    with torch.inference_mode():
+        prefilled = prefill(tgt.lm, tgt.embed(), state_factory)
+        state, logits, hidden = prefilled.state, prefilled.logits, prefilled.hidden
+        cap = min(max_new_tokens, state.capacity - state.length + 1)
+        out: list[int] = []
+        for token in list(prefix)[:cap]:
+            row = _mask_eos(logits[None], len(out), min_new_tokens, eos)
+            log.add(row)
+            out.append(int(token))
+            if token in eos or len(out) >= cap:
+                return out, log.read()
+            step = state.extend(token_ids=[int(token)])
+            logits, hidden = step.logits[-1], step.hidden[-1]
+        rest = decode(Prefilled(state, logits, hidden, prefilled.n_prompt_tokens), max_new_tokens=cap - len(out),
+                      min_new_tokens=max(min_new_tokens - len(out), 0), eos_token_ids=eos, on_logits=log.add)
+    return out + rest.token_ids, log.read()
 
 
 # --------------------------------------------------------------------------- the speculative loop
@@ -334,6 +368,7 @@ def speculative_generate(
     reference_ids: Sequence[int] | None = None,
     on_token: Callable[[int], None] | None = None,
     stage: Callable[[str], AbstractContextManager[Any]] | None = None,
+    record_top2: bool = False,
     **inputs: Any,
 ) -> SpecOutcome:
     """Speculative decoding of one sample (module docstring).
@@ -343,7 +378,8 @@ def speculative_generate(
     ``on_token(i)`` is called for every emitted token, in order, when its round ends.
     ``stage(name)``: a context manager wrapped around the phases "prefill" (the target's, or both
     when parallel), "draft_prefill" (sequential only) and "decode" (first token and rounds), e.g.
-    the benchmark's ``StageTimer.stage``.
+    the benchmark's ``StageTimer.stage``. ``record_top2``: keep the target's top-2 logits at every
+    output position (from the rows verification already computed; greedy: the lossless check).
     """
     if gamma < 1:
         raise ConfigError(f"gamma must be >= 1, got {gamma}")
@@ -359,6 +395,7 @@ def speculative_generate(
     generator = None if sampling.greedy else sampling.generator()
     timings, counts = SpecTimings(), SpecCounts()
     first_k = min(gamma, max_new_tokens - 1)
+    top2 = TopTwoLog() if record_top2 else None
 
     def target_job() -> Prefilled:
         return prefill(lm, tgt.embed(), state_factory)
@@ -420,10 +457,12 @@ def speculative_generate(
             carry: Proposal | None = None
             if verdict.n_accepted == 1:
                 carry = first.drop_first()
-                emit([first.token_ids[0]])
+                appended = emit([first.token_ids[0]])
             else:
                 counts.record_round(len(first), 0)
-                emit([verdict.next_token])  # type: ignore[list-item]
+                appended = emit([verdict.next_token])  # type: ignore[list-item]
+            if top2 is not None:
+                top2.add(prefill_row[:appended])
             done = finished()
             current_gamma = gamma
             trace: list[int] = []
@@ -448,7 +487,10 @@ def speculative_generate(
                 timings.verify_s += _now(devices) - t
                 counts.record_pass()
                 n = verdict.n_accepted
-                kept = min(n, emit(verdict.tokens(proposal.token_ids)))  # drafts past an accepted EOS do not count
+                appended = emit(verdict.tokens(proposal.token_ids))
+                kept = min(n, appended)  # drafts past an accepted EOS do not count
+                if top2 is not None:
+                    top2.add(logits[:appended])  # row j chose the j-th token this round emitted
                 if first_round:
                     counts.record_round(len(proposal) + 1, kept + 1)
                 else:
@@ -467,7 +509,7 @@ def speculative_generate(
     return SpecOutcome(
         token_ids=out, text=tgt.decode_text(out), counts=counts, timings=timings,
         synthetic=proposer.synthetic, stopped_on_eos=bool(out) and out[-1] in eos,
-        gamma_trace=trace, n_prompt_tokens=n_prompt,
+        gamma_trace=trace, n_prompt_tokens=n_prompt, top2=top2.read() if top2 is not None else None,
     )
 
 
@@ -478,7 +520,9 @@ def speculative_generate(
 class Comparison:
     """One sample decoded by the target alone and speculatively, in the same run and process.
 
-    ``lossless`` (greedy only): the speculative tokens equal the baseline's, token for token.
+    ``exact`` (greedy only): the speculative tokens equal the baseline's, token for token.
+    ``lossless`` (greedy only): exact, or every divergence a near-tie flip (``check``,
+    :mod:`evspec.spec.lossless`); without a check, the same as ``exact``.
     ``speedup`` = baseline wall / speculative wall, both from the target's prefill work to the last
     token (the draft's own load/preprocess/encode/prefill count on the speculative side);
     ``decode_speedup`` compares the decode phases only. ``generate_*``: the family's monolithic
@@ -493,10 +537,17 @@ class Comparison:
     generate_s: float | None = None
     generate_ids: list[int] | None = None
     draft_alone_ids: list[int] | None = None
+    check: LosslessCheck | None = None
+
+    @property
+    def exact(self) -> bool | None:
+        return self.spec.token_ids == self.baseline.token_ids if self.greedy else None
 
     @property
     def lossless(self) -> bool | None:
-        return self.spec.token_ids == self.baseline.token_ids if self.greedy else None
+        if self.check is not None:
+            return self.check.lossless
+        return self.exact
 
     @property
     def first_divergence(self) -> int | None:
@@ -529,6 +580,8 @@ class Comparison:
         """The JSON-ready per-sample record (``evspec spec``'s records.jsonl row, minus id/config)."""
         return {
             "lossless": self.lossless,
+            "exact": self.exact,
+            "lossless_check": None if self.check is None else self.check.as_dict(),
             "first_divergence": self.first_divergence,
             "synthetic": self.spec.synthetic,
             "baseline": {
@@ -570,14 +623,21 @@ def compare(
     """Baseline first (its greedy tokens are the oracle's answer key), then the speculative run,
     then (untimed against each other) the family's ``generate()`` and the draft alone."""
     tgt = target_input(target, **inputs)
+    greedy = sampling.greedy
     baseline = target_only(tgt, max_new_tokens=max_new_tokens, sampling=sampling, min_new_tokens=min_new_tokens,
-                           state_factory=state_factory)
+                           state_factory=state_factory, record_top2=greedy)
     spec = speculative_generate(
         tgt, proposer, gamma=gamma, max_new_tokens=max_new_tokens, sampling=sampling, adaptive_gamma=adaptive_gamma,
         max_gamma=max_gamma, parallel_prefill=parallel_prefill, min_new_tokens=min_new_tokens,
-        state_factory=state_factory, reference_ids=baseline.token_ids if sampling.greedy else None,
+        state_factory=state_factory, reference_ids=baseline.token_ids if greedy else None, record_top2=greedy,
     )
-    result = Comparison(baseline, spec, sampling.greedy)
+    result = Comparison(baseline, spec, greedy)
+    if greedy and baseline.top2 is not None and spec.top2 is not None:
+        result.check = check_lossless(
+            baseline.token_ids, baseline.top2, spec.token_ids, spec.top2, tgt.lm.dtype,
+            rerun_from=lambda prefix: target_forced(tgt, prefix, max_new_tokens=max_new_tokens,
+                                                    min_new_tokens=min_new_tokens, state_factory=state_factory),
+        )
     if with_generate and sampling.greedy and tgt.model is not None and tgt.prepared is not None:
         devices = _devices(tgt.lm.device)
         with torch.inference_mode():

@@ -50,12 +50,12 @@ def test_spec_writes_records_summary_and_report(tmp_path: Path, dataset: Path, c
     for png in ("acceptance_by_position.png", "speedup_per_sample.png", "time_split.png"):
         assert (out / png).stat().st_size > 1000
     printed = capsys.readouterr().out
-    assert "lossless 2/2" in printed
+    assert "lossless exact (2/2 exact)" in printed
     # piped: one line per sample, printed as it finished, before the summary line
     sample_lines = [line for line in printed.splitlines() if line.startswith("sample=")]
     assert [line.split("\t")[0] for line in sample_lines] == [f"sample={r['id']}" for r in rows]
     assert all("speedup=" in line and "lossless=True" in line for line in sample_lines)
-    assert printed.index(sample_lines[-1]) < printed.index("lossless 2/2")
+    assert printed.index(sample_lines[-1]) < printed.index("lossless exact (2/2 exact)")
     # model loading is timed once per model, apart from the samples
     assert summary["model_load_s"]["target"] > 0 and summary["model_load_s"]["draft"] > 0
     assert all(r["model_load_s"] == summary["model_load_s"] for r in rows)
