@@ -239,12 +239,12 @@ def _dataset_summary(path: Path, *, allow_outside_root: bool = False) -> dict[st
     return {
         "samples": len(samples),
         "splits": dict(sorted(Counter(s.split or "-" for s in samples).items())),
-        "question types": dict(sorted(kinds.items())),
-        "with events": sum(s.event_path is not None for s in samples),
-        "with event images": sum(bool(s.event_image_paths) for s in samples),
-        "with video": sum(s.video_path is not None for s in samples),
-        "first question": samples[0].query if samples else None,
-        "first answer": samples[0].answer if samples else None,
+        "question_types": dict(sorted(kinds.items())),
+        "with_events": sum(s.event_path is not None for s in samples),
+        "with_event_images": sum(bool(s.event_image_paths) for s in samples),
+        "with_video": sum(s.video_path is not None for s in samples),
+        "first_question": samples[0].query if samples else None,
+        "first_answer": samples[0].answer if samples else None,
     }
 
 
@@ -256,7 +256,7 @@ def _events_summary(path: Path) -> dict[str, Any]:
             dsec.validate()  # every event and ms_to_idx entry, as the other formats' readers check theirs
             return {
                 "format": "DSEC events.h5", "events": len(dsec),
-                "time us (file clock)": [int(dsec.t_first_us), int(dsec.t_last_us)], "t_offset us": int(dsec.t_offset),
+                "time_us_file_clock": [int(dsec.t_first_us), int(dsec.t_last_us)], "t_offset_us": int(dsec.t_offset),
                 "sensor": "x".join(map(str, dsec.sensor_size)),
                 "checked": "every event on the sensor, t sorted and >= 0, p in {0, 1}, ms_to_idx exact",
             }
@@ -265,12 +265,12 @@ def _events_summary(path: Path) -> dict[str, Any]:
     return {
         "events": len(stream),
         "sensor": f"{stream.width}x{stream.height}",
-        "time us": [int(stream.t[0]), int(stream.t[-1])],
-        "duration ms": round(duration / 1e3, 3),
-        "rate events/us": round(len(stream) / max(duration, 1), 4),
-        "positive share": round(float(np.mean(stream.p.astype(bool))), 4),
-        "x range": [int(stream.x.min()), int(stream.x.max())],
-        "y range": [int(stream.y.min()), int(stream.y.max())],
+        "time_us": [int(stream.t[0]), int(stream.t[-1])],
+        "duration_ms": round(duration / 1e3, 3),
+        "events_per_us": round(len(stream) / max(duration, 1), 4),
+        "positive_share": round(float(np.mean(stream.p.astype(bool))), 4),
+        "x_range": [int(stream.x.min()), int(stream.x.max())],
+        "y_range": [int(stream.y.min()), int(stream.y.max())],
     }
 
 
@@ -278,7 +278,7 @@ def _video_summary(path: Path) -> dict[str, Any]:
     from evspec.data.video import probe_video
 
     info = probe_video(path)
-    return {"frames": info.n_frames, "fps": info.fps, "duration s": round(info.duration_s, 3),
+    return {"frames": info.n_frames, "fps": info.fps, "duration_s": round(info.duration_s, 3),
             "size": f"{info.width}x{info.height}"}
 
 
