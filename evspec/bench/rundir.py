@@ -67,7 +67,7 @@ def parse_lines(path: Path, data: bytes, parse: Callable[[Any], T]) -> tuple[lis
         if line.strip():
             try:
                 records.append(parse(json.loads(line)))
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: nested too deeply
                 # A record is written as one "json\n" and JSON escapes newlines, so a torn write
                 # never ends in a newline: a bad complete line is corruption, not a kill.
                 raise InputError(
@@ -145,9 +145,12 @@ def check_or_reset(
     if not path.is_file():
         return
     try:
-        previous = json.loads(path.read_text(encoding="utf-8")).get("identity", {})
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read the previous run's config ({exc}); rerun with --force to start over", path) from exc
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        previous = previous.get("identity", {}) if isinstance(previous, dict) else None
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bad UTF-8
+        raise InputError(f"cannot read the previous run's config ({exc}); rerun with --force to start over", path) from None
+    if not isinstance(previous, dict):
+        raise InputError("the previous run's config has no 'identity' object; rerun with --force to start over", path)
     differences = [k for k in fields if previous.get(k) != identity.get(k)]
     if not differences:
         return

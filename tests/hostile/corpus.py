@@ -517,6 +517,23 @@ def _option_cases(corpus: Corpus, npy: Path, h5: Path, root: Path) -> None:
                         ("--max-new-tokens", "1000000"), ("--min-new-tokens", "5000"), ("--warmup", "-1")):
         corpus.add(f"bench {flag} {value}", "options", *bench, flag, value, "--out", root / f"b{len(corpus.cases)}")
     corpus.add("bench --out naming an existing file", "options", *bench, "--out", existing)
+    good_identity = None
+    for label, config_text, records_text in (
+        ("config.json nested 100000 deep", "[" * 100_000 + "]" * 100_000, None),
+        ("config.json that is a list", "[1, 2]", None),
+        ("config.json whose identity is a list", json.dumps({"identity": [1]}), None),
+        ("config.json not UTF-8", "\udcff", None),
+        ("records.jsonl with a bad line in the middle", good_identity, "{\"a\": 1}\nnot json\n{\"b\": 2}\n"),
+        ("records.jsonl with a line nested 100000 deep", good_identity, "[" * 100_000 + "]" * 100_000 + "\n{}\n"),
+    ):
+        run = root / "runs" / label.replace(" ", "-")
+        run.mkdir(parents=True, exist_ok=True)
+        if config_text is not None:
+            (run / "config.json").write_bytes(config_text.encode("utf-8", "surrogateescape"))
+        if records_text is not None:
+            (run / "records.jsonl").write_text(records_text)
+        corpus.add(f"bench into a run folder with {label}", "options", *bench, "--out", run, "--max-samples", "1",
+                   "--max-new-tokens", "2", "--warmup", "0", must_show=str(run))
     corpus.add("bench --dtype float8", "options", *bench, "--dtype", "float8", "--out", root / "b-dtype")
     corpus.add("bench --model unknown", "options", "bench", "--model", "tiny-nothing", "--out", root / "b-model")
     spec = ("spec", "--device", "cpu")
@@ -535,9 +552,11 @@ def _option_cases(corpus: Corpus, npy: Path, h5: Path, root: Path) -> None:
 
 def _checkpoint_cases(corpus: Corpus, base: Path) -> None:
     """Checkpoints that ask for custom code, hold pickles, or are damaged."""
+    from evspec.models.loading import quiet_transformers
     from evspec.models.tiny import tiny_checkpoint
 
-    sources = {family: tiny_checkpoint(f"tiny-{family}") for family in ("eventgpt", "llava", "videollava")}
+    with quiet_transformers():
+        sources = {family: tiny_checkpoint(f"tiny-{family}") for family in ("eventgpt", "llava", "videollava")}
     marker = corpus.marker
 
     def copy(family: str, name: str) -> Path:
