@@ -124,7 +124,8 @@ def bench(
     if failed:
         for m in failed:
             n = sum(1 for r in result.records if r.model == m)
-            err_console.print(f"[red]error:[/] model {m}: 0 of {n} samples succeeded (errors in {out}/records.jsonl)")
+            err_console.print(f"[red]error:[/] model {escape(m)}: 0 of {n} samples succeeded "
+                              f"(errors in {escape(str(out))}/records.jsonl)")
         raise typer.Exit(1)
 
 

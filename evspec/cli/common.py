@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from evspec.cli import err_console
 from evspec.cli.output import print_line, stdout_console
 
@@ -30,11 +32,11 @@ class RichReporter:
     def start(self, total: int, done: int) -> None:
         self.progress.update(self.task, total=total, completed=done, refresh=True)
 
-    def status(self, message: str) -> None:
-        self.progress.update(self.task, description=message, refresh=True)
+    def status(self, message: str) -> None:  # rich renders a task description as markup
+        self.progress.update(self.task, description=escape(message), refresh=True)
 
     def warn(self, message: str) -> None:
-        self.progress.console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        self.progress.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
     def advance(self, record: Any) -> None:
         """Move the bar; when stdout is not a terminal, also print the sample's line there at once

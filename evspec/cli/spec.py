@@ -127,7 +127,7 @@ def spec(
     for warning in s.get("timing_warnings") or []:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}")
     if s["n_samples"] == 0:
-        err_console.print(f"[red]error:[/] no sample succeeded (errors in {out}/records.jsonl)")
+        err_console.print(f"[red]error:[/] no sample succeeded (errors in {escape(str(out))}/records.jsonl)")
         raise typer.Exit(1)
     if s["lossless"] is False:
         # Each divergence was classified by the target's top-2 margin in both paths (evspec.spec.lossless):

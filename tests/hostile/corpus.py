@@ -464,6 +464,11 @@ def _dataset_cases(corpus: Corpus, base: Path, good: EventStream) -> None:
                must_show="[red]nope[/]")
     corpus.add("markup: [bold] in a checkpoint folder / verify", "markup", "verify", f"eventgpt:{base}/[bold]nope",
                "--device", "cpu", must_show="[bold]nope")
+    path = folder("markup-bench")
+    _dataset(path, [{**row, "id": "[/x]", "event_data": "[bold]missing.npy"}])
+    corpus.add("markup: [/x] as the id of a failing sample / bench", "markup", "bench", "--model", "tiny-eventgpt",
+               "--dataset", path, "--device", "cpu", "--warmup", "0", "--max-new-tokens", "2", "--out",
+               base / "[red]run", must_show="[bold]missing.npy")
     weird = base / "[i]x[/i"  # a folder "[i]x[" holding "i"
     weird.mkdir(parents=True, exist_ok=True)
     (weird / "e.npz").write_bytes(b"PK\x03\x04junk")
