@@ -105,6 +105,9 @@ def render_eventgpt_frames(
     if not 1 <= n_frames <= len(stream):
         raise InputError(f"n_frames must be in 1..{len(stream)} (number of events), got {n_frames}")
     palette = _palette(colors)
+    # every frame is kept: the whole list must fit (a chunk's canvas is at most the stream's extent)
+    height, width = _frame_shape(stream, "data" if size == "chunk" else size)
+    require_memory(n_frames * height * width * 3, f"{n_frames} event images of up to {width}x{height}")
     chunks = stream.split_count(n_frames, remainder=remainder)
     if size == "chunk":
         return [_render_last_wins(c.x, c.y, c.p, _frame_shape(c, size), palette) for c in chunks]

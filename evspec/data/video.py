@@ -19,6 +19,7 @@ from PIL import Image
 
 from evspec.data.events import atomic_path
 from evspec.errors import InputError
+from evspec.memory import require_memory
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -163,6 +164,8 @@ def read_video_frames(path: str | Path, n: int = 8) -> np.ndarray:
     if n < 1:
         raise InputError(f"number of frames to sample must be >= 1, got {n}", path)
     info = probe_video(path)
+    # the header's size decides what decoding allocates: n RGB frames, and one being converted
+    require_memory((n + 1) * info.height * info.width * 3, f"{n} frames of {info.width}x{info.height}", path)
     indices = uniform_frame_indices(info.n_frames, n)
     if path.is_dir():
         files = _image_files(path)

@@ -200,6 +200,24 @@ def test_requests_beyond_memory_are_refused_with_the_estimate(tmp_path: Path) ->
         require_memory(2**62, "a test array", tmp_path)
 
 
+def test_frame_lists_and_decoded_videos_are_sized_before_allocating(tmp_path: Path, monkeypatch) -> None:
+    """Each frame fitting is not enough: the whole list must (10^6 frames of 640x480 is 858 GiB)."""
+    from evspec import memory
+    from evspec.data.render import render_eventgpt_frames
+    from evspec.data.video import read_video_frames, write_mp4
+
+    stream = _stream(400)
+    write_mp4(np.zeros((4, 16, 16, 3), np.uint8), tmp_path / "v.mp4")
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 100 * 1024)  # a 100 KiB machine
+    with pytest.raises(ConfigError, match=r"400 event images of up to 64x48 needs about"):
+        render_eventgpt_frames(stream, 400, size="sensor")
+    assert len(render_eventgpt_frames(stream, 5, size="sensor")) == 5  # 46 KiB fits
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 10 * 1024)
+    with pytest.raises(InputError, match=r"v.mp4: 50 frames of 16x16 needs about"):
+        read_video_frames(tmp_path / "v.mp4", 50)
+    assert read_video_frames(tmp_path / "v.mp4", 8).shape == (8, 16, 16, 3)
+
+
 # --------------------------------------------------------------------------- datasets
 
 
