@@ -97,7 +97,9 @@ def synth(
 
 @app.command()
 def render(
-    events: Path = typer.Argument(..., help="Events file: EventGPT .npy, structured .npy/.npz, or DSEC events.h5."),
+    events: Path = typer.Argument(
+        ..., help="Events file: EventGPT .npy, structured .npy/.npz, DSEC events.h5, or a camera's .aedat4/.raw/.dat.",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNGs (or .npy for voxel grids)."),
     frames: int = typer.Option(5, "--frames", "-f", help="Frames (eventgpt, histogram) or time bins (voxel)."),
     style: RenderStyle = typer.Option(RenderStyle.eventgpt, help="eventgpt | histogram | voxel."),
@@ -151,18 +153,18 @@ def inspect(
     ),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
-    """Summarise a dataset, an events file (.npy/.npz/.h5) or a video."""
+    """Summarise a dataset, an events file (.npy/.npz/.h5, camera .aedat4/.raw/.dat) or a video."""
     if not path.exists():
         raise InputError("no such file or folder", path)
     suffix = path.suffix.lower()
     if path.is_dir() or suffix == ".json":
         kind, summary = "dataset", _dataset_summary(path, allow_outside_root=allow_outside_root)
-    elif suffix in {".npy", ".npz", ".h5", ".hdf5"}:
+    elif suffix in {".npy", ".npz", ".h5", ".hdf5", ".aedat4", ".raw", ".dat"}:
         kind, summary = "events", _events_summary(path)
     elif suffix in {".mp4", ".mkv", ".avi", ".mov", ".webm"}:
         kind, summary = "video", _video_summary(path)
     else:
-        raise InputError("unknown kind of file (expected a dataset, .npy/.npz/.h5 events or a video)", path)
+        raise InputError("unknown kind of file (expected a dataset, .npy/.npz/.h5/.aedat4/.raw/.dat events or a video)", path)
     if json_output:
         print_json({"kind": kind, "path": str(path), **summary})
     else:

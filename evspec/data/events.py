@@ -1011,7 +1011,9 @@ def read_events(
     """Read any supported event file, optionally only the window [t0_us, t1_us).
 
     Dispatches on the suffix: ``.npy`` (EventGPT pickled dict or structured array, told apart
-    by the header), ``.npz``, ``.h5``/``.hdf5`` (DSEC). ``apply_t_offset`` and ``rectify_map``
+    by the header), ``.npz``, ``.h5``/``.hdf5`` (DSEC), and camera recordings ``.aedat4``,
+    ``.raw`` (Prophesee EVT 2/3), ``.dat`` (:mod:`evspec.data.cameras`, the ``cameras`` extra).
+    ``apply_t_offset`` and ``rectify_map``
     apply to DSEC files only. An explicitly requested window with no events is an error (most
     often a clock mix-up), reported with the file's time span.
     """
@@ -1034,8 +1036,16 @@ def read_events(
             stream = reader(path, sensor_size)
         elif suffix == ".npz":
             stream = read_npz(path, sensor_size)
+        elif suffix in (".aedat4", ".raw", ".dat"):
+            from evspec.data.cameras import read_camera_file  # optional extra: faery
+
+            stream = read_camera_file(path, sensor_size)
         else:
-            raise InputError(f"unknown event file type {path.suffix!r}; expected .npy, .npz, .h5 or .hdf5", path)
+            raise InputError(
+                f"unknown event file type {path.suffix!r}; expected .npy, .npz, .h5, .hdf5, .aedat4, .raw or .dat", path
+            )
+        if len(stream) == 0:
+            raise InputError("the file holds no events", path)
         span = (int(stream.t[0]), int(stream.t[-1]))
         if t0_us is not None or t1_us is not None:
             lo = span[0] if t0_us is None else t0_us
