@@ -10,6 +10,7 @@ repetition penalty, beams, ...) are listed as not applied, never silently droppe
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -45,10 +46,15 @@ def read_generation_config(folder: Path) -> dict[str, Any] | None:
         return None
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"{path}: not a readable JSON generation config ({error})") from error
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:  # Recursion: nested too deeply
+        raise ModelError(f"{path}: not a readable JSON generation config ({type(error).__name__}: {error})") from None
     if not isinstance(raw, dict):
         raise ModelError(f"{path}: expected a JSON object")
+    for key in ("temperature", "top_p"):
+        try:
+            _number(raw, key)
+        except ModelError as error:
+            raise ModelError(f"{path}: {str(error).removeprefix('generation_config.json: ')}") from None
     return raw
 
 
@@ -91,11 +97,18 @@ def sampling_settings(raw: dict[str, Any] | None) -> tuple[float, float, list[st
     Otherwise transformers' defaults for absent keys (temperature 1.0, top_p 1.0)."""
     if not raw or not raw.get("do_sample", False):
         return 0.0, 1.0, [] if not raw else _not_applied(raw, sampling=False)
-    temperature = raw.get("temperature", 1.0)
-    top_p = raw.get("top_p", 1.0)
-    temperature = 1.0 if temperature is None else float(temperature)
-    top_p = 1.0 if top_p is None else float(top_p)
-    return temperature, top_p, _not_applied(raw, sampling=True)
+    return _number(raw, "temperature"), _number(raw, "top_p"), _not_applied(raw, sampling=True)
+
+
+def _number(raw: dict[str, Any], key: str) -> float:
+    """``raw[key]`` as a float (1.0, transformers' default, when absent or null); anything but a
+    finite number is a damaged file, not a value to guess from."""
+    value = raw.get(key)
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ModelError(f"generation_config.json: {key} must be a finite number, got {str(value)[:40]!r}")
+    return float(value)
 
 
 def _not_applied(raw: dict[str, Any], *, sampling: bool) -> list[str]:

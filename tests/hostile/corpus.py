@@ -640,6 +640,17 @@ def _checkpoint_cases(corpus: Corpus, base: Path) -> None:
         (folder / "config.json").write_text("{\"a\": " * 50_000 + "1" + "}" * 50_000)
         verify(family, folder, "config.json nested 50000 deep")
 
+        folder = copy(family, "nested-generation-config")
+        (folder / "generation_config.json").write_text("[" * 50_000 + "]" * 50_000)
+        verify(family, folder, "generation_config.json nested 50000 deep")
+
+        folder = copy(family, "generation-config-wrong-types")
+        (folder / "generation_config.json").write_text(json.dumps({"temperature": "hot", "top_p": [1], "do_sample": 3}))
+        corpus.add(f"checkpoint {family}: generation_config.json of the wrong types / bench --generation-config checkpoint",
+                   "checkpoint", "bench", "--model", f"{family}:{folder}", "--generation-config", "checkpoint",
+                   "--device", "cpu", "--out", folder / "run", "--max-samples", "1", "--max-new-tokens", "2",
+                   "--warmup", "0")
+
         folder = copy(family, "config-list")
         (folder / "config.json").write_text("[1, 2]")
         verify(family, folder, "config.json that is a list")
