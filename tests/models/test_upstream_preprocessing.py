@@ -183,3 +183,54 @@ def _visual(model):
     from tests.models.conftest import visual_input
 
     return visual_input(model, seed=0)
+
+
+# --------------------------------------------------------------------------- the options on the command line
+
+
+def test_spec_records_the_generation_configs_and_the_event_canvas(tiny_cache, tmp_path: Path) -> None:
+    import evspec.bench.runner as bench_runner
+    from evspec.cli import main
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(bench_runner, "DEFAULT_SYNTH", {**bench_runner.DEFAULT_SYNTH, "clips": 1})
+    try:
+        data = bench_runner.build_default_dataset(tmp_path / "data", bench_runner.SilentReporter())
+    finally:
+        patch.undo()
+    out = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EventWindowWarning)  # the synthetic clips last 1 s
+        code = main(["spec", "--target", "tiny-videollava", "--draft", "tiny-eventgpt", "--dataset", str(data),
+                     "--max-new-tokens", "4", "--warmup", "0", "--event-canvas", "sensor",
+                     "--generation-config", "checkpoint", "--out", str(out)])
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())
+    generation = config["config"]["generation"]
+    assert generation["source"] == "checkpoint"
+    files = generation["checkpoint_generation_config"]
+    assert set(files) == {"tiny-videollava", "tiny-eventgpt"} and files["tiny-eventgpt"]["eos_token_id"] == 2
+    assert generation["applied"] == {"temperature": 0.0, "top_p": 1.0}  # no do_sample in the file: greedy
+    assert config["config"]["event_canvas"] == "sensor" and config["identity"]["event_canvas"] == "sensor"
+    assert "--event-canvas sensor --generation-config checkpoint" in config["command"]
+
+
+def test_unknown_option_values_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    from evspec.cli import main
+
+    assert main(["spec", "--event-canvas", "huge", "--max-new-tokens", "2"]) == 1
+    assert "unknown event canvas 'huge': use upstream or sensor" in capsys.readouterr().err
+    assert main(["bench", "--generation-config", "mine"]) == 1
+    assert "unknown --generation-config 'mine': use evspec or checkpoint" in capsys.readouterr().err
+
+
+def test_checkpoint_sampling_must_agree_across_a_runs_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    from evspec.bench import runner
+
+    files = {"a": {"do_sample": True, "temperature": 0.6, "top_p": 0.9}, "b": None}
+    monkeypatch.setattr("evspec.models.generation.checkpoint_generation_configs", lambda names, strict=True: {n: files[n] for n in names})
+    with pytest.raises(ConfigError, match="generation_config.json files disagree"):
+        runner.generation_records(runner.BenchConfig(models=("a", "b"), generation_config="checkpoint"), ["a", "b"])
+    config, record = runner.generation_records(runner.BenchConfig(models=("a",), generation_config="checkpoint"), ["a"])
+    assert (config.temperature, config.top_p) == (0.6, 0.9)
+    assert record["not_applied"] == {"a": ["top_k (transformers' default 50)"]}
