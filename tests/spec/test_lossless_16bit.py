@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,3 +171,24 @@ def test_run_verdict_over_records() -> None:
     assert run_verdict([exact, flipped]) == ("up to 2 near-tie flips (largest margin 0.004)", 0)
     assert run_verdict([{"lossless": None}]) == (None, 0)
     assert math.isclose(Divergence(0, 1, 2, 0.0, 0.5, 1.0, True).spec_margin, 0.5)
+
+
+@pytest.mark.parametrize(("verdict", "lossless", "code", "line"), [
+    ("NOT lossless on 1 of 2 samples", False, 1, "error: NOT lossless on 1 of 2 samples"),
+    ("up to 3 near-tie flips (largest margin 0.01)", True, 0, "note: lossless up to 3 near-tie flips"),
+])
+def test_spec_command_fails_only_beyond_a_near_tie(tmp_path, monkeypatch, capsys, verdict, lossless, code, line) -> None:
+    from evspec.cli import main
+    from evspec.spec import report
+
+    summary = {
+        "counts": {"acceptance_rate": 0.5, "mean_acceptance_length": 2.0}, "synthetic": False, "speedup_median": 1.2,
+        "lossless": lossless, "n_lossless": 2 if lossless else 1, "n_exact": 1, "n_samples": 2,
+        "lossless_verdict": verdict, "identity": {"dtype": "bfloat16"},
+    }
+    monkeypatch.setattr(report, "run_spec", lambda config, out, **kw: report.SpecRunResult(
+        Path(out), [], summary, Path(out) / "report.md"))
+    assert main(["spec", "--out", str(tmp_path / "run")]) == code
+    captured = capsys.readouterr()
+    assert f"lossless {verdict} (1/2 exact)" in captured.out
+    assert line in " ".join(captured.err.split())

@@ -44,6 +44,7 @@ from evspec.data.synth.questions import QUESTION_TYPES, all_qa, make_qa
 from evspec.data.synth.scenes import SHAPES, SceneSpec, render_at, sample_scene
 from evspec.data.video import write_mp4
 from evspec.errors import ConfigError
+from evspec.memory import require_memory
 
 CONFIG_NAME = "synth_config.json"
 CLIP_NAME = "000000"
@@ -96,6 +97,15 @@ class SynthConfig(BaseModel):
     def _object_range(self) -> SynthConfig:
         if self.min_objects > self.max_objects:
             raise ValueError(f"min_objects {self.min_objects} > max_objects {self.max_objects}")
+        return self
+
+    @model_validator(mode="after")
+    def _clip_fits_in_memory(self) -> SynthConfig:
+        # A clip's frames are held at once (RGB and ESIM's upsampled float intensities: about 12
+        # bytes a pixel a frame, measured 110 MB for 640x480 x 40); --size 65536x65536 is refused here.
+        frames = int(self.fps * self.duration_s * self.esim_upsample) + 1
+        width, height = self.size
+        require_memory(frames * width * height * 12, f"one {width}x{height} clip of {frames} simulated frames")
         return self
 
     def esim_config(self, index: int) -> EsimConfig:
