@@ -409,21 +409,24 @@ class SpecDecoder:
 
     def run(self, model: VisionLanguageModel, prepared: Any, features: Any, sample: Sample, timer: Any,
             settings: Any) -> Any:
-        from evspec.spec.engine import speculative_generate, target_only
+        from evspec.spec.engine import speculative_generate, target_forced, target_input, target_only
+        from evspec.spec.lossless import check_lossless
 
         proposer, factory = self._setup(model)
         common = dict(prepared=prepared, features=features, sample=sample)
-        reference = None
+        baseline = reference = None
         if self.config.draft_kind == "oracle":
             if not settings.sampling.greedy:
                 raise ConfigError("oracle:ALPHA is greedy only: use --temperature 0")
-            reference = target_only(model, max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.min_new_tokens,
-                                    state_factory=factory, **common).token_ids
+            baseline = target_only(model, max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.min_new_tokens,
+                                   state_factory=factory, record_top2=True, **common)
+            reference = baseline.token_ids
         out = speculative_generate(
             model, proposer, gamma=self.config.gamma, max_new_tokens=settings.max_new_tokens,
             min_new_tokens=settings.min_new_tokens, sampling=settings.sampling, adaptive_gamma=self.config.adaptive_gamma,
             max_gamma=self.config.max_gamma, parallel_prefill=self.config.parallel_prefill, state_factory=factory,
-            reference_ids=reference, on_token=timer.mark_token, stage=timer.stage, **common,
+            reference_ids=reference, on_token=timer.mark_token, stage=timer.stage, record_top2=baseline is not None,
+            **common,
         )
         c, t = out.counts, out.timings
         metrics: dict[str, Any] = {
@@ -433,8 +436,15 @@ class SpecDecoder:
             "draft_s": t.draft_s, "verify_s": t.verify_s, "prefill_overlap": t.prefill_overlap,
             "per_position_acceptance_rate": c.per_position_acceptance_rate, "synthetic": out.synthetic,
         }
-        if reference is not None:
-            metrics["lossless"] = out.token_ids == reference
+        if baseline is not None:  # the same statement evspec spec makes (evspec.spec.lossless)
+            tgt = target_input(model, **common)
+            check = check_lossless(
+                baseline.token_ids, baseline.top2 or [], out.token_ids, out.top2 or [], model.language_model.dtype,
+                rerun_from=lambda prefix: target_forced(tgt, prefix, max_new_tokens=settings.max_new_tokens,
+                                                        min_new_tokens=settings.min_new_tokens, state_factory=factory),
+            )
+            metrics["lossless"] = check.lossless
+            metrics["lossless_verdict"] = check.describe()
         return DecodeOutcome(token_ids=out.token_ids, n_prompt_tokens=out.n_prompt_tokens,
                              stopped_on_eos=out.stopped_on_eos, metrics=metrics)
 

@@ -111,6 +111,7 @@ def test_bench_draft_plugs_the_engine_into_the_bench(tmp_path: Path, dataset: Pa
     assert "draft_prefill" in row["extra_stages_s"] and row["prefill_s"] > 0 and row["decode_s"] > 0
     metrics = row["metrics"]
     assert metrics["synthetic"] is True and metrics["lossless"] is True and metrics["drafts"] >= 1
+    assert metrics["lossless_verdict"] == "exact"
     assert 0 <= metrics["acceptance_rate"] <= 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["identity"]["decoder"]["name"] == "spec:oracle:0.9"
