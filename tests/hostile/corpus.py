@@ -516,6 +516,10 @@ def _option_cases(corpus: Corpus, npy: Path, h5: Path, root: Path) -> None:
     corpus.add("synth --duration nan", "options", "data", "synth", root / "s2", "--duration", "nan", "--clips", "1")
     corpus.add("synth --size 7x7", "options", "data", "synth", root / "s3", "--size", "7x7", "--clips", "1")
     corpus.add("synth --clips 0", "options", "data", "synth", root / "s4", "--clips", "0")
+    corpus.add("synth --size 65536x65536", "options", "data", "synth", root / "s5", "--size", "65536x65536",
+               "--clips", "1", must_show="needs about")
+    corpus.add("synth --duration 100000", "options", "data", "synth", root / "s6", "--duration", "100000",
+               "--clips", "1", must_show="needs about")
     bench = ("bench", "--model", "tiny-eventgpt", "--device", "cpu")
     for flag, value in (("--temperature", "nan"), ("--temperature", "inf"), ("--temperature", "-1"),
                         ("--top-p", "nan"), ("--top-p", "0"), ("--max-new-tokens", "0"),
