@@ -849,6 +849,8 @@ class DsecEventFile:
         t0, t1 = t0 - offset, t1 - offset
         lo, hi, ms0, ms1 = self._index_bounds(t0, t1)
         a, b = max(lo - 1, 0), min(hi + 1, self._n)  # one event of margin each side to check the table
+        # t as int64 plus the x, y, p read and the packed stream: about 32 bytes an event at most
+        require_memory((b - a) * 32, f"a window of {b - a:,} events", self.path)
         try:
             t = np.asarray(self._t[a:b], dtype=np.int64)
             self._check_table(t, a, lo, ms0)
