@@ -106,11 +106,19 @@ def render(
     t0: int | None = typer.Option(None, "--t0", help="Window start, microseconds (.h5 files)."),
     t1: int | None = typer.Option(None, "--t1", help="Window end, microseconds (.h5 files)."),
     sensor: str | None = typer.Option(None, help="Sensor size WIDTHxHEIGHT (default: from the file or 640x480)."),
-    data_size: bool = typer.Option(False, help="eventgpt: size images to the data (upstream) instead of the sensor."),
+    event_canvas: str = typer.Option(
+        "upstream", "--event-canvas",
+        help="eventgpt: upstream (each chunk on its own canvas, as EventGPT is fed) or sensor (the sensor's size).",
+    ),
+    data_size: bool = typer.Option(
+        False, help="eventgpt: one canvas for all frames, the whole stream's (y.max()+1, x.max()+1) (overrides --event-canvas).",
+    ),
 ) -> None:
     """Render an event stream as EventGPT frames, count histograms or a voxel grid."""
     from evspec.data.events import read_events
     from evspec.data.render import (
+        EVENT_CANVASES,
+        check_event_canvas,
         histogram_to_image,
         render_eventgpt_frames,
         render_histogram,
@@ -121,13 +129,14 @@ def render(
 
     if frames < 1:
         raise ConfigError(f"--frames must be >= 1, got {frames}")
+    size = "data" if data_size else EVENT_CANVASES[check_event_canvas(event_canvas)]
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is an existing file; give a folder for the rendered files")
     stream = read_events(events, t0_us=t0, t1_us=t1, sensor_size=parse_size(sensor) if sensor else None)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     if style is RenderStyle.eventgpt:
-        for i, image in enumerate(render_eventgpt_frames(stream, frames, size="data" if data_size else "sensor")):
+        for i, image in enumerate(render_eventgpt_frames(stream, frames, size=size)):
             written.append(out / f"frame_{i}.png")
             save_png(image, written[-1])
     elif style is RenderStyle.histogram:

@@ -127,6 +127,14 @@ def test_data_inspect_and_render_take_camera_files(tmp_path: Path, capsys: pytes
     raw.write_bytes(evt3_bytes())
     assert main(["data", "render", str(raw), "--out", str(tmp_path / "frames"), "--frames", "2"]) == 0
     assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["frame_0.png", "frame_1.png"]
+    # upstream's canvas by default (each chunk's own extent); --event-canvas sensor: the header's 32x16
+    from PIL import Image
+
+    sizes = [Image.open(tmp_path / "frames" / f"frame_{i}.png").size for i in range(2)]
+    assert sizes == [(32, 16), (18, 10)]  # chunks: events 0-2 reach x=31, y=15; events 3-5 reach x=17, y=9
+    assert main(["data", "render", str(raw), "--out", str(tmp_path / "sensor"), "--frames", "2",
+                 "--event-canvas", "sensor"]) == 0
+    assert {Image.open(p).size for p in (tmp_path / "sensor").iterdir()} == {(32, 16)}
 
 
 def test_without_faery_the_error_names_the_extra(
