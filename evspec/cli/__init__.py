@@ -82,15 +82,20 @@ def main(argv: list[str] | None = None) -> int:
     except EvspecError as error:
         if debug:
             raise
-        err_console.print(f"[red]error:[/] {escape(str(error))}")  # file names may hold rich markup
+        # one line: file names may hold rich markup, and a library's message line breaks
+        err_console.print(f"[red]error:[/] {escape(_one_line(error))}")
         return 1
     except Exception as error:
         if debug:
             raise
         err_console.print(
-            f"[red]internal error:[/] {type(error).__name__}: {escape(str(error))} (rerun with --debug for the traceback)"
+            f"[red]internal error:[/] {type(error).__name__}: {escape(_one_line(error))} (rerun with --debug for the traceback)"
         )
         return 2
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 def run() -> None:

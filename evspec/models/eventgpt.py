@@ -51,6 +51,7 @@ from evspec.models.generation import read_generation_config
 from evspec.models.loading import (
     LOADER_ERRORS,
     LoadOptions,
+    check_config_sizes,
     check_processor_size,
     check_state_dict_keys,
     checkpoint_keys,
@@ -444,17 +445,27 @@ def load_eventgpt(
     raw = read_config_dict(folder)
     if raw.get("model_type") != MODEL_TYPE:
         raise ModelError(f"{folder}: config.json has model_type {raw.get('model_type')!r}, expected '{MODEL_TYPE}'")
-    config = EventChatConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    try:
+        config = EventChatConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except LOADER_ERRORS as error:
+        raise ModelError(f"{folder / 'config.json'}: not an EventGPT config ({type(error).__name__}: {error})") from None
     if not getattr(config, "mm_visual_tower", None):
         raise ModelError(f"{folder}: config.json has no mm_visual_tower (the CLIP vision tower to use)")
     tower_folder = resolve_visual_tower(str(config.mm_visual_tower), folder)
-    tower_config = CLIPVisionConfig.from_pretrained(str(tower_folder), local_files_only=True, trust_remote_code=False)
+    check_config_sizes(tower_folder)
+    try:
+        tower_config = CLIPVisionConfig.from_pretrained(str(tower_folder), local_files_only=True, trust_remote_code=False)
+    except LOADER_ERRORS as error:
+        raise ModelError(f"{tower_folder / 'config.json'}: not a CLIP config ({type(error).__name__}: {error})") from None
     config.visual_tower_config = tower_config.to_dict()
 
     found = {upstream_key(k) for k in checkpoint_keys(folder)}
     tower_in_file = any(k.startswith(TOWER_PREFIX) for k in found)
-    with torch.device("meta"):
-        model_keys = set(EventChatModel(config).state_dict())
+    try:
+        with torch.device("meta"):
+            model_keys = set(EventChatModel(config).state_dict())
+    except LOADER_ERRORS as error:
+        raise ModelError(f"{folder / 'config.json'}: describes no buildable model ({type(error).__name__}: {error})") from None
     expected = {upstream_key(k) for k in model_keys}
     tower_keys = {k for k in model_keys if k.startswith(TOWER_PREFIX)}
     allowed_missing = set() if tower_in_file else tower_keys

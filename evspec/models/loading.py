@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 
 from evspec.errors import ConfigError, ModelError, UnsafeFileError
 
@@ -32,9 +33,11 @@ QUANTIZE = ("4bit", "8bit")
 # What transformers' loaders raise on a damaged file (after evspec's own checks); each becomes a
 # ModelError naming the folder. RecursionError: deeply nested JSON; UnpicklingError: a .bin
 # refused by weights_only.
+# ArithmeticError/AssertionError: config values that break module construction (0 heads, a
+# negative vocabulary); StrictDataclassError: transformers 5's typed config fields.
 LOADER_ERRORS: tuple[type[BaseException], ...] = (
     OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError, IndexError, EOFError,
-    RecursionError, UnicodeDecodeError, pickle.UnpicklingError,
+    RecursionError, UnicodeDecodeError, pickle.UnpicklingError, ArithmeticError, AssertionError, StrictDataclassError,
 )
 # Buffers older transformers releases saved with the weights; harmless when present.
 IGNORABLE_SUFFIXES = ("rotary_emb.inv_freq", "embeddings.position_ids")
@@ -143,7 +146,48 @@ def require_checkpoint_folder(path: str | Path) -> Path:
     if not (folder / "config.json").is_file():
         raise ModelError(f"{folder}: no config.json in the checkpoint folder")
     refuse_custom_code(folder)
+    check_config_sizes(folder)
     return folder
+
+
+# Sizes a LLaMA/CLIP config states; each must be a positive integer before transformers builds modules.
+SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+             "vocab_size", "max_position_embeddings", "image_size", "patch_size", "projection_dim", "head_dim")
+_SLACK_BYTES = 64 * 2**20
+
+
+def _parameter_estimate(config: dict[str, Any]) -> int:
+    """Parameters a transformer of this config holds (attention, MLP, embeddings and head), roughly."""
+    hidden = config.get("hidden_size", 0)
+    layers = config.get("num_hidden_layers", 0)
+    inner = config.get("intermediate_size", 4 * hidden)
+    return layers * (4 * hidden * hidden + 3 * hidden * inner) + 2 * config.get("vocab_size", 0) * hidden
+
+
+def check_config_sizes(folder: Path) -> None:
+    """A ModelError naming config.json for sizes that are not positive integers, heads that do not
+    divide the width, or a model far larger than the weights beside it (a config claiming 10^5
+    layers would otherwise be built, and filled, before anything complained)."""
+    path = folder / "config.json"
+    raw = read_config_dict(folder)
+    parts = [raw, *(v for v in raw.values() if isinstance(v, dict) and "hidden_size" in v)]
+    for part in parts:
+        for key in SIZE_KEYS:
+            value = part.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ModelError(f"{path}: {key} must be a positive integer, got {repr(value)[:40]}")
+        heads, kv_heads = part.get("num_attention_heads"), part.get("num_key_value_heads")
+        if heads and part.get("hidden_size") and "head_dim" not in part and part["hidden_size"] % heads:
+            raise ModelError(f"{path}: hidden_size {part['hidden_size']} is not a multiple of num_attention_heads {heads}")
+        if heads and kv_heads and heads % kv_heads:
+            raise ModelError(f"{path}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
+    weights = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".bin") and f.is_file())
+    parameters = sum(_parameter_estimate(part) for part in parts)
+    if weights and parameters // 2 > 4 * weights + _SLACK_BYTES:  # 4-bit weights are half a byte a parameter
+        raise ModelError(
+            f"{path}: describes a model of about {parameters:,} parameters, but the weights beside it hold "
+            f"{weights:,} bytes; config and weights do not belong together"
+        )
 
 
 # The files through which transformers' Auto* loaders can be told to import a checkpoint's own

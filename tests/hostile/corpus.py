@@ -497,8 +497,8 @@ def _option_cases(corpus: Corpus, npy: Path, h5: Path, root: Path) -> None:
     for events in (npy, h5):
         corpus.add("--sensor 65536x65536 histogram", "options", "data", "render", events, "--out", out,
                    "--style", "histogram", "--sensor", "65536x65536")
-        corpus.add("--sensor 65536x65536 eventgpt", "options", "data", "render", events, "--out", out,
-                   "--sensor", "65536x65536")
+        corpus.add("--sensor 65536x65536 eventgpt on the sensor's canvas", "options", "data", "render", events,
+                   "--out", out, "--sensor", "65536x65536", "--event-canvas", "sensor")
     corpus.add("--style voxel --frames 1000000", "options", "data", "render", npy, "--out", out, "--style", "voxel",
                "--frames", "1000000")
     corpus.add("--frames 0", "options", "data", "render", npy, "--out", out, "--frames", "0")
@@ -654,6 +654,17 @@ def _checkpoint_cases(corpus: Corpus, base: Path) -> None:
                    "checkpoint", "bench", "--model", f"{family}:{folder}", "--generation-config", "checkpoint",
                    "--device", "cpu", "--out", folder / "run", "--max-samples", "1", "--max-new-tokens", "2",
                    "--warmup", "0")
+
+        for key, value in (("hidden_size", "abc"), ("num_attention_heads", 0), ("vocab_size", -5),
+                           ("num_hidden_layers", 100_000), ("hidden_size", 65), ("rms_norm_eps", "x"),
+                           ("num_key_value_heads", 3), ("max_position_embeddings", True)):
+            folder = copy(family, f"config-{key}-{value}")
+
+            def damage(raw: dict, key: str = key, value: object = value) -> None:
+                (raw["text_config"] if isinstance(raw.get("text_config"), dict) else raw)[key] = value
+
+            edit_json(folder / "config.json", damage)
+            verify(family, folder, f"config.json with {key} {value!r}")
 
         folder = copy(family, "config-list")
         (folder / "config.json").write_text("[1, 2]")
