@@ -28,3 +28,8 @@ class ConfigError(EvspecError):
 
 class ModelError(EvspecError):
     """A model name, checkpoint folder or checkpoint content that cannot be loaded."""
+
+
+class EvspecWarning(UserWarning):
+    """Something a run should know but that does not stop it (e.g. input its model was never
+    trained on); the CLI prints each as one yellow line."""

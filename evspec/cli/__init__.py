@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import typer
 from rich.console import Console
@@ -69,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         # command; --debug shows it. Set before transformers is first imported.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        result = app(args=argv, prog_name="evspec", standalone_mode=False)
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _show_warning
+            result = app(args=argv, prog_name="evspec", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except typer.Exit as stop:
         return stop.exit_code
@@ -96,6 +100,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(error: BaseException) -> str:
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """evspec's own warnings as one yellow line (no source line); others as Python shows them."""
+    from evspec.errors import EvspecWarning
+
+    if issubclass(category, EvspecWarning):
+        err_console.print(f"[yellow]warning:[/] {escape(str(message))}")
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def run() -> None:

@@ -40,7 +40,7 @@ from transformers import (
     LlamaPreTrainedModel,
 )
 
-from evspec.errors import InputError, ModelError
+from evspec.errors import EvspecWarning, InputError, ModelError
 from evspec.models.base import (
     Prepared,
     VisionLanguageModel,
@@ -93,7 +93,7 @@ VISUAL_TOWER_ENV = "EVSPEC_VISUAL_TOWER"
 """Overrides ``mm_visual_tower`` (a local CLIP folder or a hub name already in the local cache)."""
 
 
-class EventWindowWarning(UserWarning):
+class EventWindowWarning(EvspecWarning):
     """An event window upstream EventGPT would refuse (100 ms or more): the checkpoint never saw one."""
 
 

@@ -234,3 +234,12 @@ def test_checkpoint_sampling_must_agree_across_a_runs_models(monkeypatch: pytest
     config, record = runner.generation_records(runner.BenchConfig(models=("a",), generation_config="checkpoint"), ["a"])
     assert (config.temperature, config.top_p) == (0.6, 0.9)
     assert record["not_applied"] == {"a": ["top_k (transformers' default 50)"]}
+
+
+def test_the_cli_shows_the_window_warning_as_one_line(tiny_cache, capsys: pytest.CaptureFixture[str]) -> None:
+    from evspec.cli import main
+
+    assert main(["verify", "tiny-eventgpt", "--max-samples", "1", "--max-new-tokens", "2", "--no-hooks"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "upstream EventGPT refuses" in line]
+    assert err and all(line.startswith("warning: ") and "ms; upstream EventGPT refuses windows of 100 ms" in line
+                       for line in err)
