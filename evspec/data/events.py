@@ -670,17 +670,20 @@ def _load_rectify_map(path: str | Path, sensor_size: tuple[int, int]) -> np.ndar
     path = _require_file(path)
     width, height = sensor_size
     try:
+        _register_blosc()
         with h5py.File(path, "r") as f:
-            if "rectify_map" not in f:
+            dataset = f.get("rectify_map")
+            if not isinstance(dataset, h5py.Dataset):
                 raise InputError(f"no 'rectify_map' dataset (has {sorted(f.keys())})", path)
-            rmap = f["rectify_map"][()]
-    except OSError as err:
+            # shape and type from the header: a damaged file's map is refused before it is read
+            if dataset.shape != (height, width, 2) or dataset.dtype.kind not in "fiu":
+                raise InputError(
+                    f"rectify_map must be numeric with shape ({height}, {width}, 2), got {dataset.shape} {dataset.dtype}",
+                    path,
+                )
+            return dataset[()]
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as err:
         raise InputError(f"cannot read as HDF5 (truncated or not HDF5: {err})", path) from None
-    if rmap.shape != (height, width, 2) or rmap.dtype.kind not in "fiu":
-        raise InputError(
-            f"rectify_map must be numeric with shape ({height}, {width}, 2), got {rmap.shape} {rmap.dtype}", path
-        )
-    return rmap
 
 
 def write_rectify_map(path: str | Path, rectify_map: np.ndarray) -> None:

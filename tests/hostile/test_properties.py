@@ -23,6 +23,7 @@ from evspec.data.dataset import Sample, load_dataset
 from evspec.data.events import (
     DsecEventFile,
     EventStream,
+    _load_rectify_map,
     read_events,
     write_dsec_h5,
     write_eventgpt_npy,
@@ -89,6 +90,11 @@ def _good(suffix: str) -> bytes:
         from safetensors.torch import save_file
 
         save_file({"w": torch.arange(64, dtype=torch.float32), "b": torch.ones(3)}, path := folder / "model.safetensors")
+    elif suffix == "rectify.h5":
+        from evspec.data.events import write_rectify_map
+
+        grid = np.stack(np.meshgrid(np.arange(64), np.arange(48)), axis=-1).astype(np.float32)
+        write_rectify_map(path := folder / "rectify.h5", grid)
     elif suffix == "config.json":
         (path := folder / "config.json").write_text(json.dumps({"model_type": "llava", "text_config": {"a": 1}}))
     return path.read_bytes()
@@ -99,19 +105,20 @@ READERS: dict[str, tuple[str, Callable[[Path], Any]]] = {
     "EventGPT .npy": ("eventgpt.npy", lambda p: read_events(p, sensor_size=(64, 48))),
     ".npz": (".npz", lambda p: read_events(p)),
     "DSEC .h5": (".h5", _read_h5),
+    "DSEC rectify_map.h5": ("rectify.h5", lambda p: _load_rectify_map(p, (64, 48))),
     "PNG": (".png", read_image),
     "MP4 probe": (".mp4", probe_video),
     "MP4 frames": (".mp4", lambda p: read_video_frames(p, 4)),
     "safetensors": ("model.safetensors", _read_checkpoint_weights),
     "checkpoint config.json": ("config.json", _read_checkpoint_config),
 }
-MAGIC = {".npy": b"\x93NUMPY", "eventgpt.npy": b"\x93NUMPY\x01\x00", ".npz": b"PK\x03\x04", ".h5": b"\x89HDF\r\n\x1a\n",
+MAGIC = {"rectify.h5": b"\x89HDF\r\n\x1a\n", ".npy": b"\x93NUMPY", "eventgpt.npy": b"\x93NUMPY\x01\x00", ".npz": b"PK\x03\x04", ".h5": b"\x89HDF\r\n\x1a\n",
          ".png": b"\x89PNG\r\n\x1a\n", ".mp4": b"\x00\x00\x00\x18ftypmp42", "model.safetensors": b"\x10\x00\x00\x00\x00\x00\x00\x00",
          "config.json": b"{"}
 
 
 def _file_name(suffix: str) -> str:
-    return {"eventgpt.npy": "e.npy", "model.safetensors": "model.safetensors", "config.json": "config.json"}.get(
+    return {"eventgpt.npy": "e.npy", "rectify.h5": "rectify.h5", "model.safetensors": "model.safetensors", "config.json": "config.json"}.get(
         suffix, f"e{suffix}")
 
 
