@@ -1,8 +1,9 @@
 """Which library reads the field's camera files into arrays: speed and correctness, measured.
 
 Candidates that install from PyPI here: faery (reads and writes .aedat4, .raw EVT2/EVT3, .dat),
-expelliarmus (reads/writes .dat, EVT2, EVT3), aedat (reads .aedat4). evlib is left out of the
-measurement: it pulls in polars, pyarrow and pandera (hundreds of MB) for a reader.
+expelliarmus (reads/writes .dat, EVT2, EVT3), aedat (reads .aedat4), evlib (reads all four into a
+polars LazyFrame; it pulls in polars, pyarrow and pandera). A library that is not installed is
+left out of the table (faery is needed: it writes the files).
 
 Files are written by faery from one seeded stream (``--events`` events on a 1280x720 sensor over
 1 s, sorted timestamps, random polarity); every reader reads every file it supports; a read is
@@ -20,6 +21,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUME
     os.environ.setdefault(_var, "1")
 
 import argparse
+import importlib.util
 import platform
 import statistics
 import tempfile
@@ -112,6 +114,14 @@ def read_evt3_by_the_documented_layout(path: Path) -> tuple[np.ndarray, ...]:
     return a[:, 1], a[:, 2], a[:, 0], a[:, 3]
 
 
+def read_evlib(path: Path) -> tuple[np.ndarray, ...]:
+    import evlib
+
+    frame = evlib.load_events(str(path), sort=False).collect()
+    t = frame["t"].dt.total_microseconds().to_numpy()
+    return frame["x"].to_numpy(), frame["y"].to_numpy(), t, frame["polarity"].to_numpy() > 0
+
+
 def correct(got: tuple[np.ndarray, ...], events: np.ndarray) -> bool:
     x, y, t, p = got
     if len(x) != len(events):
@@ -139,8 +149,9 @@ def main() -> None:
     parser.add_argument("--expelliarmus-evt3", action="store_true",
                         help="also decode an EVT 3.0 file written by expelliarmus with the documented layout")
     args = parser.parse_args()
+    installed = {lib for lib in ("faery", "expelliarmus", "aedat", "evlib") if importlib.util.find_spec(lib)}
     print(f"python {platform.python_version()}, numpy {np.__version__}, " + ", ".join(
-        f"{lib} {version(lib)}" for lib in ("faery", "expelliarmus", "aedat")))
+        f"{lib} {version(lib)}" for lib in sorted(installed)))
     print(f"{args.events:,} events, {WIDTH}x{HEIGHT}, 1 s, seed {args.seed}; median of {args.repeats} reads")
     events = make_events(args.events, args.seed)
     readers: dict[str, dict[str, Callable[[Path], tuple[np.ndarray, ...]]]] = {
@@ -148,8 +159,10 @@ def main() -> None:
         "expelliarmus": {"evt2": lambda p: read_expelliarmus(p, "evt2"), "evt3": lambda p: read_expelliarmus(p, "evt3"),
                          "dat": lambda p: read_expelliarmus(p, "dat")},
         "aedat": {"aedat4": read_aedat},
+        "evlib": {f: read_evlib for f in FORMATS},
         "documented": {"evt3": read_evt3_by_the_documented_layout},
     }
+    readers = {name: table for name, table in readers.items() if name == "documented" or name in installed}
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_files(events, Path(tmp))
         print(f"{'reader':<14}{'format':<8}{'size MB':>9}{'ms':>10}{'M events/s':>12}  correct")

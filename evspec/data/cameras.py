@@ -7,8 +7,9 @@ files with it), and it was the one candidate correct on every format in
 ``benchmarks/bench_camera_readers.py`` (docs/BENCHMARKS.md): expelliarmus decodes EVT 3.0
 timestamps of spec-conformant files 4096 us off once the time's high bits change (its own writer
 makes files only it reads back; a decoder written from the documented layout agrees with faery),
-and aedat reads ``.aedat4`` only. faery decoded 20-48 M events/s on one core; expelliarmus is
-4-12x faster on EVT 2.0 and DAT, which does not outweigh a wrong EVT 3.0.
+aedat reads ``.aedat4`` only, and evlib failed on the ``.aedat4`` and ``.dat`` files. faery decoded
+20-60 M events/s on one core; expelliarmus is 3-16x faster on EVT 2.0 and DAT, which does not
+outweigh a wrong EVT 3.0.
 
 faery is optional: without it, these files fail with one line naming the extra to install.
 """
