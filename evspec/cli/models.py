@@ -78,6 +78,8 @@ def verify(
 
     if max_samples < 1:
         raise ConfigError(f"--max-samples must be >= 1, got {max_samples}")
+    if hooks and repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
     if max_new_tokens < 1 or not 0 <= min_new_tokens <= max_new_tokens:
         raise ConfigError(f"need 1 <= --max-new-tokens and 0 <= --min-new-tokens <= --max-new-tokens, got {max_new_tokens}, {min_new_tokens}")
     check_token_budget(model, max_new_tokens, min_new_tokens)  # before loading: 10^6 tokens would run for hours

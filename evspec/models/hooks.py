@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from evspec.errors import ConfigError
+
 if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are not evaluated at run time
     from typing_extensions import Self
 
@@ -111,7 +113,7 @@ def measure_hook_overhead(
     run, since medians of different runs need not nest), and whether the hooked runs returned
     the plain run's tokens."""
     if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+        raise ConfigError(f"repeats must be >= 1, got {repeats}")
     cuda = torch.device(device).type == "cuda"
     run()  # warm-up: first-call allocations and lazy initialisation
     plain, hooked, towers, same = [], [], [], True

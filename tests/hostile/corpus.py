@@ -552,6 +552,11 @@ def _option_cases(corpus: Corpus, npy: Path, h5: Path, root: Path) -> None:
     corpus.add("spec --out naming an existing file", "options", *spec, "--out", existing)
     corpus.add("verify --max-new-tokens 1000000", "options", "verify", "tiny-eventgpt", "--max-new-tokens", "1000000",
                "--device", "cpu", "--no-hooks")
+    corpus.add("verify --repeats 0", "options", "verify", "tiny-eventgpt", "--repeats", "0", "--device", "cpu")
+    corpus.add("verify --max-samples 0", "options", "verify", "tiny-eventgpt", "--max-samples", "0", "--device", "cpu")
+    corpus.add("verify --device cuda:7", "options", "verify", "tiny-eventgpt", "--device", "cuda:7")
+    corpus.add("verify --dtype float8", "options", "verify", "tiny-eventgpt", "--dtype", "float8", "--device", "cpu")
+    corpus.add("verify --quantize 3bit", "options", "verify", "tiny-eventgpt", "--quantize", "3bit", "--device", "cpu")
     corpus.add("verify --min-new-tokens 5000", "options", "verify", "tiny-eventgpt", "--max-new-tokens", "6000",
                "--min-new-tokens", "5000", "--device", "cpu", "--no-hooks")
     corpus.add("verify --min-new-tokens 1020: within the context, beyond the room a prompt leaves", "options",

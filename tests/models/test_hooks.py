@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from evspec.errors import ConfigError
 from evspec.models.hooks import TowerTimer, measure_hook_overhead
 from tests.models.conftest import visual_input
 
@@ -37,5 +38,5 @@ def test_overhead_report(tiny_models: dict) -> None:
     assert report.same_tokens and report.tower_calls == 1
     assert report.tower_s > 0 and 0 < report.tower_fraction < 1
     assert report.generate_s > 0 and report.overhead_s == report.generate_hooked_s - report.generate_s
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="repeats must be >= 1"):
         measure_hook_overhead(model.vision_tower, list, repeats=0)
