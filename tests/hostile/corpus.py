@@ -436,6 +436,12 @@ def _dataset_cases(corpus: Corpus, base: Path, good: EventStream) -> None:
             _dataset(path, rows)
         corpus.add(f"dataset: {name} / data check", "dataset", "data", "check", path)
         corpus.add(f"dataset: {name} / data inspect", "dataset", "data", "inspect", path)
+        # the same loader behind the run commands: refused before any model loads
+        runs = base.parent / "dataset-runs" / path.name
+        corpus.add(f"dataset: {name} / bench", "dataset", "bench", "--model", "tiny-eventgpt", "--dataset", path,
+                   "--device", "cpu", "--out", runs / "bench")
+        corpus.add(f"dataset: {name} / spec", "dataset", "spec", "--dataset", path, "--device", "cpu",
+                   "--out", runs / "spec")
     (base / "outside.npy").write_bytes(b"")
     # a symlink out of the root
     path = folder("symlink-out")
