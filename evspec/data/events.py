@@ -452,6 +452,22 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+def _reconstruct_empty(reconstruct: Any) -> Any:
+    """numpy's ``_reconstruct``, for the one call numpy's pickles make: an empty ndarray that the
+    pickle's state then fills (numpy checks the state's bytes against its shape). Any other shape
+    would allocate memory the file never holds (a 1 KB pickle can ask for 10^11 elements)."""
+
+    def empty_only(subtype: Any, shape: Any, dtype: Any) -> Any:
+        if subtype is not np.ndarray or tuple(shape) != (0,):
+            raise UnsafeFileError(
+                f"pickle builds an array of shape {str(shape)[:40]} directly, not as numpy writes arrays; refusing "
+                "it (nothing was executed or allocated)"
+            )
+        return reconstruct(subtype, shape, dtype)
+
+    return empty_only
+
+
 def _numpy_globals() -> dict[tuple[str, str], Any]:
     try:
         from numpy._core import multiarray
@@ -460,7 +476,7 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
 
     allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(module, "_reconstruct")] = multiarray._reconstruct
+        allowed[(module, "_reconstruct")] = _reconstruct_empty(multiarray._reconstruct)
         allowed[(module, "scalar")] = multiarray.scalar
     allowed[("_codecs", "encode")] = _latin1_encode
     return allowed

@@ -209,6 +209,17 @@ def _pickle_runs(marker: Path) -> bytes:
     return pickle.dumps(Payload(), protocol=2)
 
 
+def _pickle_allocates() -> bytes:
+    """A pickle of only numpy's own globals whose array declares 10^11 int8 elements (93 GiB)."""
+    from numpy._core import multiarray
+
+    class Payload:
+        def __reduce__(self):
+            return (multiarray._reconstruct, (np.ndarray, (10**11,), b"b"))
+
+    return pickle.dumps(Payload(), protocol=2)
+
+
 def _npy_bytes(header: dict, payload: bytes) -> bytes:
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(buffer, header)
@@ -295,6 +306,8 @@ def build_corpus(root: Path, *, with_models: bool = True) -> Corpus:
         ("EventGPT .npy: pickle of os.system", put("evil-system.npy", _npy_bytes(
             {"descr": "|O", "fortran_order": False, "shape": ()},
             b"cos\nsystem\n(V" + f"touch {corpus.marker}".encode() + b"\ntR."))),
+        ("EventGPT .npy: pickle building a 10^11-element array from 1 KB", put("bomb.npy", _npy_bytes(
+            {"descr": "|O", "fortran_order": False, "shape": ()}, _pickle_allocates()))),
         ("EventGPT .npy: persistent id", put("persid.npy", _npy_bytes(
             {"descr": "|O", "fortran_order": False, "shape": ()}, b"\x80\x02X\x01\x00\x00\x00aQ."))),
         ("EventGPT .npy: truncated pickle", put("cut-pickle.npy", raw_eventgpt[: len(raw_eventgpt) // 2])),
