@@ -118,6 +118,16 @@ class VisionLanguageModel(ABC):
         """``encode`` of several samples, in one pass where the family can batch (training)."""
         return [self.encode(p) for p in prepared]
 
+    def splice_batch(self, prepared: Sequence[Prepared], features: Sequence[VisualFeatures], *,
+                     pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``splice`` of several samples, right-padded: embeddings [B, L, D] and each row's length.
+        Families whose splice takes a batch of ids do it in one pass (training)."""
+        rows = [self.splice(p, f)[0] for p, f in zip(prepared, features)]
+        lengths = torch.tensor([r.shape[0] for r in rows])
+        width = int(lengths.max())
+        padded = torch.stack([torch.nn.functional.pad(r, (0, 0, 0, width - r.shape[0])) for r in rows])
+        return padded, lengths
+
     # ---- shared
     @property
     def trainable_module(self) -> torch.nn.Module:

@@ -44,6 +44,7 @@ from evspec.errors import EvspecWarning, InputError, ModelError
 from evspec.models.base import (
     Prepared,
     VisionLanguageModel,
+    inference_stage,
     VisualFeatures,
     VisualInput,
 )
@@ -275,6 +276,8 @@ class EventGPT(VisionLanguageModel):
         self.n_frames = n_frames
         self.event_canvas = check_event_canvas(event_canvas)
         self.checkpoint_generation_config = checkpoint_generation_config
+        # evspec's own checkpoints (evspec train) learnt from its 1 s clips: no upstream window limit.
+        self.trained_on_upstream_windows = "evspec_training" not in model.config.to_dict()
         self.language_model = LanguageModel.from_causal_lm(model)
 
     def preprocessing(self) -> dict[str, object]:
@@ -303,7 +306,8 @@ class EventGPT(VisionLanguageModel):
             from evspec.data.render import render_eventgpt_input
 
             stream = read_events(sample.event_path)
-            warn_if_long_window(stream.duration_us, sample.event_path)
+            if self.trained_on_upstream_windows:
+                warn_if_long_window(stream.duration_us, sample.event_path)
             return VisualInput("event_frames", render_eventgpt_input(stream, self.n_frames, self.event_canvas))
         if sample.event_image_paths:
             from evspec.data.video import read_image
@@ -330,11 +334,23 @@ class EventGPT(VisionLanguageModel):
             pixel_values=pixels.to(self.device, self.dtype),
         )
 
-    @torch.inference_mode()
+    @inference_stage
     def encode(self, prepared: Prepared) -> VisualFeatures:
         return VisualFeatures(self.model.encode_events(list(prepared.pixel_values)))
 
-    @torch.inference_mode()
+    @inference_stage
+    def encode_batch(self, prepared: Sequence[Prepared]) -> list[VisualFeatures]:
+        """Every sample's frames through the tower in one pass (upstream's ``encode_events`` takes
+        them one at a time: the same function), then each sample's spatio-temporal aggregation."""
+        frames = torch.cat([p.pixel_values for p in prepared])
+        features = self.model.visval_encode(frames)
+        adaptor = getattr(self.model.model, "feature_adaptor", None)
+        if adaptor is not None:
+            features = adaptor(features)
+        sizes = [int(p.pixel_values.shape[0]) for p in prepared]
+        return [VisualFeatures(spatio_temporal_tokens(block)) for block in features.split(sizes)]
+
+    @inference_stage
     def splice(self, prepared: Prepared, features: VisualFeatures) -> torch.Tensor:
         return self.model.splice_events(prepared.input_ids[0], [features.embeds]).unsqueeze(0)
 
@@ -433,13 +449,21 @@ def _image_processor(folder: Path, tower_folder: Path, tower: CLIPVisionConfig):
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
+def checkpoint_event_canvas(raw_config: dict) -> str:
+    """The event canvas a checkpoint was trained with: evspec's own checkpoints record it
+    (``evspec_event_canvas``); upstream's were trained on upstream's per-chunk canvas."""
+    value = raw_config.get("evspec_event_canvas", "upstream")
+    return value if isinstance(value, str) else "upstream"
+
+
 def load_eventgpt(
-    folder: str | Path, options: LoadOptions, *, name: str | None = None, event_canvas: str = "upstream",
+    folder: str | Path, options: LoadOptions, *, name: str | None = None, event_canvas: str | None = None,
 ) -> EventGPT:
     """Load an upstream-layout EventGPT checkpoint folder (see the module docstring).
 
     Preprocessed as upstream's code does by default: its event chunking and per-chunk canvas
-    (``event_canvas="sensor"``: one sensor-sized canvas), and its tokenizer's ``legacy=True``
+    (``event_canvas="sensor"``: one sensor-sized canvas; None: the canvas the checkpoint records
+    it was trained with, else upstream's), and its tokenizer's ``legacy=True``
     when ``tokenizer_config.json`` does not say."""
     folder = require_checkpoint_folder(folder)
     raw = read_config_dict(folder)
@@ -491,7 +515,7 @@ def load_eventgpt(
     model = options.place(model)
     return EventGPT(
         model, tokenizer, _image_processor(folder, tower_folder, tower_config), name=name or f"eventgpt:{folder}",
-        event_canvas=event_canvas, checkpoint_generation_config=read_generation_config(folder),
+        event_canvas=event_canvas or checkpoint_event_canvas(raw), checkpoint_generation_config=read_generation_config(folder),
     )
 
 

@@ -21,6 +21,7 @@ Preprocessing:
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from torch import nn
 from evspec.errors import InputError, ModelError
 from evspec.models.base import (
     Prepared,
+    inference_stage,
     VisionLanguageModel,
     VisualFeatures,
     VisualInput,
@@ -103,9 +105,24 @@ class _LlavaBase(VisionLanguageModel):
     def _check_fits(self, input_ids: torch.Tensor) -> None:
         ensure_prompt_fits(int(input_ids.shape[-1]), self.language_model.context_length - 1, self.name)
 
-    @torch.inference_mode()
+    @inference_stage
     def splice(self, prepared: Prepared, features: VisualFeatures) -> torch.Tensor:
         return splice_placeholders(self.language_model.embed_tokens, prepared.input_ids, self.placeholder_id, features.embeds)
+
+    def splice_batch(self, prepared: Sequence[Prepared], features: Sequence[VisualFeatures], *,
+                     pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ``masked_scatter`` over the right-padded ids of every sample (placeholders are
+        expanded in the ids, so each row keeps its length)."""
+        lengths = torch.tensor([int(p.input_ids.shape[-1]) for p in prepared])
+        width = int(lengths.max())
+        ids = torch.stack([nn.functional.pad(p.input_ids[0], (0, width - p.input_ids.shape[-1]), value=pad_id)
+                           for p in prepared])
+        return self.splice(Prepared(ids, prepared[0].pixel_values), VisualFeatures(torch.cat([f.embeds for f in features]))), lengths
+
+    def encode_batch(self, prepared: Sequence[Prepared]) -> list[VisualFeatures]:
+        """One tower pass over every sample's frames; each sample has the same number of them."""
+        merged = self.encode(Prepared(prepared[0].input_ids, torch.cat([p.pixel_values for p in prepared])))
+        return [VisualFeatures(rows) for rows in merged.embeds.chunk(len(prepared))]
 
     def _pixel_kwargs(self, prepared: Prepared) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -162,7 +179,7 @@ class VideoLlava(_LlavaBase):
         self._check_fits(ids)
         return Prepared(input_ids=ids.to(self.device), pixel_values=pixels.unsqueeze(0).to(self.device, self.dtype))
 
-    @torch.inference_mode()
+    @inference_stage
     def encode(self, prepared: Prepared) -> VisualFeatures:
         output = self.model.model.get_video_features(
             pixel_values_videos=prepared.pixel_values, vision_feature_layer=self.model.config.vision_feature_layer
@@ -210,7 +227,7 @@ class Llava(_LlavaBase):
         self._check_fits(out["input_ids"])
         return Prepared(input_ids=out["input_ids"].to(self.device), pixel_values=out["pixel_values"].to(self.device, self.dtype))
 
-    @torch.inference_mode()
+    @inference_stage
     def encode(self, prepared: Prepared) -> VisualFeatures:
         config = self.model.config
         output = self.model.model.get_image_features(

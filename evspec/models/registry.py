@@ -1,6 +1,7 @@
 """Model names -> loaded models.
 
-Names: ``tiny-eventgpt``, ``tiny-videollava``, ``tiny-llava`` (seeded random checkpoints built once
+Names: ``demo-videollava``, ``demo-eventgpt`` (the trained pair shipped in the package, loaded like
+any checkpoint folder), ``tiny-eventgpt``, ``tiny-videollava``, ``tiny-llava`` (seeded random checkpoints built once
 and cached, see :mod:`evspec.models.tiny`), ``random-7b-eventgpt|videollava|llava`` (real shapes,
 random weights, built in memory: for speed measurements without checkpoints), or ``FAMILY:PATH`` with FAMILY one of ``eventgpt``,
 ``videollava``, ``llava`` and PATH a local checkpoint folder. A tiny name resolves to its cached
@@ -24,7 +25,12 @@ if TYPE_CHECKING:  # torch and the loaders are imported when a model loads: the 
 
 FAMILIES = ("eventgpt", "videollava", "llava")
 TINY_NAMES = {"tiny-eventgpt": "eventgpt", "tiny-videollava": "videollava", "tiny-llava": "llava"}
+DEMO_NAMES = {"demo-videollava": "videollava", "demo-eventgpt": "eventgpt"}
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+"""The trained demo pair shipped in the package (``evspec/models/demo/``, made by
+``python -m evspec.training.demo``; ``MANIFEST.json`` beside them says how)."""
 NAME_FORMS: dict[str, str] = {
+    ", ".join(DEMO_NAMES): "the trained demo pair shipped with evspec (target, draft)",
     ", ".join(TINY_NAMES): "tiny seeded checkpoints, built once and cached",
     ", ".join(f"random-7b-{f}" for f in FAMILIES): "real 7B shapes, random weights, built in memory (speed only)",
     "FAMILY:PATH": f"a checkpoint folder, FAMILY one of {', '.join(FAMILIES)}",
@@ -40,9 +46,16 @@ def model_names_help() -> str:
 
 
 def parse_name(name: str) -> tuple[str, Path | None]:
-    """``tiny-*`` -> (family, None); ``family:PATH`` -> (family, PATH)."""
+    """``tiny-*`` -> (family, None); ``demo-*`` -> (family, its folder in the package);
+    ``family:PATH`` -> (family, PATH)."""
     if name in TINY_NAMES:
         return TINY_NAMES[name], None
+    if name in DEMO_NAMES:
+        folder = DEMO_DIR / name
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"{name}: the demo weights are not in {folder}; build them with "
+                             "'python -m evspec.training.demo' (see its MANIFEST.json)")
+        return DEMO_NAMES[name], folder
     family, sep, path = name.partition(":")
     if sep and family in FAMILIES and path:
         return family, Path(path).expanduser()
@@ -94,25 +107,35 @@ def check_token_budget(name: str, max_new_tokens: int, min_new_tokens: int = 0) 
             )
 
 
+def check_model_event_canvas(value: str | None) -> str | None:
+    """A model's event canvas option: ``auto`` (or None) -> None, the checkpoint's own; else a
+    canvas name, checked."""
+    if value is None or value == "auto":
+        return None
+    from evspec.data.render import check_event_canvas
+
+    return check_event_canvas(value)
+
+
 def load_model(
     name: str, *, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32", quantize: str | None = None,
-    event_canvas: str = "upstream",
+    event_canvas: str | None = "auto",
 ) -> VisionLanguageModel:
     """Load a model by name (module docstring) on ``device`` in ``dtype``, optionally 4-/8-bit.
     ``event_canvas``: how EventGPT draws its event frames (``upstream``'s per-chunk canvas or
-    ``sensor``); other families have none."""
-    from evspec.data.render import check_event_canvas
+    ``sensor``; ``auto`` or None: what the checkpoint was trained with where it says, else
+    ``upstream``); other families have none."""
     from evspec.models.loading import LoadOptions, quiet_transformers
     from evspec.models.tiny import RANDOM_NAMES, random_model
 
-    check_event_canvas(event_canvas)
+    event_canvas = check_model_event_canvas(event_canvas)
     options = LoadOptions.resolve(device, dtype, quantize)
     if name in RANDOM_NAMES:
         if quantize is not None:
             raise ConfigError(f"{name} has random weights: quantising them measures nothing real")
         model = random_model(name, options.device, options.torch_dtype)
         if model.family == "eventgpt":
-            model.event_canvas = event_canvas  # type: ignore[attr-defined]
+            model.event_canvas = event_canvas or "upstream"  # type: ignore[attr-defined]
         return model
     family, folder = parse_name(name)
     if folder is None:

@@ -19,11 +19,13 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from evspec.errors import ModelError
+from evspec.errors import ConfigError, ModelError
 from evspec.models.tokenizer import add_special_tokens, build_base_tokenizer
 
 VERSION = "v1"
@@ -45,6 +47,46 @@ CLIP = {
 }
 
 
+@dataclass(frozen=True)
+class ModelSize:
+    """The shape of a checkpoint evspec builds: its LLaMA language model, its CLIP tower, and how
+    frames reach the tower. ``full_frame``: resize the whole frame to the tower's square input (the
+    synthetic scenes keep objects anywhere in a 4:3 frame, which a centre crop would cut off);
+    otherwise the real models' shortest-edge resize and centre crop."""
+
+    llama: dict[str, Any]
+    clip: dict[str, Any]
+    context: int = CONTEXT
+    full_frame: bool = False
+
+
+# Trained sizes (``evspec train --size``). On a CPU a token's cost is mostly per-layer overhead, so
+# depth sets it: the target is deep and narrow (30 layers; LLaMA-7B has 32), the draft has 2 layers
+# (docs/BENCHMARKS.md has the measured ratio). The towers see 128x128 frames in 32-pixel patches
+# (16 + CLS tokens a frame): shapes, colours and motion stay visible, and Video-LLaVA's 8 frames
+# stay a 136-token prompt. Together the shipped pair stays under 16 MB in float16.
+_DEMO_CLIP = {
+    "image_size": 128, "patch_size": 32, "hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 3,
+    "num_attention_heads": 4, "projection_dim": 96, "initializer_range": 0.02,
+}
+_DEMO_LLAMA = {
+    "hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 4,
+    "max_position_embeddings": CONTEXT, "rms_norm_eps": 1e-6, "bos_token_id": 1, "eos_token_id": 2,
+    "initializer_range": 0.02,
+}
+SIZES: dict[str, ModelSize] = {
+    "tiny": ModelSize(LLAMA, CLIP),
+    "demo-target": ModelSize({**_DEMO_LLAMA, "num_hidden_layers": 30}, _DEMO_CLIP, full_frame=True),
+    "demo-draft": ModelSize({**_DEMO_LLAMA, "num_hidden_layers": 2}, _DEMO_CLIP, full_frame=True),
+}
+
+
+def model_size(name: str) -> ModelSize:
+    if name not in SIZES:
+        raise ConfigError(f"unknown model size {name!r}: use one of {', '.join(SIZES)}")
+    return SIZES[name]
+
+
 def cache_dir() -> Path:
     """``$EVSPEC_CACHE/tiny`` (default ``~/.cache/evspec/tiny``)."""
     return Path(os.environ.get("EVSPEC_CACHE") or "~/.cache/evspec").expanduser() / "tiny"
@@ -56,10 +98,16 @@ def _clip_config(clip: dict = CLIP):
     return CLIPVisionConfig(**clip)
 
 
-def _clip_image_processor(size: int = IMAGE_SIZE):
+def _frame_sizes(size: int, full_frame: bool) -> dict[str, Any]:
+    if full_frame:
+        return {"size": {"height": size, "width": size}, "do_center_crop": False, "crop_size": {"height": size, "width": size}}
+    return {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
+
+
+def _clip_image_processor(size: int = IMAGE_SIZE, full_frame: bool = False):
     from transformers import CLIPImageProcessor
 
-    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return CLIPImageProcessor(**_frame_sizes(size, full_frame))
 
 
 def _eventgpt_tokenizer():
@@ -111,16 +159,16 @@ def _llava_config(llama: dict, clip, tokenizer, vocab_size: int):
     )
 
 
-def _llava_processor(tokenizer, image_size: int, patch_size: int):
+def _llava_processor(tokenizer, image_size: int, patch_size: int, full_frame: bool = False):
     from transformers import LlavaProcessor
 
     return LlavaProcessor(
-        image_processor=_clip_image_processor(image_size), tokenizer=tokenizer, patch_size=patch_size,
+        image_processor=_clip_image_processor(image_size, full_frame), tokenizer=tokenizer, patch_size=patch_size,
         vision_feature_select_strategy="default", num_additional_image_tokens=1,
     )
 
 
-def build_tiny_eventgpt(folder: Path) -> None:
+def build_eventgpt(folder: Path, size: ModelSize = SIZES["tiny"], seed: int = SEED) -> None:
     """EventGPT in upstream's layout: weights with the CLIP tower keys, plus the tower as its own
     folder ``clip_tower/`` that ``mm_visual_tower`` points to (relative to the checkpoint)."""
     from transformers import CLIPVisionModel
@@ -128,20 +176,20 @@ def build_tiny_eventgpt(folder: Path) -> None:
     from evspec.models.eventgpt import EventChatModel, save_eventgpt
 
     tokenizer = _eventgpt_tokenizer()
-    clip = _clip_config()
-    torch.manual_seed(SEED)
+    clip = _clip_config(size.clip)
+    torch.manual_seed(seed)
     tower = CLIPVisionModel(clip).eval()
     tower.save_pretrained(folder / "clip_tower")
-    _clip_image_processor().save_pretrained(folder / "clip_tower")
-    config = _eventgpt_config(LLAMA, clip, len(tokenizer), CONTEXT)
-    torch.manual_seed(SEED + 1)
+    _clip_image_processor(clip.image_size, size.full_frame).save_pretrained(folder / "clip_tower")
+    config = _eventgpt_config(size.llama, clip, len(tokenizer), size.context)
+    torch.manual_seed(seed + 1)
     model = EventChatModel(config).eval()
     model.model.visual_tower.visual_tower.load_state_dict(tower.state_dict())
     save_eventgpt(model, folder)
     tokenizer.save_pretrained(folder)
 
 
-def build_tiny_videollava(folder: Path) -> None:
+def build_videollava(folder: Path, size: ModelSize = SIZES["tiny"], seed: int = SEED + 2) -> None:
     """Video-LLaVA: ``<image>``, ``<video>``, ``<pad>`` after the base vocabulary (as 32000-32002)."""
     from transformers import (
         VideoLlavaForConditionalGeneration,
@@ -149,30 +197,41 @@ def build_tiny_videollava(folder: Path) -> None:
     )
 
     tokenizer = _llava_tokenizer(["<image>", "<video>", "<pad>"])
-    config = _videollava_config(LLAMA, _clip_config(), tokenizer, len(tokenizer))
-    torch.manual_seed(SEED + 2)
+    config = _videollava_config(size.llama, _clip_config(size.clip), tokenizer, len(tokenizer))
+    torch.manual_seed(seed)
     VideoLlavaForConditionalGeneration(config).eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    size = {"shortest_edge": IMAGE_SIZE}
-    VideoLlavaImageProcessor(size=size, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(folder)
+    VideoLlavaImageProcessor(**_frame_sizes(int(size.clip["image_size"]), size.full_frame)).save_pretrained(folder)
 
 
-def build_tiny_llava(folder: Path) -> None:
+def build_llava(folder: Path, size: ModelSize = SIZES["tiny"], seed: int = SEED + 3) -> None:
     """LLaVA-1.5: ``<image>``, ``<pad>`` after the base vocabulary; a saved ``LlavaProcessor``."""
     from transformers import LlavaForConditionalGeneration
 
     tokenizer = _llava_tokenizer(["<image>", "<pad>"])
-    config = _llava_config(LLAMA, _clip_config(), tokenizer, len(tokenizer))
-    torch.manual_seed(SEED + 3)
+    config = _llava_config(size.llama, _clip_config(size.clip), tokenizer, len(tokenizer))
+    torch.manual_seed(seed)
     LlavaForConditionalGeneration(config).eval().save_pretrained(folder)
-    _llava_processor(tokenizer, IMAGE_SIZE, PATCH_SIZE).save_pretrained(folder)
+    processor = _llava_processor(tokenizer, int(size.clip["image_size"]), int(size.clip["patch_size"]), size.full_frame)
+    processor.save_pretrained(folder)
 
 
-BUILDERS: dict[str, Callable[[Path], None]] = {
-    "tiny-eventgpt": build_tiny_eventgpt,
-    "tiny-videollava": build_tiny_videollava,
-    "tiny-llava": build_tiny_llava,
+FAMILY_BUILDERS: dict[str, Callable[..., None]] = {
+    "eventgpt": build_eventgpt, "videollava": build_videollava, "llava": build_llava,
 }
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "tiny-eventgpt": build_eventgpt,
+    "tiny-videollava": build_videollava,
+    "tiny-llava": build_llava,
+}
+
+
+def build_checkpoint(family: str, size: str, folder: Path, seed: int) -> None:
+    """A freshly initialised checkpoint of ``family`` at ``size`` in ``folder`` (the family's real
+    layout), seeded: the start of ``evspec train``."""
+    if family not in FAMILY_BUILDERS:
+        raise ConfigError(f"unknown model family {family!r}: use one of {', '.join(FAMILY_BUILDERS)}")
+    FAMILY_BUILDERS[family](folder, model_size(size), seed)
 
 
 def tiny_checkpoint(name: str) -> Path:
