@@ -1,0 +1,3 @@
+"""Training: the one loop (:mod:`evspec.training.loop`) and its tasks; ``evspec train`` trains a
+family VLM from scratch (:mod:`evspec.training.vlm`), ``evspec eval`` judges answers
+(:mod:`evspec.training.evaluate`)."""

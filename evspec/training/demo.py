@@ -1,0 +1,171 @@
+"""The shipped demo pair: how ``demo-videollava`` (target) and ``demo-eventgpt`` (draft) are made.
+
+    python -m evspec.training.demo --workdir WORK --device cuda --workers 16
+
+1. ``evspec data synth WORK/train`` (a seeded synthetic dataset at the default 640x480, 1 s clips);
+2. ``evspec train`` of Video-LLaVA at size ``demo-target`` on the full answers and of EventGPT at
+   ``demo-draft`` on the event-visible answers (sensor-sized event canvas), both at once;
+3. the trained model files, in float16, into ``evspec/models/demo/<name>/`` with ``MANIFEST.json``:
+   the sha256 and size of each file, this exact command, the dataset's config, each training's
+   config and final evaluation, the evspec commit, the machine and the time.
+
+Training is seeded: the same command on the same machine and software gives the same weights on
+a CPU. On CUDA, bf16 autocast and atomics in the backward passes (embedding gradients, reductions)
+make runs differ in the last bits, so weights are reproducible up to that, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
+MANIFEST_NAME = "MANIFEST.json"
+# name -> (family, size)
+DEMO_MODELS = {
+    "demo-videollava": ("videollava", "demo-target"),
+    "demo-eventgpt": ("eventgpt", "demo-draft"),
+}
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_files(folder: Path) -> list[Path]:
+    """A trained checkpoint's files, without its training run (``training/``)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and "training" not in p.relative_to(folder).parts
+                  and not p.name.startswith("."))
+
+
+def manifest_entries(root: Path) -> dict[str, dict[str, Any]]:
+    return {str(p.relative_to(root)): {"sha256": sha256(p), "bytes": p.stat().st_size}
+            for name in DEMO_MODELS for p in model_files(root / name)}
+
+
+def _git_commit() -> dict[str, Any]:
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True)
+        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def _train_command(args: argparse.Namespace, name: str, dataset: Path, out: Path) -> list[str]:
+    family, size = DEMO_MODELS[name]
+    size = args.target_size if family == "videollava" else args.draft_size
+    steps = args.target_steps if family == "videollava" else args.draft_steps
+    command = [
+        sys.executable, "-m", "evspec", "train", "--family", family, "--size", size, "--dataset", str(dataset),
+        "--out", str(out), "--steps", str(steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+        "--warmup-steps", str(args.warmup_steps), "--seed", str(args.seed), "--eval-every", str(args.eval_every),
+        "--eval-questions", "64", "--checkpoint-every", str(args.checkpoint_every), "--workers",
+        str(max(1, args.workers // 2)), "--save-dtype", "float16", "--device", args.device,
+    ]
+    if family == "eventgpt":
+        # The demo draft sees its events on one sensor-sized canvas: upstream's per-chunk canvas
+        # stretches each chunk to its own extent, so shapes and speeds change from frame to frame.
+        command += ["--event-canvas", "sensor"]
+    return command
+
+
+def build(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    from evspec.bench.rundir import environment
+    from evspec.data.synth.builder import SynthConfig, build_dataset
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    dataset_config = SynthConfig(clips=args.clips, seed=args.dataset_seed, test_fraction=args.test_fraction)
+    began = time.time()
+    build_dataset(work / "train", dataset_config, workers=args.workers)
+    synth_s = time.time() - began
+    runs = {name: work / name for name in DEMO_MODELS}
+    commands = {name: _train_command(args, name, work / "train", runs[name]) for name in DEMO_MODELS}
+    # Both at once: two small models leave a GPU mostly idle; each run resumes if killed.
+    procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
+    failed = [name for name, proc in procs.items() if proc.wait() != 0]
+    if failed:
+        raise SystemExit(f"training failed for {', '.join(failed)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, run in runs.items():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out))
+        for path in model_files(run):
+            dest = tmp / path.relative_to(run)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dest)
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+        os.replace(tmp, out / name)
+    trainings = {}
+    for name, run in runs.items():
+        config = json.loads((run / "training" / "config.json").read_text(encoding="utf-8"))
+        rows = [json.loads(line) for line in (run / "training" / "metrics.jsonl").read_text().splitlines() if line]
+        evals = [r["eval"] for r in rows if "eval" in r]
+        losses = [r for r in rows if "loss" in r]
+        trainings[name] = {"command": shlex.join(commands[name][2:]),
+                           "identity": config["identity"], "final_loss": losses[-1]["loss"] if losses else None,
+                           "final_eval_on_training_split_test_rows": evals[-1] if evals else None}
+    manifest = {
+        "command": shlex.join(["python", "-m", "evspec.training.demo", *argv]),
+        "files": manifest_entries(out),
+        "dataset": {"synth_config": dataset_config.model_dump(mode="json"), "seconds": synth_s},
+        "trainings": trainings,
+        "evspec": _git_commit(),
+        "machine": environment(args.device),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": time.time() - began,
+    }
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return manifest
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m evspec.training.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", required=True, help="Where the dataset and the training runs go.")
+    p.add_argument("--out", default=str(DEMO_DIR), help="Where the shipped folders and the manifest go.")
+    p.add_argument("--clips", type=int, default=5000)
+    p.add_argument("--dataset-seed", type=int, default=1, help="Synthetic dataset seed (evaluate on others).")
+    p.add_argument("--test-fraction", type=float, default=0.02, help="Test rows evaluated during training.")
+    p.add_argument("--target-size", default="demo-target", help="Model size of the target (tiny: a quick test).")
+    p.add_argument("--draft-size", default="demo-draft", help="Model size of the draft.")
+    p.add_argument("--target-steps", type=int, default=4000)
+    p.add_argument("--draft-steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--device", default="cuda")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    manifest = build(parser().parse_args(argv), argv)
+    total = sum(f["bytes"] for f in manifest["files"].values())
+    print(json.dumps({"files": len(manifest["files"]), "bytes": total, "trainings": manifest["trainings"]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,324 @@
+"""The one training loop: every model evspec trains goes through :func:`train`.
+
+A :class:`Task` supplies what is model-specific (its parameters, ``batch -> (loss, counts)``, an
+evaluation, the final export); the loop owns the rest:
+
+- the example order: epoch ``e`` visits a permutation seeded by ``(seed, e)``, and step ``s``
+  takes the next ``batch_size`` positions of that endless stream, so the order from any step on
+  is fixed by the seed alone (a resumed run sees exactly the batches an uninterrupted one saw);
+- AdamW with linear warm-up and cosine decay, gradient clipping, bf16 autocast on CUDA;
+- ``state.pt`` (weights, optimizer, schedule, step, RNG) every ``checkpoint_every`` steps, written
+  atomically: a killed run rerun with the same folder resumes from it and loses at most one
+  interval; ``metrics.jsonl`` rows past the checkpoint are dropped on resume, so the file never
+  holds a step twice;
+- evaluation every ``eval_every`` steps and at the end, ``metrics.jsonl`` and plots.
+
+Progress goes to a :class:`TrainProgress` (the CLI's bar); library code prints nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from evspec.errors import ConfigError
+
+STATE_NAME = "state.pt"
+METRICS_NAME = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """How to optimise, whatever the task. ``steps`` counts optimizer steps."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 500
+    checkpoint_every: int = 200
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or not self.grad_clip > 0:
+            raise ConfigError("warmup_steps and weight_decay must be >= 0 and grad_clip > 0")
+
+
+class Task(Protocol):
+    """What the loop needs from a model it trains."""
+
+    def module(self) -> nn.Module:
+        """Every trained parameter, as one module (put in train/eval mode by the loop)."""
+
+    def n_examples(self) -> int:
+        """Size of the training set; batches are lists of indices below it."""
+
+    def loss(self, batch: Sequence[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean loss of the batch, and counts to log (summed over a logging window)."""
+
+    def evaluate(self, step: int) -> dict[str, Any]:
+        """Metrics on held-out data (run without gradients, module in eval mode)."""
+
+    def export(self) -> None:
+        """Write the trained model where the task's output goes."""
+
+
+class TrainProgress(Protocol):
+    def start(self, total: int, done: int) -> None: ...
+    def advance(self, step: int, metrics: dict[str, Any]) -> None: ...
+    def status(self, text: str) -> None: ...
+
+
+class SilentProgress:
+    def start(self, total: int, done: int) -> None:
+        pass
+
+    def advance(self, step: int, metrics: dict[str, Any]) -> None:
+        pass
+
+    def status(self, text: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out_dir: Path
+    steps: int
+    resumed_from: int
+    final_eval: dict[str, Any]
+    seconds: float
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """The example indices of optimizer step ``step`` (0-based): positions
+    ``[step * batch_size, (step + 1) * batch_size)`` of the stream of seeded epoch permutations."""
+    if n < 1:
+        raise ConfigError("the training set is empty")
+    start = step * batch_size
+    out: list[int] = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        take = min(batch_size - len(out), n - offset)
+        out.extend(order[offset : offset + take].tolist())
+    return out
+
+
+def learning_rate(config: LoopConfig, step: int) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to 10% of it at ``steps``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _optimizer(module: nn.Module, config: LoopConfig) -> torch.optim.Optimizer:
+    # No weight decay on norms, biases and embeddings' 1-D vectors (the usual AdamW split).
+    decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
+
+
+def _rng_state() -> dict[str, Any]:
+    """Torch's generators: the only randomness a training step uses (the data order is derived
+    from the seed and the step, not drawn)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Atomically: a kill during the write leaves the previous state whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save({"step": step, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": _rng_state()}, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Restore a ``state.pt`` (``weights_only``: tensors and plain containers, no code) -> its step."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"])
+        return int(state["step"])
+    except Exception as error:  # a torn or foreign file: say which, never half-resume
+        raise ConfigError(f"{path}: cannot resume from this training state ({type(error).__name__}: {error}); "
+                          "use --force to start over") from error
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per line; rows past ``keep_until`` are dropped on open
+    (they belong to work the resumed run redoes), and a torn last line with them."""
+
+    def __init__(self, path: Path, keep_until: int) -> None:
+        self.path = path
+        rows = []
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    break
+                if isinstance(row, dict) and int(row.get("step", 0)) <= keep_until:
+                    rows.append(row)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        os.replace(tmp, path)
+        self.rows = rows
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _autocast(device: torch.device) -> Any:
+    """bf16 autocast on CUDA (the weights stay fp32, as the optimizer wants them); none on CPU,
+    where bf16 matmuls are slow and training must reproduce bit for bit."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train(task: Task, config: LoopConfig, out_dir: Path, device: torch.device,
+          progress: TrainProgress | None = None) -> TrainResult:
+    """Train ``task`` (resuming from ``out_dir/state.pt`` if there), evaluate, export."""
+    progress = progress or SilentProgress()
+    began = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    module = task.module()
+    optimizer = _optimizer(module, config)
+    state_path = out_dir / STATE_NAME
+    start = load_state(state_path, module, optimizer) if state_path.is_file() else 0
+    if start == 0:
+        torch.manual_seed(config.seed)
+    log = MetricsLog(out_dir / METRICS_NAME, keep_until=start)
+    n = task.n_examples()
+    progress.start(config.steps, start)
+    window: dict[str, float] = {}
+    window_start = time.perf_counter()
+    final_eval: dict[str, Any] = {}
+    for step in range(start, config.steps):
+        module.train()
+        lr = learning_rate(config, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with _autocast(device):
+            loss, counts = task.loss(batch_indices(n, config.batch_size, config.seed, step))
+        if not torch.isfinite(loss):
+            raise ConfigError(f"the loss became {loss.item()} at step {step + 1}; lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip))
+        optimizer.step()
+        window["loss_sum"] = window.get("loss_sum", 0.0) + float(loss.detach())
+        window["batches"] = window.get("batches", 0.0) + 1
+        for key, value in counts.items():
+            window[key] = window.get(key, 0.0) + value
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            batches = window.pop("batches")
+            row = {"step": done, "loss": window.pop("loss_sum") / batches, "lr": lr, "grad_norm": grad_norm,
+                   "seconds": time.perf_counter() - window_start, **window}
+            log.append(row)
+            progress.advance(done, row)
+            window, window_start = {}, time.perf_counter()
+        else:
+            progress.advance(done, {"loss": float(loss.detach())})
+        if done % config.eval_every == 0 or done == config.steps:
+            progress.status(f"evaluating at step {done}")
+            module.eval()
+            with torch.no_grad(), _autocast(device):
+                final_eval = task.evaluate(done)
+            log.append({"step": done, "eval": final_eval})
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            save_state(state_path, module, optimizer, done)
+    module.eval()
+    if start >= config.steps:  # everything was done before: evaluate again for the result
+        with torch.no_grad(), _autocast(device):
+            final_eval = task.evaluate(config.steps)
+    progress.status("writing the checkpoint")
+    task.export()
+    plot_metrics(log.rows, out_dir)
+    return TrainResult(out_dir, config.steps, start, final_eval, time.perf_counter() - began)
+
+
+def plot_metrics(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """``loss.png`` (training loss by step) and ``eval.png`` (each eval metric by step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    train_rows = [r for r in rows if "loss" in r]
+    if train_rows:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows])
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss (answer tokens)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out_dir / "loss.png", dpi=120)
+        plt.close(fig)
+        written.append(out_dir / "loss.png")
+    evals = [r for r in rows if isinstance(r.get("eval"), dict)]
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in evals:
+        for key, value in _flat(r["eval"]).items():
+            if key.startswith("exact_match"):
+                series.setdefault(key, []).append((r["step"], value))
+    if series:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for key, points in sorted(series.items()):
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
+        ax.set_xlabel("step")
+        ax.set_ylabel("exact match (held-out)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / "eval.png", dpi=120)
+        plt.close(fig)
+        written.append(out_dir / "eval.png")
+    return written
+
+
+def _flat(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, name + "/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out

@@ -1,0 +1,98 @@
+"""One ``evspec train`` run: its folder, identity and resume, the memory check, then the loop.
+
+``OUT`` ends up as a checkpoint folder of the family; ``OUT/training/`` holds the run:
+``config.json`` (identity: the :class:`VLMTrainConfig`; plus environment and command line),
+``state.pt``, ``metrics.jsonl``, ``loss.png``, ``eval.png`` and the untrained ``init/`` checkpoint.
+Rerun with the same config, it resumes; with another config it is refused unless ``force``, which
+starts over. A folder that holds something else (a checkpoint not made here, a file) is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evspec.bench.rundir import check_or_reset, write_run_config
+from evspec.errors import ConfigError
+from evspec.training.loop import METRICS_NAME, STATE_NAME, TrainProgress, TrainResult, train
+from evspec.training.vlm import RUN_FOLDER, VLMTrainConfig, prepare_task
+
+IDENTITY_FIELDS = ("family", "dataset", "size", "loop", "eval_questions", "max_new_tokens", "event_canvas",
+                   "init_seed", "save_dtype")
+
+
+def _check_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / RUN_FOLDER).is_dir():
+        raise ConfigError(f"{out} is not empty and holds no evspec training run; choose another --out")
+
+
+def _start_over(out: Path) -> None:
+    shutil.rmtree(out / RUN_FOLDER, ignore_errors=True)
+    for child in out.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def estimated_bytes(n_params: int, n_pixels: int) -> int:
+    """Weights, gradients and AdamW's two moments in fp32, plus the clips' pixels in fp32; the
+    activations of a small model's batch are comfortably inside a 2x margin on top."""
+    return 2 * (16 * n_params + 4 * n_pixels)
+
+
+def check_memory(config: VLMTrainConfig, device: torch.device, n_clips: int) -> None:
+    """Refuse a size the device cannot hold, before building anything, with the estimate."""
+    from evspec.memory import format_bytes, require_memory
+    from evspec.models.tiny import model_size
+
+    size = model_size(config.size)
+    llama, clip = size.llama, size.clip
+    d, f, layers = llama["hidden_size"], llama["intermediate_size"], llama["num_hidden_layers"]
+    n_params = layers * (4 * d * d + 3 * d * f) + 2 * 1024 * d
+    frames = {"videollava": 8, "eventgpt": 5, "llava": 1}[config.family]
+    n_pixels = n_clips * frames * 3 * clip["image_size"] ** 2
+    need = estimated_bytes(n_params, n_pixels)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if need > free:
+            raise ConfigError(f"training {config.family} at size {config.size} on {n_clips} clips needs about "
+                              f"{format_bytes(need)}; {device} has {format_bytes(free)} free")
+    else:
+        require_memory(need, f"training {config.family} at size {config.size} on {n_clips} clips")
+
+
+def run_training(config: VLMTrainConfig, out: str | Path, *, device: str = "cpu", workers: int = 1,
+                 force: bool = False, progress: TrainProgress | None = None, command: str | None = None) -> TrainResult:
+    from evspec.data.dataset import load_dataset
+    from evspec.models.loading import resolve_device
+
+    out = Path(out)
+    dev = resolve_device(device)
+    _check_folder(out)
+    run_dir = out / RUN_FOLDER
+    identity = config.identity()
+    if force and (run_dir / "config.json").is_file():
+        previous = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("identity", {})
+        if any(previous.get(k) != identity.get(k) for k in IDENTITY_FIELDS):
+            _start_over(out)
+    check_or_reset(run_dir, identity, IDENTITY_FIELDS, force, (STATE_NAME, METRICS_NAME, "*.png"))
+    n_clips = len(load_dataset(config.dataset))
+    check_memory(config, dev, n_clips)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(run_dir, identity=identity, config=identity, device=str(dev), command=command)
+    report: Callable[[str, int, int], None] | None = getattr(progress, "stage", None)
+    task = prepare_task(config, out, dev, workers=workers, progress=report)
+    return train(task, config.loop, run_dir, dev, progress)
+
+
+def read_metrics(out: str | Path) -> list[dict[str, Any]]:
+    path = Path(out) / RUN_FOLDER / METRICS_NAME
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,323 @@
+"""``evspec train``: a VLM of one family, from scratch, on an evspec clip dataset.
+
+The model is built at a named size (:data:`evspec.models.tiny.SIZES`) in the family's real layout,
+loaded back through the registry like any checkpoint, and trained through the stage interface the
+benchmark times (``load`` -> ``preprocess`` -> ``encode_batch`` -> ``splice`` -> the language
+model): there is no second copy of the forward pass. The loss is next-token cross-entropy on the
+answer tokens only (and the EOS after them), with the prompt in the family's own template.
+
+What each family learns: Video-LLaVA and LLaVA the full ``answer``; EventGPT the
+``event_visible_answer`` (what its sensor can see). Every question the synthetic builder wrote for
+a clip's scene is a training example, so one clip teaches all four question types.
+
+Each clip's pixels are read and preprocessed once (in worker processes) and kept on the device;
+the answers are tokenised once. The trained model is written over ``--out`` in the family's layout
+(weights, ``config.json``, tokenizer, processor), model files moved into place with
+``config.json`` last; the run's own files (``training/``: ``config.json`` with everything that
+made it, ``state.pt``, ``metrics.jsonl``, plots) sit beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from evspec.data.dataset import Sample, load_dataset
+from evspec.errors import ConfigError, InputError
+from evspec.models.base import Prepared, VisionLanguageModel
+from evspec.training.evaluate import Question, evaluate_model, questions_of, summarize
+from evspec.training.loop import LoopConfig
+
+FAMILY_ANSWERS = {"videollava": "answer", "llava": "answer", "eventgpt": "event_visible_answer"}
+RUN_FOLDER = "training"
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class VLMTrainConfig:
+    """Everything that decides a training run (its identity for resume, and ``config.json``)."""
+
+    family: str
+    dataset: str
+    size: str
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    eval_questions: int = 64
+    max_new_tokens: int = 64
+    event_canvas: str = "upstream"
+    init_seed: int = 0
+    save_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        from evspec.models.tiny import model_size
+
+        if self.family not in FAMILY_ANSWERS:
+            raise ConfigError(f"unknown family {self.family!r}: use one of {', '.join(FAMILY_ANSWERS)}")
+        model_size(self.size)
+        if self.save_dtype not in ("float32", "float16", "bfloat16"):
+            raise ConfigError(f"save_dtype must be float32, float16 or bfloat16, got {self.save_dtype!r}")
+        if self.eval_questions < 0 or self.max_new_tokens < 1:
+            raise ConfigError("eval_questions must be >= 0 and max_new_tokens >= 1")
+
+    @property
+    def answer_field(self) -> str:
+        return FAMILY_ANSWERS[self.family]
+
+    def identity(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+
+@dataclass(frozen=True)
+class Example:
+    clip: int  # index into the clips' pixel cache
+    prompt_ids: torch.Tensor  # [L] with the family's placeholder(s)
+    answer_ids: torch.Tensor  # [A] answer tokens + EOS
+
+
+def training_questions(samples: Sequence[Sample], answer_field: str) -> list[Question]:
+    questions = [q for q in questions_of(samples, all_types=True) if q.reference(answer_field)]
+    if not questions:
+        raise InputError(f"the dataset's training rows have no '{answer_field}' to learn")
+    return questions
+
+
+# ----------------------------------------------------------------------------- pixels, once per clip
+
+
+_WORKER_MODEL: VisionLanguageModel | None = None
+
+
+def _init_worker(folder: str, family: str, event_canvas: str) -> None:
+    global _WORKER_MODEL
+    torch.set_num_threads(1)
+    _WORKER_MODEL = _load(folder, family, "cpu", event_canvas)
+
+
+def _pixels_in_worker(sample: Sample) -> torch.Tensor:
+    assert _WORKER_MODEL is not None
+    return _pixels(_WORKER_MODEL, sample)
+
+
+def _pixels(model: VisionLanguageModel, sample: Sample) -> torch.Tensor:
+    return model.preprocess(model.load(sample), sample.query).pixel_values.cpu()
+
+
+def preprocess_clips(model: VisionLanguageModel, folder: Path, samples: Sequence[Sample], workers: int,
+                     event_canvas: str, progress: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
+    """Each clip's pixel tensor, through the model's own ``load`` + ``preprocess``; in ``workers``
+    processes (each with its own copy of the checkpoint's processor) when ``workers > 1``."""
+    out: list[torch.Tensor] = []
+    if workers <= 1:
+        for i, sample in enumerate(samples):
+            out.append(_pixels(model, sample))
+            if progress:
+                progress(i + 1, len(samples))
+        return out
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no forked torch threads or CUDA state
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(str(folder), model.family, event_canvas)) as pool:
+        for i, pixels in enumerate(pool.map(_pixels_in_worker, samples, chunksize=8)):
+            out.append(pixels)
+            if progress:
+                progress(i + 1, len(samples))
+    return out
+
+
+def _load(folder: str | Path, family: str, device: str | torch.device, event_canvas: str) -> VisionLanguageModel:
+    from evspec.models.registry import load_model
+
+    return load_model(f"{family}:{folder}", device=device, dtype="float32", event_canvas=event_canvas)
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+class VLMTask:
+    """``evspec.training.loop.Task`` for a family VLM on answer tokens."""
+
+    def __init__(self, config: VLMTrainConfig, model: VisionLanguageModel, pixels: list[torch.Tensor],
+                 examples: list[Example], eval_questions: list[Question], out: Path) -> None:
+        self.config = config
+        self.model = model
+        self.pixels = pixels
+        self.examples = examples
+        self.eval_questions = eval_questions
+        self.out = out
+        lm = model.language_model
+        self.pad_id = int(model.eos_token_ids[0])
+
+    def module(self) -> nn.Module:
+        return self.model.trainable_module
+
+    def n_examples(self) -> int:
+        return len(self.examples)
+
+    def loss(self, batch: Sequence[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        model, lm = self.model, self.model.language_model
+        examples = [self.examples[i] for i in batch]
+        # The answer follows the prompt in one sequence, spliced like any prompt at inference.
+        prepared = [Prepared(torch.cat([e.prompt_ids, e.answer_ids]).unsqueeze(0), self.pixels[e.clip]) for e in examples]
+        embeds, lengths = model.splice_batch(prepared, model.encode_batch(prepared), pad_id=self.pad_id)
+        targets = torch.full(embeds.shape[:2], IGNORE, dtype=torch.long, device=embeds.device)
+        for row, (e, length) in enumerate(zip(examples, lengths.tolist())):
+            # position j predicts token j + 1: the last prompt row predicts the first answer token
+            targets[row, length - len(e.answer_ids) - 1 : length - 1] = e.answer_ids
+        mask = (torch.arange(embeds.shape[1], device=embeds.device) < lengths.to(embeds.device)[:, None]).long()
+        hidden = lm.body(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        answer_rows = targets != IGNORE
+        logits = lm.lm_head(hidden[answer_rows]).float()
+        gold = targets[answer_rows]
+        loss = nn.functional.cross_entropy(logits, gold)
+        correct = (logits.argmax(-1) == gold).sum()
+        return loss, {"answer_tokens": float(gold.numel()), "correct_tokens": float(correct)}
+
+    def evaluate(self, step: int) -> dict[str, Any]:
+        if not self.eval_questions:
+            return {}
+        judged = evaluate_model(self.model, self.eval_questions, max_new_tokens=self.config.max_new_tokens)
+        summary = summarize(judged)
+        field_summary = summary.get(self.config.answer_field, {})
+        return {"exact_match": field_summary.get("exact_match"), "f1": field_summary.get("f1"),
+                "exact_match_by_type": {k: v["exact_match"] for k, v in field_summary.get("by_type", {}).items()},
+                "n": field_summary.get("n", 0)}
+
+    def export(self) -> None:
+        save_trained(self.model, self.out, self.config)
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+MODEL_FILES_LAST = "config.json"
+
+
+def save_trained(model: VisionLanguageModel, out: Path, config: VLMTrainConfig) -> None:
+    """The trained weights over ``out`` in the family's layout: written to a temporary folder,
+    then moved in file by file with ``config.json`` last, so a folder with a config is complete."""
+    from evspec.models.loading import quiet_transformers
+
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[config.save_dtype]
+    module = model.trainable_module
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        original = next(module.parameters()).dtype
+        module.to(dtype)
+        try:
+            with quiet_transformers():
+                _save_family(model, tmp)
+        finally:
+            module.to(original)
+        _record_training(tmp / "config.json", config)
+        (out / MODEL_FILES_LAST).unlink(missing_ok=True)  # incomplete until the new config lands
+        for path in sorted(tmp.rglob("*"), key=lambda p: p.name == MODEL_FILES_LAST):
+            if path.is_file():
+                dest = out / path.relative_to(tmp)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save_family(model: VisionLanguageModel, folder: Path) -> None:
+    if model.family == "eventgpt":
+        _save_eventgpt(model, folder)
+        return
+    model.trainable_module.save_pretrained(folder)
+    model.tokenizer.save_pretrained(folder)
+    processor = getattr(model, "processor", None) or getattr(model, "image_processor")
+    processor.save_pretrained(folder)
+
+
+def _save_eventgpt(model: VisionLanguageModel, folder: Path) -> None:
+    """Upstream's layout; the trained tower's weights live in the main file, its folder
+    (``mm_visual_tower``) keeps only the config and the image processor."""
+    from evspec.models.eventgpt import save_eventgpt
+
+    save_eventgpt(model.model, folder)  # type: ignore[attr-defined]
+    model.tokenizer.save_pretrained(folder)
+    tower = folder / str(model.model.config.mm_visual_tower)  # type: ignore[attr-defined]
+    tower.mkdir(parents=True, exist_ok=True)
+    model.model.model.visual_tower.visual_tower.config.save_pretrained(tower)  # type: ignore[attr-defined]
+    model.image_processor.save_pretrained(tower)  # type: ignore[attr-defined]
+
+
+def _record_training(config_path: Path, config: VLMTrainConfig) -> None:
+    """Name in the checkpoint's config how it was made, and how EventGPT frames were drawn for it."""
+    raw = json.loads(config_path.read_text(encoding="utf-8"))
+    raw["evspec_training"] = {"family": config.family, "size": config.size, "answer_field": config.answer_field,
+                              "steps": config.loop.steps}
+    if config.family == "eventgpt":
+        raw["evspec_event_canvas"] = config.event_canvas
+    config_path.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def prepare_task(config: VLMTrainConfig, out: Path, device: torch.device, *, workers: int = 1,
+                 progress: Callable[[str, int, int], None] | None = None) -> VLMTask:
+    """Dataset -> examples; a fresh checkpoint of the size (or the one ``out`` already holds from an
+    earlier, interrupted run: its weights come from ``state.pt`` anyway); pixels on the device."""
+    from evspec.models.loading import quiet_transformers
+    from evspec.models.tiny import build_checkpoint
+
+    samples = load_dataset(config.dataset)
+    train_samples = [s for s in samples if s.split == "train"] or [s for s in samples if s.split != "test"]
+    if not train_samples:
+        raise InputError(f"{config.dataset}: no training rows (split 'train')")
+    test_samples = [s for s in samples if s.split == "test"]
+    init = out / RUN_FOLDER / "init"
+    if not (init / "config.json").is_file():
+        tmp = Path(tempfile.mkdtemp(prefix=".init-", dir=out / RUN_FOLDER))
+        with quiet_transformers():
+            build_checkpoint(config.family, config.size, tmp, config.init_seed)
+        if init.exists():
+            shutil.rmtree(init)
+        os.replace(tmp, init)
+    model = _load(init, config.family, device, config.event_canvas)
+    questions = training_questions(train_samples, config.answer_field)
+    clip_of = {s.id: i for i, s in enumerate(train_samples)}
+    tokenizer, eos = model.tokenizer, model.eos_token_ids[0]
+    examples = []
+    for q in questions:
+        # The prompt ids from the family's own preprocessing (placeholders expanded as at inference).
+        prompt = _prompt_ids(model, q.query)
+        answer = tokenizer(q.reference(config.answer_field), add_special_tokens=False).input_ids + [eos]
+        examples.append(Example(clip_of[q.sample.id], prompt.to(device), torch.tensor(answer, device=device)))
+    pixels = preprocess_clips(model, init, train_samples, workers, config.event_canvas,
+                              (lambda i, n: progress("reading clips", i, n)) if progress else None)
+    pixels = [p.to(device) for p in pixels]
+    eval_questions = questions_of(test_samples, all_types=True)[: config.eval_questions]
+    return VLMTask(config, model, pixels, examples, eval_questions, out)
+
+
+_PROMPT_CACHE: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _prompt_ids(model: VisionLanguageModel, query: str) -> torch.Tensor:
+    """The prompt's ids as ``preprocess`` makes them; the same for every clip of a family and
+    query, so computed once per query (on a blank frame set of the model's own input size)."""
+    key = (id(model), query)
+    if key not in _PROMPT_CACHE:
+        _PROMPT_CACHE[key] = model.preprocess(_blank_input(model), query).input_ids[0].cpu()
+    return _PROMPT_CACHE[key]
+
+
+def _blank_input(model: VisionLanguageModel):  # -> VisualInput
+    import numpy as np
+
+    from evspec.models.base import VisualInput
+
+    n = {"video": getattr(model, "n_frames", 8), "event_frames": getattr(model, "n_frames", 5), "image": 1}[model.modality]
+    return VisualInput(model.modality, [np.full((480, 640, 3), 255, np.uint8) for _ in range(n)])

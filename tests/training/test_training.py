@@ -1,0 +1,234 @@
+"""evspec train / eval: the one loop, a tiny VLM trained through the stage interface, resume,
+export in the family's layout, answer judging, and the refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from evspec.cli import main
+from evspec.data.synth.builder import SynthConfig, build_dataset
+from evspec.errors import ConfigError
+from evspec.training.evaluate import exact_match, judge, questions_of, summarize, token_f1
+from evspec.training.loop import LoopConfig, batch_indices, learning_rate
+
+SIZE = (96, 64)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("train-data")
+    build_dataset(out, SynthConfig(clips=6, size=SIZE, seed=3, test_fraction=0.34))
+    return out
+
+
+def _train_args(dataset: Path, out: Path, family: str = "videollava", steps: int = 6, **extra: str) -> list[str]:
+    args = ["train", "--family", family, "--size", "tiny", "--dataset", str(dataset), "--out", str(out),
+            "--steps", str(steps), "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "1",
+            "--eval-every", "1000", "--eval-questions", "2", "--checkpoint-every", "2", "--device", "cpu"]
+    for key, value in extra.items():
+        args += [f"--{key.replace('_', '-')}", value]
+    return args
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+# ----------------------------------------------------------------------------- the loop's pieces
+
+
+def test_batches_visit_every_example_once_per_epoch_in_a_seeded_order() -> None:
+    n, batch = 10, 4
+    stream = [i for step in range(5) for i in batch_indices(n, batch, seed=1, step=step)]
+    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:20]) == list(range(10))
+    assert stream[:10] != stream[10:20]  # each epoch reshuffles
+    assert batch_indices(n, batch, 1, 3) == batch_indices(n, batch, 1, 3)
+    assert batch_indices(n, batch, 1, 3) != batch_indices(n, batch, 2, 3)
+
+
+def test_learning_rate_warms_up_then_decays_to_a_tenth() -> None:
+    config = LoopConfig(steps=100, lr=1.0, warmup_steps=10)
+    assert learning_rate(config, 0) == pytest.approx(0.1)
+    assert learning_rate(config, 9) == pytest.approx(1.0)
+    assert learning_rate(config, 55) == pytest.approx(0.55)
+    assert learning_rate(config, 100) == pytest.approx(0.1)
+    with pytest.raises(ConfigError):
+        LoopConfig(lr=float("nan"))
+
+
+# ----------------------------------------------------------------------------- judging answers
+
+
+def test_exact_match_and_token_f1_by_hand() -> None:
+    assert exact_match("The red circle moves.", "the red  circle moves") == 1.0
+    assert exact_match("A red circle.", "An red circle.") == 0.0  # articles count
+    # prediction: the circle moves left (4) vs reference: the red circle moves left (5): 4 common
+    assert token_f1("the circle moves left", "the red circle moves left") == pytest.approx(2 * 1.0 * 0.8 / 1.8)
+    assert token_f1("blue", "red") == 0.0
+
+
+def test_eval_scores_a_hand_made_answer_file(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from evspec.data.dataset import load_dataset
+
+    samples = load_dataset(dataset)
+    # the first sample answered with its full answer, the second with its event-visible one,
+    # every other one with nonsense
+    rows = []
+    for i, s in enumerate(samples):
+        prediction = s.answer if i == 0 else s.event_visible_answer if i == 1 else "nothing at all"
+        rows.append({"id": s.id, "prediction": prediction})
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["eval", "--dataset", str(dataset), "--answers", str(answers), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    n = len(samples)
+    full_matches = 1 + (samples[1].answer == samples[1].event_visible_answer)
+    seen_matches = 1 + (samples[0].answer == samples[0].event_visible_answer)
+    assert summary["answer"]["exact_match"] == pytest.approx(full_matches / n)
+    assert summary["event_visible_answer"]["exact_match"] == pytest.approx(seen_matches / n)
+    assert summary["answer"]["n"] == n
+    by_hand = judge(questions_of(samples)[0], samples[0].answer)
+    assert by_hand.scores["answer"] == {"exact_match": 1.0, "f1": 1.0}
+    assert set(summary["answer"]["by_type"]) == {s.question_type for s in samples}
+
+
+def test_eval_refuses_answer_files_that_do_not_fit(dataset: Path, tmp_path: Path) -> None:
+    from evspec.data.dataset import load_dataset
+
+    samples = load_dataset(dataset)
+    answers = tmp_path / "a.jsonl"
+    answers.write_text(json.dumps({"id": samples[0].id, "prediction": "x"}) + "\n")
+    assert main(["eval", "--dataset", str(dataset), "--answers", str(answers)]) == 1  # the others unanswered
+    answers.write_text(json.dumps({"id": "nosuch", "prediction": "x"}) + "\n")
+    assert main(["eval", "--dataset", str(dataset), "--answers", str(answers)]) == 1
+    assert main(["eval", "--dataset", str(dataset)]) == 1  # neither a model nor answers
+
+
+def test_summary_per_question_type() -> None:
+    from evspec.training.evaluate import Judged
+
+    judged = [Judged("a", "objects", "x", {"answer": {"exact_match": 1.0, "f1": 1.0}}),
+              Judged("b", "objects", "y", {"answer": {"exact_match": 0.0, "f1": 0.5}}),
+              Judged("c", "motion", "z", {"answer": {"exact_match": 1.0, "f1": 1.0}})]
+    summary = summarize(judged)["answer"]
+    assert summary["exact_match"] == pytest.approx(2 / 3)
+    assert summary["by_type"]["objects"] == {"exact_match": 0.5, "f1": 0.75, "n": 2}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_training_lowers_the_loss_and_writes_a_checkpoint_that_loads_and_verifies(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "vl"
+    assert main(_train_args(dataset, out, steps=20)) == 0
+    rows = [json.loads(line) for line in (out / "training" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 2 and losses[-1] < losses[0] * 0.8
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "video_llava" and config["evspec_training"]["answer_field"] == "answer"
+    assert (out / "preprocessor_config.json").is_file() and (out / "tokenizer.json").is_file()
+    run = json.loads((out / "training" / "config.json").read_text())
+    assert run["identity"]["loop"]["steps"] == 20 and "evspec train" in run["command"]
+    assert main(["verify", f"videollava:{out}", "--dataset", str(dataset), "--max-samples", "1",
+                 "--max-new-tokens", "8", "--device", "cpu", "--no-hooks"]) == 0
+
+
+def test_eventgpt_trains_on_event_visible_answers_in_upstream_layout(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eg"
+    assert main(_train_args(dataset, out, family="eventgpt", steps=2, event_canvas="sensor")) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["evspec_training"]["answer_field"] == "event_visible_answer"
+    assert config["evspec_event_canvas"] == "sensor"
+    keys = set(_weights(out))
+    assert any(k.startswith("model.visual_tower.visual_tower.vision_model.") for k in keys)  # upstream's names
+    assert not (out / "clip_tower" / "model.safetensors").exists()  # the tower's weights live in the main file
+    from evspec.models.registry import load_model
+
+    model = load_model(f"eventgpt:{out}")
+    assert model.event_canvas == "sensor"  # the checkpoint's own canvas, unless asked otherwise
+    assert load_model(f"eventgpt:{out}", event_canvas="upstream").event_canvas == "upstream"
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_training_resumes_to_the_same_weights(dataset: Path, tmp_path: Path) -> None:
+    from evspec.training.loop import LoopConfig
+    from evspec.training.run import run_training
+    from evspec.training.vlm import VLMTrainConfig
+
+    config = VLMTrainConfig(family="videollava", dataset=str(dataset), size="tiny", eval_questions=0,
+                            loop=LoopConfig(steps=7, batch_size=3, lr=3e-3, warmup_steps=1, checkpoint_every=2,
+                                            log_every=1, eval_every=100))
+    whole = run_training(config, tmp_path / "whole")
+
+    class KillAfter:
+        def start(self, total: int, done: int) -> None:
+            self.first = done
+
+        def advance(self, step: int, metrics: dict) -> None:
+            if step == 5:  # state saved at 4; step 5 is lost
+                raise _Killed
+
+        def status(self, text: str) -> None:
+            pass
+
+    with pytest.raises(_Killed):
+        run_training(config, tmp_path / "killed", progress=KillAfter())
+    assert not (tmp_path / "killed" / "config.json").exists()  # no model written as if complete
+    resumed = run_training(config, tmp_path / "killed")
+    assert resumed.resumed_from == 4 and whole.resumed_from == 0
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "killed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line) for line in (tmp_path / "killed" / "training" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == list(range(1, 8))  # steps 5.. redone after the resume, none logged twice
+
+
+def test_bad_training_input_is_one_clear_error(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_train_args(dataset, tmp_path / "a", family="nosuch")) == 1
+    assert "unknown family" in capsys.readouterr().err
+    assert main(["train", "--family", "videollava", "--size", "huge", "--dataset", str(dataset), "--out",
+                 str(tmp_path / "b")]) == 1
+    assert "unknown model size" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert main(_train_args(dataset, other)) == 1  # holds something that is not a training run
+    assert (other / "notes.txt").read_text() == "mine"
+    run = tmp_path / "run"
+    assert main(_train_args(dataset, run, steps=2)) == 0
+    assert main(_train_args(dataset, run, steps=4)) == 1  # another config
+    assert "another config" in capsys.readouterr().err
+    assert main(_train_args(dataset, run, steps=4) + ["--force"]) == 0
+    import shutil
+
+    no_answers = tmp_path / "noans"
+    shutil.copytree(dataset, no_answers)
+    rows = json.loads((no_answers / "dataset.json").read_text())
+    for row in rows:
+        for key in ("answer", "event_visible_answer"):
+            row.pop(key, None)
+        row.get("scene", {}).pop("qa", None)
+    (no_answers / "dataset.json").write_text(json.dumps(rows))
+    assert main(_train_args(no_answers, tmp_path / "c")) == 1
+    assert "no 'answer' to learn" in capsys.readouterr().err
+
+
+def test_a_size_the_machine_cannot_hold_is_refused_before_any_work(dataset: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import evspec.memory
+
+    monkeypatch.setattr(evspec.memory, "available_memory_bytes", lambda: 1 << 20)
+    assert main(_train_args(dataset, tmp_path / "m")) == 1
+    assert not (tmp_path / "m" / "training" / "state.pt").exists()
