@@ -19,9 +19,10 @@ would; the MP4 gets every ``esim_upsample``-th of those frames.
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,26 +273,69 @@ def _pin_config(out: Path, config: SynthConfig) -> None:
     _write_json(path, config.model_dump(mode="json"))
 
 
+_ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@contextmanager
+def _children_single_threaded() -> Iterator[None]:
+    """Spawned workers inherit the environment at start: one thread each, or NumPy's and
+    PyAV's thread pools oversubscribe the cores."""
+    saved = {k: os.environ.get(k) for k in _ONE_THREAD}
+    os.environ.update(_ONE_THREAD)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _build_indexed(job: tuple[str, SynthConfig, int, str]) -> tuple[int, ClipRecord]:
+    out, config, index, split = job
+    return index, build_clip(out, config, index, split)
+
+
 def build_dataset(out_dir: str | Path, config: SynthConfig,
-                  progress: Callable[[int, int], None] | None = None) -> BuildSummary:
-    """Build (or resume) the dataset under ``out_dir``; see the module docstring."""
+                  progress: Callable[[int, int], None] | None = None, workers: int = 1) -> BuildSummary:
+    """Build (or resume) the dataset under ``out_dir``; see the module docstring. ``workers`` > 1
+    builds clips in that many processes: each clip depends only on (seed, index), so the dataset
+    is the same whatever the number."""
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     start = time.perf_counter()
     out = Path(out_dir)
     _pin_config(out, config)
     test = held_out_indices(config)
-    records: list[ClipRecord] = []
-    built = 0
+    records: dict[int, ClipRecord] = {}
+    pending = []
     for index in range(config.clips):
         record = finished_record(out, config, index)
         if record is None:
-            record = build_clip(out, config, index, "test" if index in test else "train")
-            built += 1
-        records.append(record)
-        if progress is not None:
-            progress(index + 1, config.clips)
-    dataset_json = out / "dataset.json"
-    save_dataset_json(records, dataset_json)
-    n_events = sum(int((r.scene or {}).get("n_events", 0)) for r in records)
-    return BuildSummary(out, config.clips, built, config.clips - built, n_events,
-                        time.perf_counter() - start, dataset_json)
+            pending.append((str(out), config, index, "test" if index in test else "train"))
+        else:
+            records[index] = record
+    if progress is not None and records:
+        progress(len(records), config.clips)  # clips a previous run finished
+    if workers == 1:
+        finished = map(_build_indexed, pending)
+        for index, record in finished:
+            records[index] = record
+            if progress is not None:
+                progress(len(records), config.clips)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
+        with _children_single_threaded(), ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for index, record in pool.map(_build_indexed, pending, chunksize=4):
+                records[index] = record
+                if progress is not None:
+                    progress(len(records), config.clips)
+    ordered = [records[i] for i in range(config.clips)]
+    dataset_json = out / "dataset.json"
+    save_dataset_json(ordered, dataset_json)
+    n_events = sum(int((r.scene or {}).get("n_events", 0)) for r in ordered)
+    return BuildSummary(out, config.clips, len(pending), config.clips - len(pending), n_events,
+                        time.perf_counter() - start, dataset_json)
