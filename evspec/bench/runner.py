@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from evspec.data.dataset import Sample
     from evspec.models.base import Prepared, VisionLanguageModel, VisualFeatures
 
-DEFAULT_MODELS: tuple[str, ...] = ("tiny-eventgpt", "tiny-videollava", "tiny-llava")
+DEFAULT_MODELS: tuple[str, ...] = ("demo-eventgpt", "demo-videollava", "tiny-llava")
 SYNTH_DIR = "data"
 IDENTITY_FIELDS: tuple[str, ...] = (
     "dataset", "split", "max_new_tokens", "min_new_tokens", "temperature", "top_p", "seed",
@@ -146,15 +146,15 @@ class BenchConfig:
     dtype: str = "auto"
     cache: CacheKind = "eager"
     quantize: str | None = None  # "4bit" | "8bit": bitsandbytes, CUDA only
-    event_canvas: str = "upstream"  # EventGPT's event frames: upstream's per-chunk canvas, or "sensor"
+    event_canvas: str = "auto"  # EventGPT's event frames: the checkpoint's own ("auto"), "upstream" or "sensor"
     generation_config: str = "evspec"  # "checkpoint": sample as the models' generation_config.json says
     allow_outside_root: bool = False  # dataset rows may name files outside the dataset folder
 
     def __post_init__(self) -> None:
-        from evspec.data.render import check_event_canvas
         from evspec.models.generation import check_generation_source
+        from evspec.models.registry import check_model_event_canvas
 
-        check_event_canvas(self.event_canvas)
+        check_model_event_canvas(self.event_canvas)
         check_generation_source(self.generation_config)
         if not self.models:
             raise ConfigError("give at least one model name")
@@ -336,7 +336,7 @@ ModelLoader = Callable[[str, torch.device, torch.dtype], "VisionLanguageModel"]
 
 def registry_loader_for(quantize: str | None, event_canvas: str) -> ModelLoader:
     """``registry_loader`` with the load options that are not the defaults bound."""
-    extra = {k: v for k, v in (("quantize", quantize), ("event_canvas", event_canvas)) if v not in (None, "upstream")}
+    extra = {k: v for k, v in (("quantize", quantize), ("event_canvas", event_canvas)) if v not in (None, "auto")}
     return functools.partial(registry_loader, **extra) if extra else registry_loader
 
 
@@ -363,7 +363,7 @@ def generation_records(config: BenchConfig | Any, names: Sequence[str]) -> tuple
 
 
 def registry_loader(
-    name: str, device: torch.device, dtype: torch.dtype, quantize: str | None = None, event_canvas: str = "upstream",
+    name: str, device: torch.device, dtype: torch.dtype, quantize: str | None = None, event_canvas: str = "auto",
 ) -> VisionLanguageModel:
     """``evspec.models.registry.load_model`` (imported late: it pulls in the model families)."""
     from evspec.models.registry import load_model

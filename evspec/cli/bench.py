@@ -45,7 +45,7 @@ def sample_line(record: Any) -> str:
 
 def bench(
     model: str = typer.Option(
-        "tiny-eventgpt,tiny-videollava,tiny-llava", "--model", "-m",
+        "demo-eventgpt,demo-videollava,tiny-llava", "--model", "-m",
         help=f"Model name(s), comma-separated. Names: {model_names_help()}.",
     ),
     dataset: Path | None = typer.Option(
@@ -67,8 +67,8 @@ def bench(
     cache: str = typer.Option("eager", "--cache", help="KV cache: eager (transformers), static, compiled (CUDA graphs)."),
     quantize: str | None = typer.Option(None, "--quantize", help="4bit or 8bit weights (bitsandbytes; CUDA only)."),
     event_canvas: str = typer.Option(
-        "upstream", "--event-canvas",
-        help="EventGPT's event frames: upstream (its chunking, each chunk on its own canvas) or sensor (one sensor-sized canvas).",
+        "auto", "--event-canvas",
+        help="EventGPT's event frames: auto (what the checkpoint was trained with: evspec's record it, upstream's otherwise), upstream (its chunking, each chunk on its own canvas) or sensor (one sensor-sized canvas).",
     ),
     generation_config: str = typer.Option(
         "evspec", "--generation-config",

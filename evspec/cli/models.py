@@ -62,8 +62,8 @@ def verify(
     repeats: int = typer.Option(3, "--repeats", help="generate() runs per side for the hook overhead medians."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document (every sample's tokens) instead of tables."),
     event_canvas: str = typer.Option(
-        "upstream", "--event-canvas",
-        help="EventGPT's event frames: upstream (its chunking, each chunk on its own canvas) or sensor (one sensor-sized canvas).",
+        "auto", "--event-canvas",
+        help="EventGPT's event frames: auto (what the checkpoint was trained with: evspec's record it, upstream's otherwise), upstream (its chunking, each chunk on its own canvas) or sensor (one sensor-sized canvas).",
     ),
 ) -> None:
     """Check that decoupled generation (encode once, prefill, decode) equals the model's own generate()."""

@@ -51,9 +51,9 @@ def sample_line(record: dict[str, Any]) -> str:
 
 
 def spec(
-    target: str = typer.Option("tiny-videollava", "--target", "-t", help=f"Target model. Names: {model_names_help()}."),
+    target: str = typer.Option("demo-videollava", "--target", "-t", help=f"Target model. Names: {model_names_help()}."),
     draft: str = typer.Option(
-        "tiny-eventgpt", "--draft",
+        "demo-eventgpt", "--draft",
         help="Draft: a model name (its own modality input), 'ngram' (prompt lookup) or 'oracle:ALPHA' (synthetic).",
     ),
     dataset: Path | None = typer.Option(None, "--dataset", "-d", help="Dataset folder or JSON. Default: a synthetic set in OUT/data."),
@@ -80,8 +80,8 @@ def spec(
     oracle_draft: str = typer.Option("tiny-eventgpt", "--oracle-draft", help="The model whose passes give oracle:ALPHA its real cost."),
     bridge: str = typer.Option("auto", "--bridge", help="Vocabulary bridge: auto, same (token ids), cross (text re-encoding)."),
     event_canvas: str = typer.Option(
-        "upstream", "--event-canvas",
-        help="EventGPT's event frames: upstream (its chunking, each chunk on its own canvas) or sensor (one sensor-sized canvas).",
+        "auto", "--event-canvas",
+        help="EventGPT's event frames: auto (what the checkpoint was trained with: evspec's record it, upstream's otherwise), upstream (its chunking, each chunk on its own canvas) or sensor (one sensor-sized canvas).",
     ),
     generation_config: str = typer.Option(
         "evspec", "--generation-config",

@@ -87,8 +87,8 @@ OUTPUTS: tuple[str, ...] = (RECORDS_NAME, SUMMARY_NAME, REPORT_NAME, ACCEPTANCE_
 class SpecRunConfig:
     """One ``evspec spec`` run. ``draft``: a model name, ``ngram`` or ``oracle:ALPHA``."""
 
-    target: str = "tiny-videollava"
-    draft: str = "tiny-eventgpt"
+    target: str = "demo-videollava"
+    draft: str = "demo-eventgpt"
     dataset: str | None = None
     split: str | None = None
     max_samples: int | None = None
@@ -110,14 +110,14 @@ class SpecRunConfig:
     warmup: int = 1
     oracle_draft: str = "tiny-eventgpt"
     bridge: str = "auto"
-    event_canvas: str = "upstream"  # EventGPT's event frames (target or draft): upstream's per-chunk canvas, or "sensor"
+    event_canvas: str = "auto"  # EventGPT's event frames (target or draft): the checkpoint's own, "upstream" or "sensor"
     generation_config: str = "evspec"  # "checkpoint": sample as the target's generation_config.json says
 
     def __post_init__(self) -> None:
-        from evspec.data.render import check_event_canvas
         from evspec.models.generation import check_generation_source
+        from evspec.models.registry import check_model_event_canvas
 
-        check_event_canvas(self.event_canvas)
+        check_model_event_canvas(self.event_canvas)
         check_generation_source(self.generation_config)
         if self.gamma < 1:
             raise ConfigError(f"--gamma must be >= 1, got {self.gamma}")

@@ -57,6 +57,16 @@ def manifest_entries(root: Path) -> dict[str, dict[str, Any]]:
             for name in DEMO_MODELS for p in model_files(root / name)}
 
 
+def source_sha256() -> str:
+    """One hash over evspec's Python sources (paths and contents): names the code that ran even
+    where a copy of the repository carries no or stale git metadata."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def _git_commit() -> dict[str, Any]:
     repo = Path(__file__).resolve().parents[2]
     try:
@@ -128,7 +138,7 @@ def build(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "files": manifest_entries(out),
         "dataset": {"synth_config": dataset_config.model_dump(mode="json"), "seconds": synth_s},
         "trainings": trainings,
-        "evspec": _git_commit(),
+        "evspec": {**_git_commit(), "source_sha256": source_sha256()},
         "machine": environment(args.device),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": time.time() - began,

@@ -31,10 +31,10 @@ def stand_in_registry(monkeypatch: pytest.MonkeyPatch, calls: Counter) -> Counte
     return calls
 
 
-def test_default_command_builds_data_and_benchmarks_the_three_tiny_models(
+def test_default_command_builds_data_and_benchmarks_the_default_models(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The README's main job, through the real registry and the real tiny checkpoints."""
+    """The default models (the shipped demo pair and tiny-llava), through the real registry."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(runner, "DEFAULT_SYNTH", {**runner.DEFAULT_SYNTH, "clips": 2})  # keep the test small
     assert main(["bench", "--max-new-tokens", "4"]) == 0
@@ -46,15 +46,15 @@ def test_default_command_builds_data_and_benchmarks_the_three_tiny_models(
     assert all(r["error"] is None for r in rows)
     assert all(r["n_visual_tokens"] > 0 and 1 <= r["n_new_tokens"] <= 4 for r in rows)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["command"].startswith("evspec bench --model tiny-eventgpt,tiny-videollava,tiny-llava")
+    assert summary["command"].startswith("evspec bench --model demo-eventgpt,demo-videollava,tiny-llava")
     assert (run / "report.md").is_file()
     printed = capsys.readouterr().out
-    assert "tiny-videollava" in printed and f"{run.relative_to(tmp_path)}/records.jsonl" in printed
+    assert "demo-videollava" in printed and f"{run.relative_to(tmp_path)}/records.jsonl" in printed
     # piped: one tab-separated line per sample as it finished, then the table as plain rows
     sample_lines = [line.split("\t") for line in printed.splitlines() if line.startswith("sample=")]
     assert sorted((f[0], f[1]) for f in sample_lines) == sorted((f"sample={r['id']}", f"model={r['model']}") for r in rows)
     assert all(f[2].startswith("read_ms=") and f[-1].startswith("new_tokens=") for f in sample_lines)
-    table = [line.split("\t") for line in printed.splitlines() if line.startswith("tiny-")]
+    table = [line.split("\t") for line in printed.splitlines() if line.startswith(("tiny-", "demo-"))]
     assert [row[0] for row in table] == list(runner.DEFAULT_MODELS) and all(len(row) == 8 for row in table)
     assert all(float(row[-1]) >= 0 for row in table)  # model load seconds
 

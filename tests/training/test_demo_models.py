@@ -1,0 +1,61 @@
+"""The shipped demo pair: its files are the manifest's, and its greedy answers on three fixed clips
+are the recorded ones (an accidental change of weights or preprocessing shows here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evspec.training.demo import DEMO_DIR, DEMO_MODELS, MANIFEST_NAME, manifest_entries
+
+# Greedy token ids (40 new tokens at most) of demo-videollava and demo-eventgpt on the row question
+# of the clips of SynthConfig(clips=3, size=(160, 120), seed=11), CPU float32, recorded with the
+# weights of MANIFEST.json.
+RECORDED = {
+    "demo-videollava": [[290, 345, 452, 267, 551, 485, 857, 2],
+                        [290, 550, 496, 330, 453, 410, 273, 311, 270, 428, 857, 2],
+                        [443, 283, 286, 315, 857, 2]],
+    "demo-eventgpt": [[290, 345, 452, 267, 496, 273, 267, 485, 857, 2],
+                      [290, 496, 330, 453, 370, 273, 311, 270, 428, 867, 270, 497, 330, 454, 410, 273, 311, 270,
+                       428, 273, 270, 501, 330, 311, 270, 428, 857, 2],
+                      [443, 283, 286, 315, 857, 2]],
+}
+
+
+def test_the_shipped_files_are_the_manifests() -> None:
+    manifest = json.loads((DEMO_DIR / MANIFEST_NAME).read_text())
+    assert manifest_entries(DEMO_DIR) == manifest["files"]
+    assert sum(f["bytes"] for f in manifest["files"].values() if f) <= 16 * 2**20
+    assert set(manifest["trainings"]) == set(DEMO_MODELS)
+    assert manifest["command"].startswith("python -m evspec.training.demo")
+
+
+def test_a_changed_file_no_longer_matches(tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "demo"
+    shutil.copytree(DEMO_DIR, copy)
+    config = copy / "demo-eventgpt" / "config.json"
+    config.write_text(config.read_text() + " ")
+    assert manifest_entries(copy) != json.loads((copy / MANIFEST_NAME).read_text())["files"]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> list:
+    from evspec.data.dataset import load_dataset
+    from evspec.data.synth.builder import SynthConfig, build_dataset
+
+    out = tmp_path_factory.mktemp("demo-clips")
+    build_dataset(out, SynthConfig(clips=3, size=(160, 120), seed=11))
+    return load_dataset(out)
+
+
+@pytest.mark.parametrize("name", list(RECORDED))
+def test_greedy_answers_on_three_fixed_clips_are_the_recorded_ones(name: str, clips: list) -> None:
+    from evspec.models.registry import load_model
+
+    model = load_model(name)
+    got = [model.generate(model.preprocess(model.load(s), s.query), max_new_tokens=40).token_ids for s in clips]
+    assert got == RECORDED[name]
