@@ -260,6 +260,10 @@ class SpecOutcome:
     gamma_trace: list[int] = field(default_factory=list)
     n_prompt_tokens: int = 0
     top2: list[TopTwo] | None = None  # the target's top-2 per output position, with record_top2
+    # Output positions where the target's token replaced a rejected draft, and those tokens' text:
+    # where the drafts fail (greedy: what the draft could not know, e.g. a colour it cannot see).
+    rejected_at: list[int] = field(default_factory=list)
+    rejected_tokens: list[str] = field(default_factory=list)
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -455,12 +459,15 @@ def speculative_generate(
             verdict = _verify(prefill_row, first.truncate(1), sampling, generator)
             timings.verify_s += _now(devices) - t
             carry: Proposal | None = None
+            rejected_at: list[int] = []
             if verdict.n_accepted == 1:
                 carry = first.drop_first()
                 appended = emit([first.token_ids[0]])
             else:
                 counts.record_round(len(first), 0)
                 appended = emit([verdict.next_token])  # type: ignore[list-item]
+                if len(first):
+                    rejected_at.append(0)
             if top2 is not None:
                 top2.add(prefill_row[:appended])
             done = finished()
@@ -487,7 +494,10 @@ def speculative_generate(
                 timings.verify_s += _now(devices) - t
                 counts.record_pass()
                 n = verdict.n_accepted
+                base = len(out)
                 appended = emit(verdict.tokens(proposal.token_ids))
+                if n < len(proposal) and appended > n:
+                    rejected_at.append(base + n)
                 kept = min(n, appended)  # drafts past an accepted EOS do not count
                 if top2 is not None:
                     top2.add(logits[:appended])  # row j chose the j-th token this round emitted
@@ -510,6 +520,7 @@ def speculative_generate(
         token_ids=out, text=tgt.decode_text(out), counts=counts, timings=timings,
         synthetic=proposer.synthetic, stopped_on_eos=bool(out) and out[-1] in eos,
         gamma_trace=trace, n_prompt_tokens=n_prompt, top2=top2.read() if top2 is not None else None,
+        rejected_at=rejected_at, rejected_tokens=[tgt.decode_text([out[i]]) for i in rejected_at],
     )
 
 
@@ -591,6 +602,7 @@ class Comparison:
             "spec": {
                 "token_ids": self.spec.token_ids, "text": self.spec.text, "timings": self.spec.timings.as_dict(),
                 "drafts_per_round": self.spec.gamma_trace, "stopped_on_eos": self.spec.stopped_on_eos,
+                "rejected_at": self.spec.rejected_at, "rejected_tokens": self.spec.rejected_tokens,
             },
             "counts": self.spec.counts.as_dict(),
             "speedup": self.speedup,

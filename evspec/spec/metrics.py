@@ -153,19 +153,40 @@ def _median(values: Iterable[float | None]) -> float | None:
     return statistics.median(kept) if kept else None
 
 
-def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Summary over per-sample records (``evspec spec``'s records.jsonl rows without errors)."""
-    from evspec.spec.lossless import run_verdict
-
-    ok = [r for r in records if not r.get("error")]
+def _pooled_counts(records: Iterable[dict[str, Any]]) -> SpecCounts:
     counts = SpecCounts()
-    for r in ok:
+    for r in records:
         c = r["counts"]
         counts = counts + SpecCounts(
             drafts=c["drafts"], drafted_tokens=c["drafted_tokens"], accepted_tokens=c["accepted_tokens"],
             accepted_per_position=list(c["accepted_per_position"]), target_passes=c["target_passes"],
             emitted_tokens=c["emitted_tokens"],
         )
+    return counts
+
+
+def rejection_tally(records: Iterable[dict[str, Any]], top: int = 15) -> list[tuple[str, int]]:
+    """The target's tokens that replaced a rejected draft, most frequent first: where drafts fail."""
+    tally: dict[str, int] = {}
+    for r in records:
+        for text in r["spec"].get("rejected_tokens", ()):
+            tally[text] = tally.get(text, 0) + 1
+    return sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Summary over per-sample records (``evspec spec``'s records.jsonl rows without errors)."""
+    from evspec.spec.lossless import run_verdict
+
+    ok = [r for r in records if not r.get("error")]
+    counts = _pooled_counts(ok)
+    by_type = {}
+    for qtype in sorted({r["question_type"] for r in ok if r.get("question_type")}):
+        rows = [r for r in ok if r.get("question_type") == qtype]
+        pooled = _pooled_counts(rows)
+        by_type[qtype] = {"n_samples": len(rows), "acceptance_rate": pooled.acceptance_rate,
+                          "mean_acceptance_length": pooled.mean_acceptance_length,
+                          "speedup_median": _median(r["speedup"] for r in rows)}
     spec_total = sum(r["spec"]["timings"]["total_s"] for r in ok)
     base_total = sum(r["baseline"]["wall_s"] for r in ok)
     greedy = [r for r in ok if r.get("lossless") is not None]
@@ -173,6 +194,8 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "n_samples": len(ok),
         "n_errors": len(records) - len(ok),
         "counts": counts.as_dict(),
+        "by_question_type": by_type,
+        "rejected_tokens_top": rejection_tally(ok),
         "lossless": all(r["lossless"] for r in greedy) if greedy else None,
         "n_lossless": sum(1 for r in greedy if r["lossless"]),
         "n_exact": sum(1 for r in greedy if r.get("exact", r["lossless"])),

@@ -247,7 +247,7 @@ def run_sample(config: SpecRunConfig, target: VisionLanguageModel, proposer: Pro
     """One sample both ways; a failure that is about the sample becomes a record with ``error``."""
     from evspec.spec.engine import compare
 
-    head = {"id": sample.id, "target": config.target, "draft": config.draft}
+    head = {"id": sample.id, "question_type": sample.question_type, "target": config.target, "draft": config.draft}
     try:
         comparison = compare(
             target, proposer, sample=sample, gamma=config.gamma, max_new_tokens=config.max_new_tokens,
@@ -608,6 +608,21 @@ def render_markdown(summary: dict[str, Any], records: Sequence[dict[str, Any]]) 
         f"![time split]({SPLIT_PNG})",
         "",
     ]
+    by_type = summary.get("by_question_type") or {}
+    if by_type:
+        lines += ["## By question type", "", "| question type | samples | acceptance rate | mean acceptance length | "
+                  "median speedup |", "|---|---|---|---|---|"]
+        lines += [f"| {q} | {v['n_samples']} | {_fmt(v['acceptance_rate'])} | {_fmt(v['mean_acceptance_length'], 2)} | "
+                  f"{_fmt(v['speedup_median'], 2)}x |" for q, v in by_type.items()]
+        lines.append("")
+    rejected = summary.get("rejected_tokens_top") or []
+    if rejected:
+        total = sum(n for _, n in rejected)
+        lines += ["## Where drafts fail", "", "The target's tokens that replaced a rejected draft, most frequent "
+                  f"first (top {len(rejected)}, {total} rejections): what the draft could not predict.", "",
+                  "| target token | rejections |", "|---|---|"]
+        lines += [f"| `{text or ' '}` | {n} |" for text, n in rejected]
+        lines.append("")
     loads = {k: v for k, v in (summary.get("model_load_s") or {}).items() if v is not None}
     if loads:
         lines += ["Model load (s, once per model, not part of any sample): "

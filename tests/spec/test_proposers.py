@@ -136,3 +136,22 @@ def test_sampling_drafts_carry_their_distributions(target_lm, same_draft_lm) -> 
     assert proposal.q is not None and proposal.q.shape == (len(proposal), target_lm.vocab_size)
     torch.testing.assert_close(proposal.q.sum(-1), torch.ones(len(proposal)))
     assert all(float(proposal.q[i, t]) > 0 for i, t in enumerate(proposal.token_ids))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, 0.6])
+def test_rejections_are_recorded_where_the_target_replaced_a_draft(target_lm, same_draft_lm, alpha: float) -> None:
+    prompt, n = [1, 4, 5, 6, 7], 12
+    base = target_only(target_lm, prompt_ids=prompt, eos_token_ids=[], max_new_tokens=n)
+    out = speculative_generate(target_lm, OracleProposer(same_draft_lm, alpha, seed=3), prompt_ids=prompt,
+                               eos_token_ids=[], max_new_tokens=n, gamma=3, reference_ids=base.token_ids)
+    assert out.token_ids == base.token_ids
+    if alpha == 1.0:
+        assert out.rejected_at == []
+    elif alpha == 0.0:
+        # every round's first draft is wrong: each emitted token but the last (no room left to draft
+        # for it) replaced a rejected draft
+        assert out.rejected_at == list(range(n - 1))
+    else:
+        # at most one rejection a round, at increasing positions
+        assert 0 < len(out.rejected_at) <= out.counts.drafts and out.rejected_at == sorted(set(out.rejected_at))
+    assert len(out.rejected_tokens) == len(out.rejected_at)
