@@ -6,7 +6,7 @@ The Python API (the command line is a thin layer over the same functions)::
 
     evspec.build_dataset("data/demo", evspec.SynthConfig(clips=2, size=(160, 120)))
     sample = evspec.load_dataset("data/demo")[0]
-    target, draft = evspec.load_model("tiny-videollava"), evspec.load_model("tiny-eventgpt")
+    target, draft = evspec.load_model("demo-videollava"), evspec.load_model("demo-eventgpt")
     out = evspec.speculative_generate(target, evspec.DraftModelProposer.paired(draft, target), sample=sample)
 
 Names are imported on first use (module ``__getattr__``), so ``import evspec`` stays fast and
@@ -48,6 +48,12 @@ _EXPORTS: dict[str, str] = {
     "OracleProposer": "evspec.spec.proposers",
     "SpecRunConfig": "evspec.spec.report",
     "run_spec": "evspec.spec.report",
+    # training and judging answers
+    "VLMTrainConfig": "evspec.training.vlm",
+    "LoopConfig": "evspec.training.loop",
+    "run_training": "evspec.training.run",
+    "evaluate_model": "evspec.training.evaluate",
+    "questions_of": "evspec.training.evaluate",
     # errors
     "EvspecError": "evspec.errors",
     "InputError": "evspec.errors",

@@ -49,7 +49,7 @@ def _command_line(config: Any, out: Path, device: str, workers: int) -> str:
         "--warmup-steps", str(loop.warmup_steps), "--seed", str(loop.seed), "--eval-every", str(loop.eval_every),
         "--eval-questions", str(config.eval_questions), "--checkpoint-every", str(loop.checkpoint_every),
         "--workers", str(workers), "--event-canvas", config.event_canvas, "--save-dtype", config.save_dtype,
-        "--device", device,
+        "--device", device, *(["--allow-outside-root"] if config.allow_outside_root else []),
     ])
 
 
@@ -71,6 +71,7 @@ def train(
     save_dtype: str = typer.Option("float32", "--save-dtype", help="Weights' dtype in the written checkpoint."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     force: bool = typer.Option(False, "--force", help="Discard a run of another config in --out."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Let dataset rows name files outside the dataset folder."),
 ) -> None:
     """Train one model of a family from scratch on an evspec clip dataset (loss on answer tokens)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -83,7 +84,7 @@ def train(
                       eval_every=eval_every, checkpoint_every=checkpoint_every)
     config = VLMTrainConfig(family=family, dataset=str(dataset.resolve()), size=size, loop=loop,
                             eval_questions=eval_questions, event_canvas=event_canvas, init_seed=seed,
-                            save_dtype=save_dtype)
+                            save_dtype=save_dtype, allow_outside_root=allow_outside_root)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True, auto_refresh=False) as progress:
         bar = _TrainBar(progress)
@@ -108,9 +109,11 @@ def evaluate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     records: Path | None = typer.Option(None, "--records", help="Write every answer with its scores (JSON lines) here."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document instead of the table."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Let dataset rows name files outside the dataset folder."),
 ) -> None:
     """Greedy answers against `answer` and `event_visible_answer`: exact match and token F1."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -123,7 +126,7 @@ def evaluate(
         raise ConfigError("give either --model (answer with it) or --answers (judge a file of answers)")
     if model is not None:
         check_model_name(model)
-    samples = load_dataset(dataset, split=split, max_samples=max_samples)
+    samples = load_dataset(dataset, split=split, max_samples=max_samples, allow_outside_root=allow_outside_root)
     questions = questions_of(samples, all_types=all_questions)
     if not any(q.answer or q.event_visible_answer for q in questions):
         raise InputError("the dataset has no answers to judge against ('answer' / 'event_visible_answer')", dataset)
@@ -133,7 +136,7 @@ def evaluate(
         vlm = load_model(model, device=_device(device))
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=err_console, transient=True, auto_refresh=False) as progress:
-            task = progress.add_task(f"answering with {model}", total=len(questions))
+            task = progress.add_task(escape(f"answering with {model}"), total=len(questions))
             judged = evaluate_model(vlm, questions, max_new_tokens=max_new_tokens,
                                     on_answer=lambda j: progress.update(task, advance=1, refresh=True))
     summary = summarize(judged)
@@ -146,13 +149,13 @@ def evaluate(
         return
     console = Console(highlight=False, soft_wrap=True)
     who = f"{model} (greedy)" if model is not None else str(answers)
-    table = Table(title=f"{who} on {len(judged)} questions")
+    table = Table(title=escape(f"{who} on {len(judged)} questions"))
     for name in ("reference", "question type", "n", "exact match", "token F1"):
         table.add_column(name, justify="left" if name in ("reference", "question type") else "right", no_wrap=True)
     for field, values in summary.items():
         table.add_row(field, "all", str(values["n"]), f"{values['exact_match']:.3f}", f"{values['f1']:.3f}")
-        for qtype, v in values["by_type"].items():
-            table.add_row("", qtype, str(v["n"]), f"{v['exact_match']:.3f}", f"{v['f1']:.3f}")
+        for qtype, v in values["by_type"].items():  # question types come from the dataset: escaped
+            table.add_row("", escape(qtype), str(v["n"]), f"{v['exact_match']:.3f}", f"{v['f1']:.3f}")
     console.print(table)
     if records is not None:
         console.print(f"wrote {records}", markup=False)

@@ -84,7 +84,7 @@ def run_training(config: VLMTrainConfig, out: str | Path, *, device: str = "cpu"
         if any(previous.get(k) != identity.get(k) for k in IDENTITY_FIELDS):
             _start_over(out)
     check_or_reset(run_dir, identity, IDENTITY_FIELDS, force, (STATE_NAME, METRICS_NAME, "*.png"))
-    n_clips = len(load_dataset(config.dataset))
+    n_clips = len(load_dataset(config.dataset, allow_outside_root=config.allow_outside_root))
     check_memory(config, dev, n_clips)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(run_dir, identity=identity, config=identity, device=str(dev), command=command)

@@ -56,6 +56,7 @@ class VLMTrainConfig:
     event_canvas: str = "upstream"
     init_seed: int = 0
     save_dtype: str = "float32"
+    allow_outside_root: bool = False  # dataset rows may name files outside the dataset folder
 
     def __post_init__(self) -> None:
         from evspec.models.tiny import model_size
@@ -272,7 +273,7 @@ def prepare_task(config: VLMTrainConfig, out: Path, device: torch.device, *, wor
     from evspec.models.loading import quiet_transformers
     from evspec.models.tiny import build_checkpoint
 
-    samples = load_dataset(config.dataset)
+    samples = load_dataset(config.dataset, allow_outside_root=config.allow_outside_root)
     train_samples = [s for s in samples if s.split == "train"] or [s for s in samples if s.split != "test"]
     if not train_samples:
         raise InputError(f"{config.dataset}: no training rows (split 'train')")
