@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 from evspec.cli import err_console
-from evspec.cli.common import dataset_args, default_out, progress_reporter
+from evspec.cli.common import EVENT_CANVAS_OPTION, dataset_args, default_out, progress_reporter
 from evspec.cli.output import print_line, print_table
 from evspec.models.registry import model_names_help
 
@@ -66,10 +66,7 @@ def bench(
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
     cache: str = typer.Option("eager", "--cache", help="KV cache: eager (transformers), static, compiled (CUDA graphs)."),
     quantize: str | None = typer.Option(None, "--quantize", help="4bit or 8bit weights (bitsandbytes; CUDA only)."),
-    event_canvas: str = typer.Option(
-        "auto", "--event-canvas",
-        help="EventGPT's event frames: auto (what the checkpoint was trained with: evspec's record it, upstream's otherwise), upstream (its chunking, each chunk on its own canvas) or sensor (one sensor-sized canvas).",
-    ),
+    event_canvas: str = EVENT_CANVAS_OPTION,
     generation_config: str = typer.Option(
         "evspec", "--generation-config",
         help="evspec (--temperature/--top-p) or checkpoint (sample as the models' generation_config.json say; they must agree).",

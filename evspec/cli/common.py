@@ -10,10 +10,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import typer
 from rich.markup import escape
 
 from evspec.cli import err_console
 from evspec.cli.output import print_line, stdout_console
+
+
+# The commands that load models share one --event-canvas option.
+EVENT_CANVAS_OPTION: Any = typer.Option(
+    "auto", "--event-canvas",
+    help="EventGPT's event frames: auto (what the checkpoint was trained with: evspec's record it, upstream's "
+         "otherwise), upstream (its chunking, each chunk on its own canvas) or sensor (one sensor-sized canvas).",
+)
 
 
 class RichReporter:

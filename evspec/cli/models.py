@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from evspec.cli import err_console
+from evspec.cli.common import EVENT_CANVAS_OPTION
 from evspec.cli.output import print_json, print_line, print_table
 from evspec.errors import ConfigError, InputError
 from evspec.models.registry import model_names_help
@@ -61,10 +62,7 @@ def verify(
     hooks: bool = typer.Option(True, "--hooks/--no-hooks", help="Also time the vision tower inside generate() with hooks."),
     repeats: int = typer.Option(3, "--repeats", help="generate() runs per side for the hook overhead medians."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document (every sample's tokens) instead of tables."),
-    event_canvas: str = typer.Option(
-        "auto", "--event-canvas",
-        help="EventGPT's event frames: auto (what the checkpoint was trained with: evspec's record it, upstream's otherwise), upstream (its chunking, each chunk on its own canvas) or sensor (one sensor-sized canvas).",
-    ),
+    event_canvas: str = EVENT_CANVAS_OPTION,
 ) -> None:
     """Check that decoupled generation (encode once, prefill, decode) equals the model's own generate()."""
     from rich.markup import escape

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from evspec.cli import err_console
-from evspec.cli.common import dataset_args, default_out, progress_reporter
+from evspec.cli.common import EVENT_CANVAS_OPTION, dataset_args, default_out, progress_reporter
 from evspec.models.registry import model_names_help
 
 
@@ -79,10 +79,7 @@ def spec(
     warmup: int = typer.Option(1, "--warmup", help="Samples run first and discarded."),
     oracle_draft: str = typer.Option("tiny-eventgpt", "--oracle-draft", help="The model whose passes give oracle:ALPHA its real cost."),
     bridge: str = typer.Option("auto", "--bridge", help="Vocabulary bridge: auto, same (token ids), cross (text re-encoding)."),
-    event_canvas: str = typer.Option(
-        "auto", "--event-canvas",
-        help="EventGPT's event frames: auto (what the checkpoint was trained with: evspec's record it, upstream's otherwise), upstream (its chunking, each chunk on its own canvas) or sensor (one sensor-sized canvas).",
-    ),
+    event_canvas: str = EVENT_CANVAS_OPTION,
     generation_config: str = typer.Option(
         "evspec", "--generation-config",
         help="evspec (--temperature/--top-p) or checkpoint (sample as the target's generation_config.json says).",
