@@ -155,8 +155,7 @@ class VLMTask:
         self.examples = examples
         self.eval_questions = eval_questions
         self.out = out
-        lm = model.language_model
-        self.pad_id = int(model.eos_token_ids[0])
+        self.pad_id = int(model.eos_token_ids[0])  # any id: padded rows are masked out and carry no label
 
     def module(self) -> nn.Module:
         return self.model.trainable_module
@@ -290,10 +289,12 @@ def prepare_task(config: VLMTrainConfig, out: Path, device: torch.device, *, wor
     questions = training_questions(train_samples, config.answer_field)
     clip_of = {s.id: i for i, s in enumerate(train_samples)}
     tokenizer, eos = model.tokenizer, model.eos_token_ids[0]
+    prompts: dict[str, torch.Tensor] = {}
     examples = []
     for q in questions:
-        # The prompt ids from the family's own preprocessing (placeholders expanded as at inference).
-        prompt = _prompt_ids(model, q.query)
+        if q.query not in prompts:
+            prompts[q.query] = prompt_ids(model, q.query)
+        prompt = prompts[q.query]
         answer = tokenizer(q.reference(config.answer_field), add_special_tokens=False).input_ids + [eos]
         examples.append(Example(clip_of[q.sample.id], prompt.to(device), torch.tensor(answer, device=device)))
     pixels = preprocess_clips(model, init, train_samples, workers, config.event_canvas,
@@ -303,16 +304,10 @@ def prepare_task(config: VLMTrainConfig, out: Path, device: torch.device, *, wor
     return VLMTask(config, model, pixels, examples, eval_questions, out)
 
 
-_PROMPT_CACHE: dict[tuple[int, str], torch.Tensor] = {}
-
-
-def _prompt_ids(model: VisionLanguageModel, query: str) -> torch.Tensor:
-    """The prompt's ids as ``preprocess`` makes them; the same for every clip of a family and
-    query, so computed once per query (on a blank frame set of the model's own input size)."""
-    key = (id(model), query)
-    if key not in _PROMPT_CACHE:
-        _PROMPT_CACHE[key] = model.preprocess(_blank_input(model), query).input_ids[0].cpu()
-    return _PROMPT_CACHE[key]
+def prompt_ids(model: VisionLanguageModel, query: str) -> torch.Tensor:
+    """The prompt's ids as the family's own ``preprocess`` makes them (placeholders expanded as at
+    inference). They do not depend on the pixels, so blank frames of the model's input count do."""
+    return model.preprocess(_blank_input(model), query).input_ids[0].cpu()
 
 
 def _blank_input(model: VisionLanguageModel):  # -> VisualInput
