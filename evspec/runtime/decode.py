@@ -214,7 +214,9 @@ def probabilities(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tenso
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
     probs = torch.softmax(logits / sampling.temperature, dim=-1)
     if sampling.top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # stable: of tokens tied at the boundary the lower ids are kept (as argmax picks the lower
+        # id); an unstable sort keeps arbitrary ones, which differ with the row length and device
+        sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
         before = sorted_probs.cumsum(-1) - sorted_probs  # mass strictly before each token
         sorted_probs = torch.where(before < sampling.top_p, sorted_probs, torch.zeros_like(sorted_probs))
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
