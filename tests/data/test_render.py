@@ -89,6 +89,17 @@ def test_later_event_overwrites_earlier() -> None:
     assert tuple(dsec[1, 2]) == (0, 0, 255) and tuple(dsec[0, 0]) == (255, 0, 0)
 
 
+def test_later_event_of_the_other_polarity_wins() -> None:
+    """Two events at one pixel with differing polarities: the later one's colour, in both orders
+    (pixel (1, 0): p=0 then p=1; pixel (3, 2): p=1 then p=0), whatever the colouring."""
+    s = EventStream.from_arrays([1, 3, 1, 3], [0, 2, 0, 2], [0, 1, 2, 3], [0, 1, 1, 0], (4, 3))
+    for colors in (POLARITY_COLORS_EVENTGPT, POLARITY_COLORS_DSEC):
+        (img,) = render_eventgpt_frames(s, 1, size="sensor", colors=colors)
+        assert tuple(img[0, 1]) == colors[1] and tuple(img[2, 3]) == colors[0]
+        (chunk,) = render_eventgpt_frames(s, 1, colors=colors)  # upstream's per-chunk canvas
+        assert tuple(chunk[0, 1]) == colors[1] and tuple(chunk[2, 3]) == colors[0]
+
+
 def test_frames_split_by_event_count_not_time() -> None:
     # 4 events bunched at t=0 and 4 spread over a long time: count split puts the bunch in frame 0
     t = [0, 0, 0, 0, 1000, 2000, 3000, 4000]
