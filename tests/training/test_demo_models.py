@@ -59,3 +59,22 @@ def test_greedy_answers_on_three_fixed_clips_are_the_recorded_ones(name: str, cl
     model = load_model(name)
     got = [model.generate(model.preprocess(model.load(s), s.query), max_new_tokens=40).token_ids for s in clips]
     assert got == RECORDED[name]
+
+
+def test_the_demo_command_runs_on_a_cpu_at_a_tiny_size(tmp_path: Path) -> None:
+    """The manifest's command, shrunk: synthesis, both trainings, the shipped folders, the manifest."""
+    from evspec.training.demo import main
+
+    out = tmp_path / "shipped"
+    assert main(["--workdir", str(tmp_path / "work"), "--out", str(out), "--clips", "4", "--test-fraction", "0",
+                 "--target-size", "tiny", "--draft-size", "tiny", "--target-steps", "2", "--draft-steps", "2",
+                 "--batch-size", "2", "--warmup-steps", "1", "--checkpoint-every", "1", "--workers", "2",
+                 "--device", "cpu"]) == 0
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest_entries(out) == manifest["files"]
+    assert {p.split("/")[0] for p in manifest["files"]} == set(DEMO_MODELS)
+    assert not any("training" in p for p in manifest["files"])  # the runs' own files are not shipped
+    assert manifest["evspec"]["source_sha256"] and manifest["trainings"]["demo-eventgpt"]["identity"]["event_canvas"] == "sensor"
+    from evspec.models.registry import load_model
+
+    assert load_model(f"videollava:{out / 'demo-videollava'}").family == "videollava"
