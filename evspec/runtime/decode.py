@@ -207,7 +207,9 @@ class SamplingConfig:
 def probabilities(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
     """The distribution sampling draws from: softmax(logits / T), then top-p (nucleus) renormalised.
 
-    Greedy is the limit T -> 0: a one-hot on the argmax. Works on [..., vocab].
+    Top-p keeps the smallest set of most likely tokens whose mass reaches ``top_p`` (of tokens tied
+    at its boundary, the lower ids). Greedy is the limit T -> 0: a one-hot on the argmax. Works on
+    [..., vocab].
     """
     logits = logits.float()
     if sampling.greedy:

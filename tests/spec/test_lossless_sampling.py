@@ -8,6 +8,10 @@ contamination by the draft's own joint distribution (0.95 p + 0.05 q, i.e. one s
 leaking the draft's choice) a Monte Carlo of the same G-test on N = 1000 draws must reject at
 least 95% of the time (it is ~0.998 and 1.0 for the two settings), so a verifier with that bug
 would fail this test.
+
+The expected distribution comes from the engine's own ``probabilities()``; that function is checked
+against the definition of temperature and top-p in ``tests/runtime/test_sampling.py``. Drafts
+without a distribution (n-gram, cross-tokenizer) are checked in ``test_sampling_one_hot_drafts.py``.
 """
 
 from __future__ import annotations
