@@ -10,15 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.isolated_cache import isolated_evspec_cache
+
 
 @pytest.fixture(scope="session")
 def hostile_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``EVSPEC_CACHE`` in a fresh folder, so the tiny checkpoints the corpus damages are built here."""
-    cache = str(tmp_path_factory.mktemp("evspec-hostile-cache"))
-    old = os.environ.get("EVSPEC_CACHE")
-    os.environ["EVSPEC_CACHE"] = cache
-    yield cache
-    if old is None:
-        os.environ.pop("EVSPEC_CACHE", None)
-    else:
-        os.environ["EVSPEC_CACHE"] = old
+    with isolated_evspec_cache(tmp_path_factory, "evspec-hostile-cache") as cache:
+        yield cache

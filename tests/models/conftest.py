@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from tests.isolated_cache import isolated_evspec_cache
+
 from evspec.models.base import VisionLanguageModel, VisualInput
 
 N_FRAMES = {"eventgpt": 5, "videollava": 8, "llava": 1}
@@ -19,14 +21,8 @@ N_FRAMES = {"eventgpt": 5, "videollava": 8, "llava": 1}
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``EVSPEC_CACHE`` pointing at a fresh folder, so each session exercises the build path."""
-    cache = str(tmp_path_factory.mktemp("evspec-cache"))
-    old = os.environ.get("EVSPEC_CACHE")
-    os.environ["EVSPEC_CACHE"] = cache
-    yield cache
-    if old is None:
-        os.environ.pop("EVSPEC_CACHE", None)
-    else:
-        os.environ["EVSPEC_CACHE"] = old
+    with isolated_evspec_cache(tmp_path_factory, "evspec-cache") as cache:
+        yield cache
 
 
 @pytest.fixture(scope="session")
