@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -155,10 +154,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def save_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
     """Atomically: a kill during the write leaves the previous state whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"step": step, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                "rng": _rng_state()}, tmp)
-    os.replace(tmp, path)
+    from evspec.data.events import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"step": step, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                    "rng": _rng_state()}, tmp)
 
 
 def load_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer) -> int:
@@ -185,13 +185,16 @@ class MetricsLog:
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):
                     break
-                if isinstance(row, dict) and int(row.get("step", 0)) <= keep_until:
+                if not (isinstance(row, dict) and isinstance(row.get("step"), int)):
+                    break  # not a row this loop wrote: what follows is not trusted either
+                if row["step"] <= keep_until:
                     rows.append(row)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        os.replace(tmp, path)
+        from evspec.data.events import atomic_path
+
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         self.rows = rows
 
     def append(self, row: dict[str, Any]) -> None:
