@@ -87,6 +87,8 @@ def run_training(config: VLMTrainConfig, out: str | Path, *, device: str = "cpu"
     n_clips = len(load_dataset(config.dataset, allow_outside_root=config.allow_outside_root))
     check_memory(config, dev, n_clips)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (*out.glob(".export-*"), *run_dir.glob(".init-*")):  # a killed run's half-made folders
+        shutil.rmtree(stale, ignore_errors=True)
     write_run_config(run_dir, identity=identity, config=identity, device=str(dev), command=command)
     report: Callable[[str, int, int], None] | None = getattr(progress, "stage", None)
     task = prepare_task(config, out, dev, workers=workers, progress=report)
