@@ -32,7 +32,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from evspec.bench.rundir import cpu_name
+from evspec.run.rundir import cpu_name
 from evspec.data.events import (
     DEFAULT_SENSOR_SIZE,
     DsecEventFile,

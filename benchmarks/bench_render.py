@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from evspec.bench.rundir import cpu_name
+from evspec.run.rundir import cpu_name
 from evspec.data.events import EventStream
 from evspec.data.render import (
     render_eventgpt_frames,

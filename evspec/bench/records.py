@@ -1,6 +1,6 @@
 """What a benchmark run writes: one ``Record`` per (sample, model), appended to ``records.jsonl``.
 
-The file is a JSON-lines log kept by :mod:`evspec.bench.rundir` (shared with ``evspec spec``):
+The file is a JSON-lines log kept by :mod:`evspec.run.rundir` (shared with ``evspec spec``):
 one flushed line per record, so a killed run resumes where it stopped; a torn last line is
 dropped (and truncated before appending), a bad line anywhere else is an error. This module
 only says what a bench record is and reads/appends them as :class:`Record`.
@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from evspec.bench.rundir import JsonLinesLog, dump_line, read_lines
+from evspec.run.rundir import JsonLinesLog, dump_line, read_lines
 
 
 @dataclass

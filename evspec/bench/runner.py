@@ -38,19 +38,20 @@ one-token-per-pass strategy; a speculative decoder is another class with the sam
 
 from __future__ import annotations
 
-import functools
 import gc
 import time
 import weakref
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from evspec.bench.records import Record, RecordLog, latest_by_key, read_records
-from evspec.bench.rundir import (
+from evspec.errors import ConfigError
+from evspec.models.registry import check_model_name, check_token_budget
+from evspec.run.rundir import (
     RECORDS_NAME,
     REPORT_NAME,
     SUMMARY_NAME,
@@ -58,9 +59,23 @@ from evspec.bench.rundir import (
     write_json,
     write_run_config,
 )
-from evspec.errors import ConfigError, EvspecError, InputError
-from evspec.models.registry import check_model_name, check_token_budget
-from evspec.runtime.decode import Prefilled, SamplingConfig, decode, prefill
+from evspec.run.shared import (
+    CacheKind,
+    ModelLoader,
+    Reporter,
+    SilentReporter,
+    check_run_options,
+    dataset_root,
+    error_text,
+    generation_records,
+    load_samples,
+    registry_loader_for,
+    release_memory,
+    resolve_device,
+    resolve_dtype,
+    state_factory_for,
+)
+from evspec.runtime.decode import Prefilled, SamplingConfig, StateFactory, decode, prefill
 from evspec.runtime.timing import STAGES, StageTimer, Timings, collector_paused
 
 if TYPE_CHECKING:
@@ -68,7 +83,6 @@ if TYPE_CHECKING:
     from evspec.models.base import Prepared, VisionLanguageModel, VisualFeatures
 
 DEFAULT_MODELS: tuple[str, ...] = ("demo-eventgpt", "demo-videollava", "tiny-llava")
-SYNTH_DIR = "data"
 IDENTITY_FIELDS: tuple[str, ...] = (
     "dataset", "split", "max_new_tokens", "min_new_tokens", "temperature", "top_p", "seed",
     "device", "dtype", "cache", "quantize", "decoder", "event_canvas", "generation_config",
@@ -77,55 +91,8 @@ IDENTITY_FIELDS: tuple[str, ...] = (
 ``models``, ``max_samples`` and ``warmup`` may change between runs (a rerun can add models or
 samples to a run)."""
 
-DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-DTYPE_NAMES: tuple[str, ...] = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
-"""What ``--dtype`` takes besides ``auto``: the registry's names and their short aliases."""
-CacheKind = Literal["eager", "static", "compiled"]
-CACHES: tuple[str, ...] = ("eager", "static", "compiled")
-
-
 # --------------------------------------------------------------------------- config
 
-
-def check_run_options(
-    *, max_new_tokens: int, min_new_tokens: int, max_samples: int | None, warmup: int, dtype: str, cache: str,
-) -> None:
-    """The option checks every run command shares (``evspec bench``, ``evspec spec``), with the
-    CLI's option names in the messages."""
-    if max_new_tokens < 1:
-        raise ConfigError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    if not 0 <= min_new_tokens <= max_new_tokens:
-        raise ConfigError(
-            f"--min-new-tokens must be between 0 and --max-new-tokens ({max_new_tokens}), got {min_new_tokens}"
-        )
-    if max_samples is not None and max_samples < 1:
-        raise ConfigError(f"--max-samples must be >= 1, got {max_samples}")
-    if warmup < 0:
-        raise ConfigError(f"--warmup must be >= 0, got {warmup}")
-    if dtype != "auto" and dtype not in DTYPE_NAMES:
-        raise ConfigError(f"unknown --dtype {dtype!r}; use auto, {', '.join(DTYPE_NAMES)}")
-    if cache not in CACHES:
-        raise ConfigError(f"unknown --cache {cache!r}; use eager, static or compiled")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when this torch sees one, else the CPU; any other name goes through the
-    registry's checks (the device must exist here), the same the model loader applies."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from evspec.models.loading import resolve_device as registry_device
-
-    return registry_device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: bfloat16 on CUDA (what the models ship in), float32 on CPU; short aliases
-    (bf16, fp16, fp32) accepted; the registry checks that the device can do it."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    from evspec.models.loading import resolve_dtype as registry_dtype
-
-    return registry_dtype(DTYPE_ALIASES.get(name, name), device)
 
 
 @dataclass(frozen=True)
@@ -225,14 +192,9 @@ class TargetDecoder:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "cache": self.cache}
 
-    def _state_factory(self, model: VisionLanguageModel) -> Callable[..., Any] | None:
-        if self.cache == "eager":
-            return None
-        from evspec.runtime.static import StaticDecoder
-
+    def _state_factory(self, model: VisionLanguageModel) -> StateFactory:
         if model not in self._static:
-            lm = model.language_model
-            self._static[model] = StaticDecoder(lm, lm.context_length, compile=self.cache == "compiled")
+            self._static[model] = state_factory_for(self.cache, model.language_model)
         return self._static[model]
 
     def run(
@@ -242,9 +204,7 @@ class TargetDecoder:
         factory = self._state_factory(model)
         with timer.stage("prefill"):
             embeds = model.splice(prepared, features)
-            prefilled: Prefilled = (
-                prefill(model.language_model, embeds) if factory is None else prefill(model.language_model, embeds, factory)
-            )
+            prefilled: Prefilled = prefill(model.language_model, embeds, factory)
         with timer.stage("decode"):
             result = decode(
                 prefilled, max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.min_new_tokens,
@@ -258,30 +218,7 @@ class TargetDecoder:
 # --------------------------------------------------------------------------- progress
 
 
-class Reporter(Protocol):
-    """How a run tells its caller what happens (the CLI draws a rich progress bar). ``advance``
-    gets the record just written: a :class:`Record` here, a dict from ``evspec spec``."""
-
-    def start(self, total: int, done: int) -> None: ...
-    def status(self, message: str) -> None: ...
-    def warn(self, message: str) -> None: ...
-    def advance(self, record: Any) -> None: ...
-
-
-class SilentReporter:
-    """Library default: tells no one (library code never prints)."""
-
-    def start(self, total: int, done: int) -> None: ...
-    def status(self, message: str) -> None: ...
-    def warn(self, message: str) -> None: ...
-    def advance(self, record: Any) -> None: ...
-
-
 # --------------------------------------------------------------------------- one sample
-
-
-def _error_text(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, EvspecError) else f"{type(exc).__name__}: {exc}"
 
 
 def _record(model_name: str, decoder: str, sample: Sample, timings: Timings, outcome: DecodeOutcome,
@@ -325,50 +262,10 @@ def run_sample(
                        model.decode_text(outcome.token_ids))
     except Exception as exc:
         timer.reset()
-        return Record(id=sample.id, model=model_name, decoder=decoder.name, error=_error_text(exc))
+        return Record(id=sample.id, model=model_name, decoder=decoder.name, error=error_text(exc))
 
 
 # --------------------------------------------------------------------------- the run
-
-
-ModelLoader = Callable[[str, torch.device, torch.dtype], "VisionLanguageModel"]
-
-
-def registry_loader_for(quantize: str | None, event_canvas: str) -> ModelLoader:
-    """``registry_loader`` with the load options that are not the defaults bound."""
-    extra = {k: v for k, v in (("quantize", quantize), ("event_canvas", event_canvas)) if v not in (None, "auto")}
-    return functools.partial(registry_loader, **extra) if extra else registry_loader
-
-
-def generation_records(config: BenchConfig | Any, names: Sequence[str]) -> tuple[Any, dict[str, Any]]:
-    """The models' ``generation_config.json`` files for the run's ``config.json``, and ``config``
-    with their sampling applied when ``config.generation_config == "checkpoint"`` (one sampling
-    rule serves every model of a run, so their files must agree)."""
-    from evspec.models.generation import checkpoint_generation_configs, sampling_settings
-
-    files = checkpoint_generation_configs(names, strict=config.generation_config == "checkpoint")
-    record: dict[str, Any] = {"source": config.generation_config, "checkpoint_generation_config": files}
-    if config.generation_config != "checkpoint":
-        return config, record
-    settings = {name: sampling_settings(raw) for name, raw in files.items()}
-    rules = {(t, p) for t, p, _ in settings.values()}
-    if len(rules) != 1:
-        shown = ", ".join(f"{n}: temperature {t}, top_p {p}" for n, (t, p, _) in settings.items())
-        raise ConfigError(f"--generation-config checkpoint: the models' generation_config.json files disagree ({shown}); "
-                          f"run them separately")
-    (temperature, top_p), = rules
-    record["applied"] = {"temperature": temperature, "top_p": top_p}
-    record["not_applied"] = {n: skipped for n, (_, _, skipped) in settings.items() if skipped}
-    return replace(config, temperature=temperature, top_p=top_p), record
-
-
-def registry_loader(
-    name: str, device: torch.device, dtype: torch.dtype, quantize: str | None = None, event_canvas: str = "auto",
-) -> VisionLanguageModel:
-    """``evspec.models.registry.load_model`` (imported late: it pulls in the model families)."""
-    from evspec.models.registry import load_model
-
-    return load_model(name, device=device, dtype=dtype, quantize=quantize, event_canvas=event_canvas)
 
 
 @dataclass
@@ -384,47 +281,6 @@ class BenchResult:
         return sum(1 for r in self.records if r.model == model and r.error is None)
 
 
-DEFAULT_SYNTH: dict[str, Any] = {"clips": 6, "size": (160, 120), "duration_s": 1.0, "seed": 0}
-"""``SynthConfig`` of the built-in set: six 1 s clips of 160x120 (builds in well under a second)."""
-
-
-def build_default_dataset(out_dir: Path, reporter: Reporter) -> Path:
-    """The built-in synthetic set in ``out_dir/data``. The builder resumes and pins its config,
-    so a killed build is finished on the next run and a finished one is reused as is."""
-    from evspec.data.synth.builder import SynthConfig, build_dataset
-
-    root = out_dir / SYNTH_DIR
-    reporter.status(f"building the built-in synthetic dataset in {root}")
-    build_dataset(root, SynthConfig(**DEFAULT_SYNTH))
-    return root
-
-
-def dataset_root(dataset: str | None, out_dir: Path) -> Path:
-    """The run's dataset folder: ``dataset``, or the built-in synthetic set in ``out_dir/data``."""
-    return Path(dataset) if dataset is not None else out_dir / SYNTH_DIR
-
-
-def load_samples(
-    dataset: str | None, out_dir: Path, *, split: str | None, max_samples: int | None, reporter: Reporter,
-    allow_outside_root: bool = False,
-) -> list[Sample]:
-    """The run's samples, building the built-in set first when ``dataset`` is None. No sample,
-    or a sample id twice, is an error: records are keyed by id."""
-    from evspec.data.dataset import load_dataset
-
-    root = dataset_root(dataset, out_dir)
-    if dataset is None:
-        build_default_dataset(out_dir, reporter)
-    samples = load_dataset(root, split=split, max_samples=max_samples, allow_outside_root=allow_outside_root)
-    if not samples:
-        raise InputError(f"no samples{f' in split {split!r}' if split else ''}", root)
-    ids = [s.id for s in samples]
-    if len(set(ids)) != len(ids):
-        duplicate = next(i for i in ids if ids.count(i) > 1)
-        raise InputError(f"sample id {duplicate!r} appears more than once; records are keyed by id", root)
-    return samples
-
-
 def _identity(config: BenchConfig, dataset: str, device: torch.device, dtype: torch.dtype,
               decoder: Decoder) -> dict[str, Any]:
     values = asdict(config)
@@ -435,14 +291,6 @@ def _identity(config: BenchConfig, dataset: str, device: torch.device, dtype: to
 
 OUTPUTS: tuple[str, ...] = (RECORDS_NAME, SUMMARY_NAME, REPORT_NAME, "*.png")
 """What ``--force`` deletes before a run of another identity (``config.json`` too)."""
-
-
-def release_memory() -> None:
-    """After a model is dropped: unfreeze, collect and return its memory before the next loads."""
-    gc.unfreeze()
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _warm_up(model: VisionLanguageModel, name: str, samples: Sequence[Sample], n: int, decoder: Decoder,
@@ -479,8 +327,8 @@ def run_bench(
         model_loader = registry_loader_for(config.quantize, config.event_canvas)
         config, generation = generation_records(config, config.models)
     elif config.quantize is not None or config.generation_config != "evspec":
-        raise ConfigError("--quantize and --generation-config apply to models loaded by name (the registry), "
-                          "not to a custom loader")
+        raise ConfigError("quantize and generation_config apply to models loaded by name (the registry), "
+                          "not to a custom loader", parameters=["quantize", "generation_config"])
     else:
         generation = {"source": config.generation_config, "checkpoint_generation_config": None}
     decoder = decoder or TargetDecoder(config.cache)
@@ -494,7 +342,7 @@ def run_bench(
     root = dataset_root(config.dataset, out_dir)
     identity = _identity(config, str(root.resolve()), device, dtype, decoder)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} is an existing file; give a folder for the run")
+        raise ConfigError(f"out_dir {out_dir} is an existing file; give a folder for the run", parameters=["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     check_or_reset(out_dir, identity, IDENTITY_FIELDS, force, OUTPUTS)
     samples = load_samples(config.dataset, out_dir, split=config.split, max_samples=config.max_samples,
@@ -508,7 +356,7 @@ def run_bench(
     timer = StageTimer(device)
     model_load_s: dict[str, float | None] = {}
     torch.manual_seed(config.seed)
-    from evspec.bench.stats import machine_load
+    from evspec.run.stats import machine_load
 
     before = machine_load()  # before any timed work: the load is other processes'
     machine: dict[str, Any] = {"cpu_count": before["cpu_count"], "before": before}
@@ -527,7 +375,7 @@ def run_bench(
             try:
                 model = model_loader(name, device, dtype)
             except Exception as exc:
-                message = f"model {name!r} failed to load: {_error_text(exc)}"
+                message = f"model {name!r} failed to load: {error_text(exc)}"
                 reporter.warn(message)
                 for sample in pending:
                     record = Record(id=sample.id, model=name, decoder=decoder.name, error=message)

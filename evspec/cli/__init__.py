@@ -3,11 +3,13 @@
 Every command parses its options, calls library functions and prints with rich. Errors that
 evspec raises on purpose (``EvspecError``) become one red line and exit code 1; anything else
 is a bug and says so in one line too. ``--debug`` anywhere on the line shows the traceback.
+Library messages name parameters (``max_new_tokens``); this line names the flags (``--max-new-tokens``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         # one line: file names may hold rich markup, and a library's message line breaks
-        err_console.print(f"[red]error:[/] {escape(_one_line(error))}")
+        err_console.print(f"[red]error:[/] {escape(as_flags(_one_line(error), error.parameters))}")
         return 1
     except Exception as error:
         if debug:
@@ -96,6 +98,26 @@ def main(argv: list[str] | None = None) -> int:
             f"[red]internal error:[/] {type(error).__name__}: {escape(_one_line(error))} (rerun with --debug for the traceback)"
         )
         return 2
+
+
+FLAGS = {"out_dir": "--out"}
+"""Library parameters whose flag is not ``--`` and the name with dashes."""
+
+
+def flag_of(parameter: str) -> str:
+    """The CLI flag of a library parameter: ``max_new_tokens`` -> ``--max-new-tokens``."""
+    return FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+
+
+def as_flags(message: str, parameters: tuple[str, ...]) -> str:
+    """``message`` with each of ``parameters`` written as its flag: ``max_new_tokens`` ->
+    ``--max-new-tokens``, ``force=True`` -> ``--force``, ``temperature=0`` -> ``--temperature 0``.
+    Whole names only: ``generation_config.json`` stays a file name."""
+    for parameter in parameters:
+        flag = flag_of(parameter)
+        pattern = rf"(?<![\w.-]){re.escape(parameter)}(?:=(\w[\w.]*))?(?![\w-]|\.\w)"
+        message = re.sub(pattern, lambda m: flag if m.group(1) in (None, "True") else f"{flag} {m.group(1)}", message)
+    return message
 
 
 def _one_line(error: BaseException) -> str:

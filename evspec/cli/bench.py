@@ -101,8 +101,8 @@ def bench(
     decoder = None
     command = _command_line(config, out, force)
     if draft is not None:  # the speculative engine behind the runner's Decoder seam
-        from evspec.bench.runner import registry_loader_for
-        from evspec.spec.report import SpecDecoder
+        from evspec.run.shared import registry_loader_for
+        from evspec.bench.spec_decoder import SpecDecoder
 
         device_ = config.resolved_device()
         decoder = SpecDecoder(draft, gamma=gamma, adaptive_gamma=adaptive_gamma, parallel_prefill=parallel_prefill,

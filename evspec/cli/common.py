@@ -26,7 +26,7 @@ EVENT_CANVAS_OPTION: Any = typer.Option(
 
 
 class RichReporter:
-    """The runner's Reporter (:class:`evspec.bench.runner.Reporter`) as a rich progress bar;
+    """The runner's Reporter (:class:`evspec.run.shared.Reporter`) as a rich progress bar;
     warnings print above the bar.
 
     The bar is redrawn only when the run reports (between samples), never by rich's refresh

@@ -36,13 +36,11 @@ def _samples(dataset: Path | None, k: int, workdir: Path, allow_outside_root: bo
 
 
 def _resolve_auto(device: str, dtype: str) -> tuple[str, str]:
-    import torch
+    """The run layer's "auto" device and dtype (:mod:`evspec.run.shared`), as names."""
+    from evspec.run.shared import resolve_device, resolve_dtype
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    return device, dtype
+    where = resolve_device(device)
+    return str(where), str(resolve_dtype(dtype, where)).removeprefix("torch.")
 
 
 def verify(

@@ -14,9 +14,10 @@ from evspec.cli import err_console
 
 
 def _device(device: str) -> str:
-    import torch
+    """The run layer's "auto" device (:mod:`evspec.run.shared`), as a name."""
+    from evspec.run.shared import resolve_device
 
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    return str(resolve_device(device))
 
 
 class _TrainBar:

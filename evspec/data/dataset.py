@@ -154,7 +154,7 @@ def check_inside_root(record: ClipRecord, sample: Sample, root: str | Path) -> N
         if real is not None:
             raise InputError(
                 f"{field} {rel!r} of id {record.id!r} leads to {real}, outside the dataset root {root}; "
-                "pass allow_outside_root (--allow-outside-root) to read it"
+                "pass allow_outside_root=True to read it", parameters=["allow_outside_root"],
             )
 
 

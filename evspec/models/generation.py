@@ -35,7 +35,8 @@ DEFAULTS: dict[str, Any] = {"top_k": 50, "num_beams": 1, "repetition_penalty": 1
 
 def check_generation_source(source: str) -> GenerationSource:
     if source not in GENERATION_SOURCES:
-        raise ConfigError(f"unknown --generation-config {source!r}: use {' or '.join(GENERATION_SOURCES)}")
+        raise ConfigError(f"unknown generation_config {source!r}: use {' or '.join(GENERATION_SOURCES)}",
+                          parameters=["generation_config"])
     return source  # type: ignore[return-value]
 
 

@@ -96,6 +96,10 @@ class DecodeState(Protocol):
     def rollback(self, length: int) -> None: ...
 
 
+StateFactory = Callable[[LanguageModel], DecodeState]
+"""What makes a model's :class:`DecodeState` (:class:`EagerState`, or a ``StaticDecoder``)."""
+
+
 def token_tensor(token_ids: Sequence[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
     """Token ids as a long tensor on ``device``. A host list reaches a GPU through pinned memory
     without blocking: a plain copy waits for all queued device work, a host sync per call."""
@@ -247,7 +251,7 @@ class Prefilled:
     n_prompt_tokens: int
 
 
-def prefill(lm: LanguageModel, embeds: torch.Tensor, state_factory: Callable[[LanguageModel], DecodeState] = EagerState) -> Prefilled:
+def prefill(lm: LanguageModel, embeds: torch.Tensor, state_factory: StateFactory = EagerState) -> Prefilled:
     """Run the prompt (text embeddings with visual features spliced in) through the model once."""
     n = embeds.shape[-2]
     if n >= lm.context_length:

@@ -39,11 +39,11 @@ import torch
 
 from evspec.errors import ConfigError
 from evspec.runtime.decode import (
-    DecodeState,
     EagerState,
     LanguageModel,
     Prefilled,
     SamplingConfig,
+    StateFactory,
     decode,
     prefill,
     probabilities,
@@ -58,7 +58,6 @@ if TYPE_CHECKING:
     from evspec.data.dataset import Sample
     from evspec.models.base import Prepared, VisionLanguageModel, VisualFeatures
 
-StateFactory = Callable[[LanguageModel], DecodeState]
 
 
 # --------------------------------------------------------------------------- the target's side

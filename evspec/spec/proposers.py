@@ -39,6 +39,7 @@ from evspec.runtime.decode import (
     EagerState,
     LanguageModel,
     SamplingConfig,
+    StateFactory,
     probabilities,
     token_tensor,
 )
@@ -47,8 +48,6 @@ from evspec.spec.vocab import TextBridge, TokenMap, common_prefix_length
 if TYPE_CHECKING:
     from evspec.data.dataset import Sample
     from evspec.models.base import VisionLanguageModel
-
-StateFactory = Callable[[LanguageModel], DecodeState]
 
 
 @dataclass
@@ -432,7 +431,8 @@ class OracleProposer(DraftModelProposer):
 
     def start(self, ctx: DraftContext) -> None:
         if not ctx.sampling.greedy:
-            raise ConfigError("the oracle proposer is greedy only: use --temperature 0 with oracle:ALPHA")
+            raise ConfigError("the oracle proposer is greedy only: use temperature=0 with oracle:ALPHA",
+                              parameters=["temperature"])
         if ctx.reference_ids is None:
             raise ConfigError("the oracle proposer needs the target-only greedy tokens of the sample (reference_ids)")
         if ctx.target_vocab_size < 2:

@@ -11,17 +11,16 @@ the run folder:
     summary.json    totals with vLLM's metric definitions, config, versions, device, seed
     report.md       tables and plots: acceptance by position, speedup per sample, time split
 
-The folder is kept as the bench's is (:mod:`evspec.bench.rundir`: identity check, ``--force``,
+The folder is kept as the bench's is (:mod:`evspec.run.rundir`: identity check, ``force``,
 torn-line handling), and the shared options, device/dtype resolution, dataset loading and
-progress reporting are the bench runner's; only what a record holds is this module's. With no
-dataset a small synthetic one is built into ``OUT/data`` by the bench's own helper.
+progress reporting are :mod:`evspec.run.shared`'s, as the bench's are; only what a record holds
+is this module's. With no dataset a small synthetic one is built into ``OUT/data``.
 """
 
 from __future__ import annotations
 
 import gc
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from evspec.bench.rundir import (
+from evspec.errors import ConfigError, EvspecError
+from evspec.models.generation import checkpoint_generation_configs
+from evspec.models.registry import check_model_name, check_token_budget
+from evspec.run.rundir import (
     RECORDS_NAME,
     REPORT_NAME,
     SUMMARY_NAME,
@@ -41,25 +43,23 @@ from evspec.bench.rundir import (
     write_json,
     write_run_config,
 )
-from evspec.bench.runner import (
-    DecodeOutcome,
+from evspec.run.shared import (
     ModelLoader,
     Reporter,
     SilentReporter,
     check_run_options,
     dataset_root,
-    load_samples,
+    error_text,
     generation_records,
+    load_samples,
     registry_loader,
     registry_loader_for,
     release_memory,
     resolve_device,
     resolve_dtype,
+    state_factory_for,
 )
-from evspec.bench.stats import machine_load
-from evspec.errors import ConfigError, EvspecError
-from evspec.models.generation import checkpoint_generation_configs
-from evspec.models.registry import check_model_name, check_token_budget
+from evspec.run.stats import latency_stats, machine_load, timing_warnings
 from evspec.runtime.decode import SamplingConfig
 from evspec.spec.metrics import summarize
 
@@ -120,17 +120,19 @@ class SpecRunConfig:
         check_model_event_canvas(self.event_canvas)
         check_generation_source(self.generation_config)
         if self.gamma < 1:
-            raise ConfigError(f"--gamma must be >= 1, got {self.gamma}")
+            raise ConfigError(f"gamma must be >= 1, got {self.gamma}", parameters=["gamma"])
         if self.max_gamma is not None and self.max_gamma < self.gamma:
-            raise ConfigError(f"--max-gamma ({self.max_gamma}) must be >= --gamma ({self.gamma})")
+            raise ConfigError(f"max_gamma ({self.max_gamma}) must be >= gamma ({self.gamma})",
+                              parameters=["max_gamma", "gamma"])
         check_run_options(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
                           max_samples=self.max_samples, warmup=self.warmup, dtype=self.dtype, cache=self.cache)
         if self.bridge not in ("auto", "same", "cross"):
-            raise ConfigError(f"unknown --bridge {self.bridge!r}; use auto, same or cross")
+            raise ConfigError(f"unknown bridge {self.bridge!r}; use auto, same or cross", parameters=["bridge"])
         sampling = self.sampling()
         alpha = self.oracle_alpha
         if alpha is not None and not sampling.greedy:
-            raise ConfigError("oracle:ALPHA is greedy only (it proposes the target's greedy tokens): use --temperature 0")
+            raise ConfigError("oracle:ALPHA is greedy only (it proposes the target's greedy tokens): use temperature=0",
+                              parameters=["temperature"])
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
@@ -150,7 +152,7 @@ class SpecRunConfig:
         try:
             alpha = float(text)
         except ValueError as exc:
-            raise ConfigError(f"--draft oracle:ALPHA needs a number for ALPHA, got {text!r}") from exc
+            raise ConfigError(f"draft oracle:ALPHA needs a number for ALPHA, got {text!r}", parameters=["draft"]) from exc
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"oracle alpha must be in [0, 1], got {alpha}")
         return alpha
@@ -163,17 +165,6 @@ class SpecRunConfig:
 
 
 # --------------------------------------------------------------------------- models
-
-
-def state_factory_for(kind: str, lm: Any) -> Any:
-    """``eager`` -> EagerState; ``static``/``compiled`` -> one StaticDecoder of the full context."""
-    from evspec.runtime.decode import EagerState
-
-    if kind == "eager":
-        return EagerState
-    from evspec.runtime.static import StaticDecoder
-
-    return StaticDecoder(lm, lm.context_length, compile=kind == "compiled")
 
 
 def build_proposer(
@@ -220,15 +211,9 @@ class SpecRunResult:
     report_path: Path
 
 
-def _error_text(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, EvspecError) else f"{type(exc).__name__}: {exc}"
-
-
 def spec_timing_warnings(records: Sequence[dict[str, Any]], machine: dict[str, Any]) -> list[str]:
-    """The bench's timing warnings (:func:`evspec.bench.stats.timing_warnings`) for a spec run: the
+    """The run's timing warnings (:func:`evspec.run.stats.timing_warnings`) for a spec run: the
     target-alone decode time per token (steady over samples) and the machine's load."""
-    from evspec.bench.stats import latency_stats, timing_warnings
-
     per_token = [r["baseline"]["decode_s"] / len(r["baseline"]["token_ids"]) for r in records
                  if not r.get("error") and r["baseline"]["token_ids"]]
     block = {"latency_s": {"tpot_s": latency_stats(per_token).to_dict()}}
@@ -256,7 +241,7 @@ def run_sample(config: SpecRunConfig, target: VisionLanguageModel, proposer: Pro
             state_factory=target_factory,
         )
     except (EvspecError, ValueError, RuntimeError) as exc:
-        return {**head, "error": _error_text(exc)}
+        return {**head, "error": error_text(exc)}
     return {**head, **comparison.to_record(), "error": None}
 
 
@@ -271,7 +256,7 @@ def run_spec(
 ) -> SpecRunResult:
     """Run (or resume) ``config`` into ``out_dir``; see the module docstring for the files.
 
-    ``progress``: the bench's :class:`~evspec.bench.runner.Reporter` (default: tells no one);
+    ``progress``: a :class:`~evspec.run.shared.Reporter` (default: tells no one);
     a sample that fails is passed to ``warn`` as well as to ``advance``."""
     progress = progress or SilentReporter()
     if model_loader is registry_loader:
@@ -283,8 +268,8 @@ def run_spec(
         generation["checkpoint_generation_config"] = checkpoint_generation_configs(config.model_names(), strict=False)
         model_loader = registry_loader_for(None, config.event_canvas)
     elif config.quantize is not None or config.generation_config != "evspec":
-        raise ConfigError("--quantize and --generation-config apply to models loaded by name (the registry), "
-                          "not to a custom loader")
+        raise ConfigError("quantize and generation_config apply to models loaded by name (the registry), "
+                          "not to a custom loader", parameters=["quantize", "generation_config"])
     else:
         generation = {"source": config.generation_config, "checkpoint_generation_config": None}
     out_dir = Path(out_dir)
@@ -301,7 +286,7 @@ def run_spec(
     identity.update(dataset=str(dataset_root(config.dataset, out_dir).resolve()), device=str(device),
                     draft_device=str(draft_device), dtype=str(dtype).removeprefix("torch."))
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} is an existing file; give a folder for the run")
+        raise ConfigError(f"out_dir {out_dir} is an existing file; give a folder for the run", parameters=["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     check_or_reset(out_dir, identity, IDENTITY_FIELDS, force, OUTPUTS)
     samples = load_samples(config.dataset, out_dir, split=config.split, max_samples=config.max_samples,
@@ -356,97 +341,6 @@ def run_spec(
     write_json(out_dir / SUMMARY_NAME, summary)
     report = write_report(out_dir, summary, records)
     return SpecRunResult(out_dir, records, summary, report)
-
-
-# --------------------------------------------------------------------------- the bench's decoder seam
-
-
-class SpecDecoder:
-    """``evspec bench --draft``: the speculative engine behind the bench's ``Decoder`` seam.
-
-    Stages it times (``StageTimer``): ``prefill`` (the target's prompt pass; with parallel prefill
-    the concurrent region of both models), ``draft_prefill`` (sequential only: the draft's own
-    load/preprocess/encode/prefill and first proposal) and ``decode`` (first token and rounds; every
-    emitted token is marked when its round ends, so a round's tokens arrive together). The oracle
-    needs the target-only greedy tokens: they are computed first, outside every stage.
-    One proposer per target model (the vocabulary bridge depends on the pair), one draft model.
-    """
-
-    def __init__(
-        self, draft: str, *, gamma: int = 4, max_gamma: int | None = None, adaptive_gamma: bool = False,
-        parallel_prefill: bool = False, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-        draft_device: str | None = None, cache: str = "eager", oracle_draft: str = "tiny-eventgpt",
-        bridge: str = "auto", seed: int = 0, model_loader: ModelLoader | None = None,
-    ) -> None:
-        self.config = SpecRunConfig(
-            draft=draft, gamma=gamma, max_gamma=max_gamma, adaptive_gamma=adaptive_gamma,
-            parallel_prefill=parallel_prefill, draft_device=draft_device, cache=cache, oracle_draft=oracle_draft,
-            bridge=bridge, seed=seed,
-        )
-        if getattr(model_loader, "func", model_loader) in (None, registry_loader):  # names go to the registry
-            for name in self.config.model_names()[1:]:  # the draft's (or the oracle's); the runner checks targets
-                check_model_name(name)  # before any work
-        self.name = f"spec:{draft}"
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.loader = model_loader or registry_loader
-        self._proposers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-        self._factories: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-    def describe(self) -> dict[str, Any]:
-        c = self.config
-        return {"name": self.name, "draft": c.draft, "gamma": c.gamma, "max_gamma": c.max_gamma,
-                "adaptive_gamma": c.adaptive_gamma, "parallel_prefill": c.parallel_prefill,
-                "draft_device": c.draft_device, "cache": c.cache, "bridge": c.bridge,
-                "oracle_draft": c.oracle_draft if c.draft_kind == "oracle" else None}
-
-    def _setup(self, model: VisionLanguageModel) -> tuple[Any, Any]:
-        if model not in self._proposers:
-            draft_device = resolve_device(self.config.draft_device) if self.config.draft_device else self.device
-            self._proposers[model] = build_proposer(self.config, model, self.loader, draft_device, self.dtype)
-            self._factories[model] = state_factory_for(self.config.cache, model.language_model)
-        return self._proposers[model], self._factories[model]
-
-    def run(self, model: VisionLanguageModel, prepared: Any, features: Any, sample: Sample, timer: Any,
-            settings: Any) -> Any:
-        from evspec.spec.engine import speculative_generate, target_forced, target_input, target_only
-        from evspec.spec.lossless import check_lossless
-
-        proposer, factory = self._setup(model)
-        common = dict(prepared=prepared, features=features, sample=sample)
-        baseline = reference = None
-        if self.config.draft_kind == "oracle":
-            if not settings.sampling.greedy:
-                raise ConfigError("oracle:ALPHA is greedy only: use --temperature 0")
-            baseline = target_only(model, max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.min_new_tokens,
-                                   state_factory=factory, record_top2=True, **common)
-            reference = baseline.token_ids
-        out = speculative_generate(
-            model, proposer, gamma=self.config.gamma, max_new_tokens=settings.max_new_tokens,
-            min_new_tokens=settings.min_new_tokens, sampling=settings.sampling, adaptive_gamma=self.config.adaptive_gamma,
-            max_gamma=self.config.max_gamma, parallel_prefill=self.config.parallel_prefill, state_factory=factory,
-            reference_ids=reference, on_token=timer.mark_token, stage=timer.stage, record_top2=baseline is not None,
-            **common,
-        )
-        c, t = out.counts, out.timings
-        metrics: dict[str, Any] = {
-            "acceptance_rate": c.acceptance_rate, "mean_acceptance_length": c.mean_acceptance_length,
-            "drafts": c.drafts, "drafted_tokens": c.drafted_tokens, "accepted_tokens": c.accepted_tokens,
-            "target_passes": c.target_passes, "tokens_per_target_pass": c.tokens_per_target_pass,
-            "draft_s": t.draft_s, "verify_s": t.verify_s, "prefill_overlap": t.prefill_overlap,
-            "per_position_acceptance_rate": c.per_position_acceptance_rate, "synthetic": out.synthetic,
-        }
-        if baseline is not None:  # the same statement evspec spec makes (evspec.spec.lossless)
-            tgt = target_input(model, **common)
-            check = check_lossless(
-                baseline.token_ids, baseline.top2 or [], out.token_ids, out.top2 or [], model.language_model.dtype,
-                rerun_from=lambda prefix: target_forced(tgt, prefix, max_new_tokens=settings.max_new_tokens,
-                                                        min_new_tokens=settings.min_new_tokens, state_factory=factory),
-            )
-            metrics["lossless"] = check.lossless
-            metrics["lossless_verdict"] = check.describe()
-        return DecodeOutcome(token_ids=out.token_ids, n_prompt_tokens=out.n_prompt_tokens,
-                             stopped_on_eos=out.stopped_on_eos, metrics=metrics)
 
 
 # --------------------------------------------------------------------------- report

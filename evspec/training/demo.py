@@ -97,7 +97,7 @@ def _train_command(args: argparse.Namespace, name: str, dataset: Path, out: Path
 
 
 def build(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
-    from evspec.bench.rundir import environment
+    from evspec.run.rundir import environment
     from evspec.data.synth.builder import SynthConfig, build_dataset
 
     work = Path(args.workdir)

@@ -171,7 +171,7 @@ def load_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer) 
         return int(state["step"])
     except Exception as error:  # a torn or foreign file: say which, never half-resume
         raise ConfigError(f"{path}: cannot resume from this training state ({type(error).__name__}: {error}); "
-                          "use --force to start over") from error
+                          "use force=True to start over", parameters=["force"]) from error
 
 
 class MetricsLog:
@@ -237,7 +237,7 @@ def train(task: Task, config: LoopConfig, out_dir: Path, device: torch.device,
         with _autocast(device):
             loss, counts = task.loss(batch_indices(n, config.batch_size, config.seed, step))
         if not torch.isfinite(loss):
-            raise ConfigError(f"the loss became {loss.item()} at step {step + 1}; lower --lr")
+            raise ConfigError(f"the loss became {loss.item()} at step {step + 1}; lower lr", parameters=["lr"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip))

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from evspec.bench.rundir import check_or_reset, write_run_config
+from evspec.run.rundir import check_or_reset, write_run_config
 from evspec.errors import ConfigError
 from evspec.training.loop import METRICS_NAME, STATE_NAME, TrainProgress, TrainResult, train
 from evspec.training.vlm import RUN_FOLDER, VLMTrainConfig, prepare_task
@@ -28,9 +28,10 @@ IDENTITY_FIELDS = ("family", "dataset", "size", "loop", "eval_questions", "max_n
 
 def _check_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder")
+        raise ConfigError(f"out {out} is a file, not a folder", parameters=["out"])
     if out.is_dir() and any(out.iterdir()) and not (out / RUN_FOLDER).is_dir():
-        raise ConfigError(f"{out} is not empty and holds no evspec training run; choose another --out")
+        raise ConfigError(f"{out} is not empty and holds no evspec training run; choose another out",
+                          parameters=["out"])
 
 
 def _start_over(out: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import evspec.bench.runner as runner
+import evspec.run.shared as run_shared
 from evspec.cli import main
 from tests.bench.conftest import StandInModel, make_dataset
 
@@ -25,7 +26,7 @@ def stand_in_registry(monkeypatch: pytest.MonkeyPatch, calls: Counter) -> Counte
             raise ModelError(f"unknown model {name!r}")
         return StandInModel(name, device, dtype, calls)
 
-    monkeypatch.setattr(runner, "registry_loader", load)
+    monkeypatch.setattr(run_shared, "registry_loader", load)
     monkeypatch.setattr(runner, "check_model_name", lambda name: None)  # stand-in names pass; load decides
     monkeypatch.setattr(runner, "check_token_budget", lambda name, max_new, min_new: None)  # no config to read
     return calls
@@ -36,7 +37,7 @@ def test_default_command_builds_data_and_benchmarks_the_default_models(
 ) -> None:
     """The default models (the shipped demo pair and tiny-llava), through the real registry."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(runner, "DEFAULT_SYNTH", {**runner.DEFAULT_SYNTH, "clips": 2})  # keep the test small
+    monkeypatch.setattr(run_shared, "DEFAULT_SYNTH", {**run_shared.DEFAULT_SYNTH, "clips": 2})  # keep the test small
     assert main(["bench", "--max-new-tokens", "4"]) == 0
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.startswith("bench-")

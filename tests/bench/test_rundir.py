@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from evspec.bench.rundir import (
+from evspec.run.rundir import (
     CONFIG_NAME,
     JsonLinesLog,
     check_or_reset,
@@ -64,8 +64,9 @@ def test_another_identity_is_refused_and_force_deletes_the_outputs(tmp_path: Pat
 
 def test_unreadable_previous_config_asks_for_force(tmp_path: Path) -> None:
     (tmp_path / CONFIG_NAME).write_text("{torn")
-    with pytest.raises(InputError, match="--force"):
+    with pytest.raises(InputError, match="rerun with force=True") as raised:
         check_or_reset(tmp_path, {"seed": 0}, ("seed",), False, ())
+    assert raised.value.parameters == ("force",)  # the CLI shows it as --force
 
 
 def test_run_config_is_what_the_summary_will_hold(tmp_path: Path) -> None:

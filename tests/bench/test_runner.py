@@ -155,7 +155,7 @@ def test_other_config_in_the_same_folder_is_refused_unless_forced(tmp_path: Path
 def test_missing_dataset_and_bad_options_are_clear_errors(tmp_path: Path, loader: Any) -> None:
     with pytest.raises(InputError, match="dataset JSON not found"):
         run_bench(_config(tmp_path / "nowhere"), tmp_path / "run", model_loader=loader)
-    with pytest.raises(ConfigError, match="min-new-tokens"):
+    with pytest.raises(ConfigError, match="min_new_tokens must be between 0 and max_new_tokens"):
         BenchConfig(max_new_tokens=4, min_new_tokens=5)
     with pytest.raises(ConfigError, match="dtype"):
         BenchConfig(dtype="int3")

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evspec.bench.records import Record, RecordLog, latest_by_key, read_records
-from evspec.bench.stats import latency_stats, summarize_model
+from evspec.bench.stats import summarize_model
+from evspec.run.stats import latency_stats
 from evspec.errors import InputError
 
 
@@ -108,7 +109,8 @@ def test_latest_record_of_a_pair_wins() -> None:
 
 
 def test_timing_warnings_flag_a_noisy_stage_and_a_loaded_machine() -> None:
-    from evspec.bench.stats import summarize, timing_warnings
+    from evspec.bench.stats import summarize
+    from evspec.run.stats import timing_warnings
 
     steady = [_record(i, model="steady", tpot_s=0.010) for i in range(4)]
     noisy = [_record(i, model="noisy", tpot_s=t) for i, t in enumerate((0.0055, 0.006, 0.058, 0.0058))]

@@ -189,13 +189,13 @@ def _visual(model):
 
 
 def test_spec_records_the_generation_configs_and_the_event_canvas(tiny_cache, tmp_path: Path) -> None:
-    import evspec.bench.runner as bench_runner
+    import evspec.run.shared as run_shared
     from evspec.cli import main
 
     patch = pytest.MonkeyPatch()
-    patch.setattr(bench_runner, "DEFAULT_SYNTH", {**bench_runner.DEFAULT_SYNTH, "clips": 1})
+    patch.setattr(run_shared, "DEFAULT_SYNTH", {**run_shared.DEFAULT_SYNTH, "clips": 1})
     try:
-        data = bench_runner.build_default_dataset(tmp_path / "data", bench_runner.SilentReporter())
+        data = run_shared.build_default_dataset(tmp_path / "data", run_shared.SilentReporter())
     finally:
         patch.undo()
     out = tmp_path / "run"
@@ -225,13 +225,14 @@ def test_unknown_option_values_are_one_line_errors(capsys: pytest.CaptureFixture
 
 
 def test_checkpoint_sampling_must_agree_across_a_runs_models(monkeypatch: pytest.MonkeyPatch) -> None:
-    from evspec.bench import runner
+    from evspec.bench.runner import BenchConfig
+    from evspec.run.shared import generation_records
 
     files = {"a": {"do_sample": True, "temperature": 0.6, "top_p": 0.9}, "b": None}
     monkeypatch.setattr("evspec.models.generation.checkpoint_generation_configs", lambda names, strict=True: {n: files[n] for n in names})
     with pytest.raises(ConfigError, match="generation_config.json files disagree"):
-        runner.generation_records(runner.BenchConfig(models=("a", "b"), generation_config="checkpoint"), ["a", "b"])
-    config, record = runner.generation_records(runner.BenchConfig(models=("a",), generation_config="checkpoint"), ["a"])
+        generation_records(BenchConfig(models=("a", "b"), generation_config="checkpoint"), ["a", "b"])
+    config, record = generation_records(BenchConfig(models=("a",), generation_config="checkpoint"), ["a"])
     assert (config.temperature, config.top_p) == (0.6, 0.9)
     assert record["not_applied"] == {"a": ["top_k (transformers' default 50)"]}
 

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 
-import evspec.bench.runner as bench_runner
+import evspec.run.shared as run_shared
 from evspec.cli import main
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A two-clip synthetic set built once by the bench's helper (what `evspec spec` uses by default)."""
+    """A two-clip synthetic set built once by the run layer's helper (what `evspec spec` uses by default)."""
     root = tmp_path_factory.mktemp("spec-data")
     patch = pytest.MonkeyPatch()
-    patch.setattr(bench_runner, "DEFAULT_SYNTH", {**bench_runner.DEFAULT_SYNTH, "clips": 2})
+    patch.setattr(run_shared, "DEFAULT_SYNTH", {**run_shared.DEFAULT_SYNTH, "clips": 2})
     try:
-        return bench_runner.build_default_dataset(root, bench_runner.SilentReporter())
+        return run_shared.build_default_dataset(root, run_shared.SilentReporter())
     finally:
         patch.undo()
 
@@ -66,7 +66,8 @@ def test_spec_writes_records_summary_and_report(tmp_path: Path, dataset: Path, c
     capsys.readouterr()
     changed = [a if a != "3" else "5" for a in args]
     assert main(changed) == 1
-    assert "another config" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "another config" in err and "use another folder or --force to discard it" in err
 
 
 def test_oracle_runs_are_labelled_synthetic(tmp_path: Path, dataset: Path) -> None:
@@ -86,7 +87,7 @@ def test_oracle_runs_are_labelled_synthetic(tmp_path: Path, dataset: Path) -> No
         (["--gamma", "0"], "--gamma must be >= 1"),
         (["--draft", "oracle:1.2"], "alpha must be in [0, 1]"),
         (["--draft", "oracle:-0.5"], "alpha must be in [0, 1]"),
-        (["--draft", "oracle:0.5", "--temperature", "0.8"], "greedy only"),
+        (["--draft", "oracle:0.5", "--temperature", "0.8"], "greedy only (it proposes the target's greedy tokens): use --temperature 0"),
         (["--draft", "nosuch"], "unknown model 'nosuch'"),
         (["--draft", "tiny-eventgpt", "--bridge", "sideways"], "unknown --bridge"),
     ],

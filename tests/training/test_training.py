@@ -205,11 +205,13 @@ def test_bad_training_input_is_one_clear_error(dataset: Path, tmp_path: Path, ca
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     assert main(_train_args(dataset, other)) == 1  # holds something that is not a training run
+    assert "holds no evspec training run; choose another --out" in capsys.readouterr().err
     assert (other / "notes.txt").read_text() == "mine"
     run = tmp_path / "run"
     assert main(_train_args(dataset, run, steps=2)) == 0
     assert main(_train_args(dataset, run, steps=4)) == 1  # another config
-    assert "another config" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "another config" in err and "or --force to discard it" in err
     assert main(_train_args(dataset, run, steps=4) + ["--force"]) == 0
     import shutil
 

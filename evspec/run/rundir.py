@@ -72,7 +72,7 @@ def parse_lines(path: Path, data: bytes, parse: Callable[[Any], T]) -> tuple[lis
                 # never ends in a newline: a bad complete line is corruption, not a kill.
                 raise InputError(
                     f"line {number} is not a valid record ({exc}); the file was edited or corrupted: "
-                    "move it away or rerun with --force", path,
+                    "move it away or rerun with force=True", path, parameters=["force"],
                 ) from exc
         good += len(line) + 1
     return records, good
@@ -148,16 +148,19 @@ def check_or_reset(
         previous = json.loads(path.read_text(encoding="utf-8"))
         previous = previous.get("identity", {}) if isinstance(previous, dict) else None
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bad UTF-8
-        raise InputError(f"cannot read the previous run's config ({exc}); rerun with --force to start over", path) from None
+        raise InputError(f"cannot read the previous run's config ({exc}); rerun with force=True to start over", path,
+                         parameters=["force"]) from None
     if not isinstance(previous, dict):
-        raise InputError("the previous run's config has no 'identity' object; rerun with --force to start over", path)
+        raise InputError("the previous run's config has no 'identity' object; rerun with force=True to start over", path,
+                         parameters=["force"])
     differences = [k for k in fields if previous.get(k) != identity.get(k)]
     if not differences:
         return
     if not force:
         detail = "; ".join(f"{k}: was {previous.get(k)!r}, now {identity.get(k)!r}" for k in differences)
         raise ConfigError(
-            f"{out_dir} holds a run with another config ({detail}); use another --out or --force to discard it"
+            f"{out_dir} holds a run with another config ({detail}); use another folder or force=True to discard it",
+            parameters=["force"],
         )
     for pattern in (*outputs, CONFIG_NAME):
         for stale in out_dir.glob(pattern):

@@ -1,0 +1,4 @@
+"""The run layer below every run command (``evspec bench``, ``evspec spec``, ``evspec train``):
+the run folder (:mod:`evspec.run.rundir`), what the commands share (:mod:`evspec.run.shared`:
+options, the "auto" device and dtype, models, samples, progress) and run statistics
+(:mod:`evspec.run.stats`). It imports neither ``evspec.bench`` nor ``evspec.spec``."""
