@@ -24,21 +24,27 @@ in between keep it. The rule follows the acceptance run length cheaply and never
 Timing: host clocks with the devices synchronized at part boundaries. Every round ends in host
 decisions (token ids), so the synchronization costs nothing the loop does not already pay, and
 it measures both devices when the draft sits on a second GPU (CUDA events only time one stream).
+
+Code: ``speculative_generate`` is a short driver over the phases ``_prefill``, ``_first_token`` and
+``_round``; the loop's state (output, counts, rejected positions, top-2 log, the first token's
+carry) lives in one ``_Loop`` and every clock reading goes through one ``_Clock`` hook.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from evspec.errors import ConfigError
 from evspec.runtime.decode import (
+    DecodeState,
     EagerState,
     LanguageModel,
     Prefilled,
@@ -159,13 +165,6 @@ def _now(devices: Sequence[torch.device]) -> float:
     for device in devices:
         torch.cuda.synchronize(device)
     return time.perf_counter()
-
-
-def _timed_synced(job: Callable[[], Any], devices: Sequence[torch.device]) -> tuple[Any, float]:
-    """Run ``job`` on the current stream; seconds until its device work is done."""
-    start = _now(devices)
-    result = job()
-    return result, _now(devices) - start
 
 
 _STREAMS: dict[tuple[int, str], torch.cuda.Stream] = {}
@@ -356,6 +355,167 @@ def _next_gamma(gamma: int, requested: int, n_drafted: int, n_accepted: int, max
     return gamma
 
 
+class _Clock:
+    """The loop's one timing hook: the caller's ``stage`` around each phase, and host seconds with
+    the devices synchronized (module docstring) charged to a :class:`SpecTimings` part."""
+
+    def __init__(self, devices: Sequence[torch.device], stage: Callable[[str], AbstractContextManager[Any]] | None) -> None:
+        self.devices = devices
+        self.timings = SpecTimings()
+        self._stage = stage or (lambda name: nullcontext())
+        self._start = 0.0
+
+    def now(self) -> float:
+        return _now(self.devices)
+
+    def start(self) -> None:
+        self._start = self.now()
+
+    def elapsed(self) -> float:
+        """Seconds since :meth:`start`."""
+        return self.now() - self._start
+
+    def stage(self, name: str) -> AbstractContextManager[Any]:
+        return self._stage(name)
+
+    @contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        """Add the block's seconds to ``timings.<name>`` (not on an exception: the run is void)."""
+        start = self.now()
+        yield
+        setattr(self.timings, name, getattr(self.timings, name) + self.now() - start)
+
+
+@dataclass
+class _Loop:
+    """The decode loop's state (as EAGLE's generation loop and vLLM's sampler keep theirs): the
+    rules that end the output, the output so far, and everything recorded about it."""
+
+    cap: int  # decode()'s cap: the last token needs no cache slot
+    eos: list[int]
+    min_new_tokens: int
+    gamma: int  # drafts asked for next round; adaptive gamma moves it
+    max_gamma: int
+    adaptive_gamma: bool
+    counts: SpecCounts
+    top2: TopTwoLog | None = None  # the target's rows that chose each output token
+    on_token: Callable[[int], None] | None = None
+    out: list[int] = field(default_factory=list)
+    rejected_at: list[int] = field(default_factory=list)
+    gamma_trace: list[int] = field(default_factory=list)  # drafts offered per round after the first
+    # The first token's carry: when the prefill logits keep the first draft, the rest of the first
+    # proposal rides on the first round's pass (no propose call) and counts as ONE draft with it.
+    carry: Proposal | None = None
+    n_reported: int = 0  # tokens already handed to on_token
+
+    @property
+    def done(self) -> bool:
+        return len(self.out) >= self.cap or self.out[-1] in self.eos
+
+    def masked(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits``' rows predict output positions len(out), len(out)+1, ...: min_new_tokens applied."""
+        return _mask_eos(logits, len(self.out), self.min_new_tokens, self.eos)
+
+    def emit(self, tokens: Sequence[int]) -> int:
+        """Append tokens up to EOS or the cap; how many were appended."""
+        before = len(self.out)
+        for token in tokens:
+            self.out.append(token)
+            if len(self.out) >= self.cap or token in self.eos:
+                break
+        while self.on_token is not None and self.n_reported < len(self.out):
+            self.on_token(self.n_reported)
+            self.n_reported += 1
+        return len(self.out) - before
+
+
+_Verifier = Callable[[torch.Tensor, Proposal], Verdict]
+
+
+def _prefill(
+    tgt: TargetInput, proposer: Proposer, ctx: DraftContext, first_k: int,
+    state_factory: StateFactory, parallel: bool, clock: _Clock,
+) -> tuple[Prefilled, Proposal]:
+    """The target's prompt pass and the draft's start + first proposal (of ``first_k`` tokens),
+    one after the other or concurrently; the three prefill timings."""
+
+    def target_job() -> Prefilled:
+        return prefill(tgt.lm, tgt.embed(), state_factory)
+
+    def draft_job() -> Proposal:
+        proposer.start(ctx)
+        return proposer.propose([], first_k)
+
+    timings = clock.timings
+    if parallel:
+        with clock.stage("prefill"):
+            prefilled, timings.target_prefill_s, first, timings.draft_prefill_s, timings.prefill_wall_s = (
+                run_concurrently(target_job, tgt.lm.device, draft_job, proposer.device))
+        return prefilled, first
+    with clock.stage("prefill"), clock.part("target_prefill_s"):
+        prefilled = target_job()
+    with clock.stage("draft_prefill"), clock.part("draft_prefill_s"):
+        first = draft_job()
+    timings.prefill_wall_s = clock.elapsed()
+    return prefilled, first
+
+
+def _first_token(loop: _Loop, prefill_logits: torch.Tensor, first: Proposal, verify: _Verifier, clock: _Clock) -> None:
+    """The first draft guesses the target's first token and the prefill logits decide: kept, the
+    other first drafts become the carry; rejected, the first proposal is a draft of 0 accepted."""
+    first = first.truncate(loop.cap - 1)
+    row = loop.masked(prefill_logits[None])
+    with clock.part("verify_s"):
+        verdict = verify(row, first.truncate(1))
+    if verdict.n_accepted == 1:
+        loop.carry = first.drop_first()
+        appended = loop.emit([first.token_ids[0]])
+    else:
+        loop.counts.record_round(len(first), 0)
+        appended = loop.emit([verdict.next_token])  # type: ignore[list-item]
+        if len(first):
+            loop.rejected_at.append(0)
+    if loop.top2 is not None:
+        loop.top2.add(row[:appended])
+
+
+def _round(loop: _Loop, state: DecodeState, proposer: Proposer, verify: _Verifier, clock: _Clock, n_prompt: int) -> None:
+    """Propose (or take the carry) -> ONE target pass over [last token + drafts] -> verify ->
+    emit -> count -> roll back to the accepted length -> the proposer sees those positions."""
+    room = loop.cap - len(loop.out) - 1  # drafts that fit: the pass adds len(drafts)+1 positions
+    requested = min(loop.gamma, room)
+    carried = loop.carry
+    if carried is not None:
+        proposal, loop.carry = carried.truncate(room), None
+    else:
+        with clock.part("draft_s"):
+            proposal = proposer.propose(loop.out, requested) if requested > 0 else Proposal()
+            proposal = proposal.truncate(room)
+    with clock.part("verify_s"):
+        step = state.extend(token_ids=[loop.out[-1]] + proposal.token_ids)
+        logits = loop.masked(step.logits)
+        verdict = verify(logits, proposal)
+    loop.counts.record_pass()
+    n = verdict.n_accepted
+    base = len(loop.out)
+    appended = loop.emit(verdict.tokens(proposal.token_ids))
+    if n < len(proposal) and appended > n:
+        loop.rejected_at.append(base + n)
+    kept = min(n, appended)  # drafts past an accepted EOS do not count
+    if loop.top2 is not None:
+        loop.top2.add(logits[:appended])  # row j chose the j-th token this round emitted
+    if carried is not None:
+        loop.counts.record_round(len(proposal) + 1, kept + 1)  # the first token's draft and the carry: one draft
+    else:
+        loop.counts.record_round(len(proposal), kept)
+        loop.gamma_trace.append(len(proposal))
+        if loop.adaptive_gamma:
+            loop.gamma = _next_gamma(loop.gamma, requested, len(proposal), n, loop.max_gamma)
+    if not loop.done:
+        state.rollback(n_prompt + len(loop.out) - 1)
+        proposer.observe(step.hidden[: n + 1])
+
+
 def speculative_generate(
     target: VisionLanguageModel | LanguageModel | TargetInput,
     proposer: Proposer,
@@ -392,134 +552,40 @@ def speculative_generate(
     if max_gamma < gamma:
         raise ConfigError(f"max_gamma ({max_gamma}) must be >= gamma ({gamma})")
     tgt = target_input(target, **inputs)
-    lm, eos = tgt.lm, list(tgt.eos_token_ids)
     ctx = tgt.draft_context(sampling, max_new_tokens, reference_ids)
-    devices = _devices(lm.device, proposer.device)
-    generator = None if sampling.greedy else sampling.generator()
-    timings, counts = SpecTimings(), SpecCounts()
-    first_k = min(gamma, max_new_tokens - 1)
-    top2 = TopTwoLog() if record_top2 else None
-
-    def target_job() -> Prefilled:
-        return prefill(lm, tgt.embed(), state_factory)
-
-    def draft_job() -> Proposal:
-        proposer.start(ctx)
-        return proposer.propose([], first_k)
-
-    stage = stage or (lambda name: nullcontext())
+    clock = _Clock(_devices(tgt.lm.device, proposer.device), stage)
+    verify: _Verifier = partial(_verify, sampling=sampling, generator=None if sampling.greedy else sampling.generator())
     with torch.inference_mode(), collector_paused():
-        start = _now(devices)
-        if parallel_prefill:
-            with stage("prefill"):
-                prefilled, t_target, first, t_draft, wall = run_concurrently(
-                    target_job, lm.device, draft_job, proposer.device)
-        else:
-            with stage("prefill"):
-                prefilled, t_target = _timed_synced(target_job, devices)
-            with stage("draft_prefill"):
-                first, t_draft = _timed_synced(draft_job, devices)
-            wall = _now(devices) - start
-        timings.target_prefill_s, timings.draft_prefill_s, timings.prefill_wall_s = t_target, t_draft, wall
-        state = prefilled.state
-        n_prompt = prefilled.n_prompt_tokens
-        cap = min(max_new_tokens, state.capacity - n_prompt + 1)  # decode()'s cap: the last token needs no slot
+        clock.start()
+        prefilled, first = _prefill(tgt, proposer, ctx, min(gamma, max_new_tokens - 1), state_factory,
+                                    parallel_prefill, clock)
+        state, n_prompt = prefilled.state, prefilled.n_prompt_tokens
         if min_new_tokens > state.capacity - n_prompt + 1:  # as decode(): an error, not fewer tokens
             raise ConfigError(
                 f"min_new_tokens={min_new_tokens} cannot be met: the prompt of {n_prompt} tokens leaves room for "
                 f"{state.capacity - n_prompt + 1} new tokens in the context of {state.capacity}"
             )
         proposer.observe(prefilled.hidden[None])
-
-        with stage("decode"):
-            out: list[int] = []
-            emitted = 0
-
-            def emit(tokens: list[int]) -> int:
-                """Append tokens up to EOS or the cap; how many were appended."""
-                nonlocal emitted
-                before = len(out)
-                for token in tokens:
-                    out.append(token)
-                    if len(out) >= cap or token in eos:
-                        break
-                while on_token is not None and emitted < len(out):
-                    on_token(emitted)
-                    emitted += 1
-                return len(out) - before
-
-            def finished() -> bool:
-                return len(out) >= cap or out[-1] in eos
-
-            # ---- first token: the first draft guesses it, the prefill logits decide
-            first = first.truncate(cap - 1)
-            prefill_row = _mask_eos(prefilled.logits[None], 0, min_new_tokens, eos)
-            t = _now(devices)
-            verdict = _verify(prefill_row, first.truncate(1), sampling, generator)
-            timings.verify_s += _now(devices) - t
-            carry: Proposal | None = None
-            rejected_at: list[int] = []
-            if verdict.n_accepted == 1:
-                carry = first.drop_first()
-                appended = emit([first.token_ids[0]])
-            else:
-                counts.record_round(len(first), 0)
-                appended = emit([verdict.next_token])  # type: ignore[list-item]
-                if len(first):
-                    rejected_at.append(0)
-            if top2 is not None:
-                top2.add(prefill_row[:appended])
-            done = finished()
-            current_gamma = gamma
-            trace: list[int] = []
-
-            # ---- rounds
-            while not done:
-                room = cap - len(out) - 1  # drafts that fit: the pass adds len(drafts)+1 positions
-                requested = min(current_gamma, room)
-                t = _now(devices)
-                if carry is not None:
-                    proposal, carry = carry.truncate(room), None
-                    first_round = True
-                else:
-                    proposal = proposer.propose(out, requested) if requested > 0 else Proposal()
-                    proposal = proposal.truncate(room)
-                    first_round = False
-                    timings.draft_s += _now(devices) - t
-                    t = _now(devices)
-                step = state.extend(token_ids=[out[-1]] + proposal.token_ids)
-                logits = _mask_eos(step.logits, len(out), min_new_tokens, eos)
-                verdict = _verify(logits, proposal, sampling, generator)
-                timings.verify_s += _now(devices) - t
-                counts.record_pass()
-                n = verdict.n_accepted
-                base = len(out)
-                appended = emit(verdict.tokens(proposal.token_ids))
-                if n < len(proposal) and appended > n:
-                    rejected_at.append(base + n)
-                kept = min(n, appended)  # drafts past an accepted EOS do not count
-                if top2 is not None:
-                    top2.add(logits[:appended])  # row j chose the j-th token this round emitted
-                if first_round:
-                    counts.record_round(len(proposal) + 1, kept + 1)
-                else:
-                    counts.record_round(len(proposal), kept)
-                    trace.append(len(proposal))
-                    if adaptive_gamma:
-                        current_gamma = _next_gamma(current_gamma, requested, len(proposal), n, max_gamma)
-                done = finished()
-                if not done:
-                    state.rollback(n_prompt + len(out) - 1)
-                    proposer.observe(step.hidden[: n + 1])
-            if carry is not None:
-                counts.record_round(len(first), 1)  # the first drafts never reached a pass: EOS or the cap came first
-        timings.total_s = _now(devices) - start
-    counts.emitted_tokens = len(out)
+        loop = _Loop(
+            cap=min(max_new_tokens, state.capacity - n_prompt + 1), eos=list(tgt.eos_token_ids),
+            min_new_tokens=min_new_tokens, gamma=gamma, max_gamma=max_gamma, adaptive_gamma=adaptive_gamma,
+            counts=SpecCounts(), top2=TopTwoLog() if record_top2 else None, on_token=on_token,
+        )
+        with clock.stage("decode"):
+            _first_token(loop, prefilled.logits, first, verify, clock)
+            while not loop.done:
+                _round(loop, state, proposer, verify, clock, n_prompt)
+            if loop.carry is not None:  # the first drafts never reached a pass: EOS or the cap came first
+                loop.counts.record_round(len(loop.carry) + 1, 1)
+        clock.timings.total_s = clock.elapsed()
+    out = loop.out
+    loop.counts.emitted_tokens = len(out)
     return SpecOutcome(
-        token_ids=out, text=tgt.decode_text(out), counts=counts, timings=timings,
-        synthetic=proposer.synthetic, stopped_on_eos=bool(out) and out[-1] in eos,
-        gamma_trace=trace, n_prompt_tokens=n_prompt, top2=top2.read() if top2 is not None else None,
-        rejected_at=rejected_at, rejected_tokens=[tgt.decode_text([out[i]]) for i in rejected_at],
+        token_ids=out, text=tgt.decode_text(out), counts=loop.counts, timings=clock.timings,
+        synthetic=proposer.synthetic, stopped_on_eos=bool(out) and out[-1] in loop.eos,
+        gamma_trace=loop.gamma_trace, n_prompt_tokens=n_prompt,
+        top2=loop.top2.read() if loop.top2 is not None else None,
+        rejected_at=loop.rejected_at, rejected_tokens=[tgt.decode_text([out[i]]) for i in loop.rejected_at],
     )
 
 
