@@ -46,8 +46,8 @@ _EXPORTS: dict[str, str] = {
     "DraftModelProposer": "evspec.spec.proposers",
     "NgramProposer": "evspec.spec.proposers",
     "OracleProposer": "evspec.spec.proposers",
-    "SpecRunConfig": "evspec.spec.report",
-    "run_spec": "evspec.spec.report",
+    "SpecRunConfig": "evspec.spec.run",
+    "run_spec": "evspec.spec.run",
     # training and judging answers
     "VLMTrainConfig": "evspec.training.vlm",
     "LoopConfig": "evspec.training.loop",

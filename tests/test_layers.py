@@ -25,8 +25,8 @@ def _loaded(module: str, construct: str = "") -> list[str]:
 
 
 def test_spec_imports_nothing_from_bench() -> None:
-    loaded = _loaded("evspec.spec.report", "evspec.spec.report.SpecRunConfig(draft='ngram')")
-    assert "evspec.spec.report" in loaded and "evspec.run.shared" in loaded  # it did load the run layer
+    loaded = _loaded("evspec.spec.run", "evspec.spec.run.SpecRunConfig(draft='ngram')")
+    assert "evspec.spec.run" in loaded and "evspec.run.shared" in loaded  # it did load the run layer
     assert [m for m in loaded if m.startswith("evspec.bench")] == []
 
 

@@ -20,8 +20,8 @@ class Record:
     """One sample through one model. Times in seconds (definitions: ``evspec.runtime.timing``).
 
     On failure ``error`` holds the message and the timing/token fields of stages that did not
-    run are None/empty. ``extra_stages_s`` holds stages a decoder added (e.g. a draft's prefill);
-    ``metrics`` holds a decoder's own per-sample numbers (e.g. acceptance rate); both are summarised
+    run are None/empty. ``extra_stages_s`` holds stages a decode strategy added (e.g. a draft's prefill);
+    ``metrics`` holds a decode strategy's own per-sample numbers (e.g. acceptance rate); both are summarised
     by ``evspec.bench.stats`` without the runner knowing their names.
 
     ``read_s`` is reading the sample's files (events, images, video -> frames); ``model_load_s`` is
@@ -32,7 +32,7 @@ class Record:
 
     id: str
     model: str
-    decoder: str = "target"
+    decoder: str = "target"  # the decode strategy's name (the field's recorded name is kept)
     read_s: float | None = None
     preprocess_s: float | None = None
     encode_s: float | None = None

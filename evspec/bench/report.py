@@ -218,7 +218,7 @@ def render_markdown(summary: dict[str, Any], images: Sequence[str]) -> str:
         for m, b in summary["models"].items() for name, stats in b["metrics"].items()
     ]
     if metric_rows:
-        parts += ["## Decoder metrics", "", _table(["model", "metric", "count", "mean", "p50", "p90"], metric_rows), ""]
+        parts += ["## Decode-strategy metrics", "", _table(["model", "metric", "count", "mean", "p50", "p90"], metric_rows), ""]
     parts += ["## Plots", ""] + [f"![{Path(i).stem}]({i})" for i in images] + [""]
     errors = [(m, e) for m, b in summary["models"].items() for e in b["errors"]]
     if errors:

@@ -5,8 +5,8 @@ Per sample the runner calls, each in its own :class:`~evspec.runtime.timing.Stag
     read        model.load(sample)       (the sample's files -> frames; model loading is timed per model)
     preprocess  model.preprocess(visual, sample.query)
     encode      model.encode(prepared)
-    prefill     prefill(model.language_model, model.splice(prepared, features))   (by the Decoder)
-    decode      decode(prefilled, ..., on_token=timer.mark_token)                 (by the Decoder)
+    prefill     prefill(model.language_model, model.splice(prepared, features))   (by the DecodeStrategy)
+    decode      decode(prefilled, ..., on_token=timer.mark_token)                 (by the DecodeStrategy)
 
 and appends one :class:`~evspec.bench.records.Record` to ``records.jsonl`` (flushed), so a killed
 run resumes where it stopped. Warm-up samples run the same pipeline and are discarded.
@@ -19,9 +19,9 @@ changed: the collector is back on between samples.
 
 The decode-strategy seam (for speculative decoding, ``--draft NAME``)
 --------------------------------------------------------------------
-Everything after ``encode`` belongs to a :class:`Decoder`::
+Everything after ``encode`` belongs to a :class:`DecodeStrategy`::
 
-    class Decoder(Protocol):
+    class DecodeStrategy(Protocol):
         name: str                                   # goes into every record ("target", "spec:...")
         def describe(self) -> dict: ...             # its settings; part of the run's identity
         def run(self, model, prepared, features, sample, timer, settings) -> DecodeOutcome: ...
@@ -32,8 +32,8 @@ may open further stages of its own (e.g. ``"draft_load"``, ``"draft_encode"``,
 ``"draft_prefill"``): they land in ``Record.extra_stages_s``, count in ``total_s`` and, when they
 run before ``decode``, in TTFT. ``DecodeOutcome.metrics`` (e.g. ``acceptance_rate``,
 ``mean_acceptance_length`` with vLLM's definitions) lands in ``Record.metrics``; the summary
-and report pick up every numeric metric by name. :class:`TargetDecoder` is the plain
-one-token-per-pass strategy; a speculative decoder is another class with the same ``run``.
+and report pick up every numeric metric by name. :class:`TargetOnlyStrategy` is the plain
+one-token-per-pass strategy; a speculative strategy is another class with the same ``run``.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ class BenchConfig:
 
 @dataclass
 class DecodeSettings:
-    """What every decoder is asked for."""
+    """What every decode strategy is asked for."""
 
     max_new_tokens: int
     min_new_tokens: int
@@ -152,7 +152,7 @@ class DecodeSettings:
 
 @dataclass
 class DecodeOutcome:
-    """A decoder's result for one sample; ``metrics`` are strategy-specific numbers."""
+    """A decode strategy's result for one sample; ``metrics`` are strategy-specific numbers."""
 
     token_ids: list[int]
     n_prompt_tokens: int
@@ -160,7 +160,7 @@ class DecodeOutcome:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-class Decoder(Protocol):
+class DecodeStrategy(Protocol):
     """A decode strategy (module docstring): times "prefill" and "decode", marks tokens."""
 
     name: str
@@ -173,7 +173,7 @@ class Decoder(Protocol):
     ) -> DecodeOutcome: ...
 
 
-class TargetDecoder:
+class TargetOnlyStrategy:
     """Plain decoding: one target pass per token (``evspec.runtime.decode``).
 
     ``cache``: ``eager`` = transformers modules + DynamicCache (bit-identical to generate());
@@ -221,18 +221,18 @@ class TargetDecoder:
 # --------------------------------------------------------------------------- one sample
 
 
-def _record(model_name: str, decoder: str, sample: Sample, timings: Timings, outcome: DecodeOutcome,
+def _record(model_name: str, strategy: str, sample: Sample, timings: Timings, outcome: DecodeOutcome,
             n_visual: int, text: str) -> Record:
     for needed in ("prefill", "decode"):
         if needed not in timings.stages:
-            raise RuntimeError(f"decoder {decoder!r} did not time a {needed!r} stage")
+            raise RuntimeError(f"decode strategy {strategy!r} did not time a {needed!r} stage")
     if timings.n_tokens != len(outcome.token_ids):
         raise RuntimeError(
-            f"decoder {decoder!r} marked {timings.n_tokens} tokens but returned {len(outcome.token_ids)}"
+            f"decode strategy {strategy!r} marked {timings.n_tokens} tokens but returned {len(outcome.token_ids)}"
         )
     stages = timings.stages
     return Record(
-        id=sample.id, model=model_name, decoder=decoder,
+        id=sample.id, model=model_name, decoder=strategy,
         read_s=stages.get("read"), preprocess_s=stages.get("preprocess"), encode_s=stages.get("encode"),
         prefill_s=stages["prefill"], decode_s=stages["decode"], total_s=timings.total_s,
         ttft_s=timings.ttft_s, tpot_s=timings.tpot_s, tokens_per_s=timings.tokens_per_s,
@@ -243,8 +243,8 @@ def _record(model_name: str, decoder: str, sample: Sample, timings: Timings, out
     )
 
 
-def run_sample(
-    model: VisionLanguageModel, model_name: str, sample: Sample, decoder: Decoder, timer: StageTimer,
+def run_bench_sample(
+    model: VisionLanguageModel, model_name: str, sample: Sample, strategy: DecodeStrategy, timer: StageTimer,
     settings: DecodeSettings,
 ) -> Record:
     """One sample through one model, every stage timed; a failure becomes a record with ``error``."""
@@ -256,13 +256,13 @@ def run_sample(
                 prepared = model.preprocess(visual, sample.query)
             with timer.stage("encode"):
                 features = model.encode(prepared)
-            outcome = decoder.run(model, prepared, features, sample, timer, settings)
+            outcome = strategy.run(model, prepared, features, sample, timer, settings)
         timings = timer.read()
-        return _record(model_name, decoder.name, sample, timings, outcome, features.n_tokens,
+        return _record(model_name, strategy.name, sample, timings, outcome, features.n_tokens,
                        model.decode_text(outcome.token_ids))
     except Exception as exc:
         timer.reset()
-        return Record(id=sample.id, model=model_name, decoder=decoder.name, error=error_text(exc))
+        return Record(id=sample.id, model=model_name, decoder=strategy.name, error=error_text(exc))
 
 
 # --------------------------------------------------------------------------- the run
@@ -282,10 +282,10 @@ class BenchResult:
 
 
 def _identity(config: BenchConfig, dataset: str, device: torch.device, dtype: torch.dtype,
-              decoder: Decoder) -> dict[str, Any]:
+              strategy: DecodeStrategy) -> dict[str, Any]:
     values = asdict(config)
     values.update(dataset=dataset, device=str(device), dtype=str(dtype).removeprefix("torch."),
-                  decoder=decoder.describe())
+                  decoder=strategy.describe())
     return {k: values[k] for k in IDENTITY_FIELDS}
 
 
@@ -293,12 +293,12 @@ OUTPUTS: tuple[str, ...] = (RECORDS_NAME, SUMMARY_NAME, REPORT_NAME, "*.png")
 """What ``--force`` deletes before a run of another identity (``config.json`` too)."""
 
 
-def _warm_up(model: VisionLanguageModel, name: str, samples: Sequence[Sample], n: int, decoder: Decoder,
+def _warm_up(model: VisionLanguageModel, name: str, samples: Sequence[Sample], n: int, strategy: DecodeStrategy,
              timer: StageTimer, settings: DecodeSettings) -> None:
     """Run the first ``n`` samples (cycling when there are fewer) and discard them."""
     for i in range(n if samples else 0):
         with collector_paused():
-            run_sample(model, name, samples[i % len(samples)], decoder, timer, settings)
+            run_bench_sample(model, name, samples[i % len(samples)], strategy, timer, settings)
 
 
 def run_bench(
@@ -306,7 +306,7 @@ def run_bench(
     out_dir: str | Path,
     *,
     force: bool = False,
-    decoder: Decoder | None = None,
+    strategy: DecodeStrategy | None = None,
     model_loader: ModelLoader | None = None,
     reporter: Reporter | None = None,
     write_report: bool = True,
@@ -331,7 +331,7 @@ def run_bench(
                           "not to a custom loader", parameters=["quantize", "generation_config"])
     else:
         generation = {"source": config.generation_config, "checkpoint_generation_config": None}
-    decoder = decoder or TargetDecoder(config.cache)
+    strategy = strategy or TargetOnlyStrategy(config.cache)
     out_dir = Path(out_dir)
     device = config.resolved_device()
     dtype = config.resolved_dtype(device)
@@ -340,7 +340,7 @@ def run_bench(
 
         LoadOptions.resolve(device, dtype, config.quantize)  # CUDA and bitsandbytes present, or one clear error
     root = dataset_root(config.dataset, out_dir)
-    identity = _identity(config, str(root.resolve()), device, dtype, decoder)
+    identity = _identity(config, str(root.resolve()), device, dtype, strategy)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"out_dir {out_dir} is an existing file; give a folder for the run", parameters=["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -378,7 +378,7 @@ def run_bench(
                 message = f"model {name!r} failed to load: {error_text(exc)}"
                 reporter.warn(message)
                 for sample in pending:
-                    record = Record(id=sample.id, model=name, decoder=decoder.name, error=message)
+                    record = Record(id=sample.id, model=name, decoder=strategy.name, error=message)
                     log.append(record)
                     reporter.advance(record)
                 model_load_s[name] = None
@@ -388,13 +388,13 @@ def run_bench(
             model_load_s[name] = time.perf_counter() - start
             if config.warmup:
                 reporter.status(f"warming up {name} ({config.warmup} sample(s), discarded)")
-                _warm_up(model, name, samples, config.warmup, decoder, timer, settings)
+                _warm_up(model, name, samples, config.warmup, strategy, timer, settings)
             reporter.status(f"running {name}")
             gc.collect()
             gc.freeze()  # the model's objects: later collections need not walk them
             for sample in pending:
                 with collector_paused():
-                    record = run_sample(model, name, sample, decoder, timer, settings)
+                    record = run_bench_sample(model, name, sample, strategy, timer, settings)
                 record.model_load_s = model_load_s[name]
                 log.append(record)
                 if record.error is not None:

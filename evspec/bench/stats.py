@@ -20,7 +20,7 @@ def _ratio(numerator: float, denominator: float) -> float | None:
 
 
 def _numeric_metrics(records: Sequence[Record]) -> dict[str, LatencyStats]:
-    """Stats of every scalar number a decoder put in ``Record.metrics`` (e.g. acceptance rate)."""
+    """Stats of every scalar number a decode strategy put in ``Record.metrics`` (e.g. acceptance rate)."""
     names = sorted({k for r in records for k, v in r.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return {n: latency_stats(r.metrics.get(n) for r in records) for n in names}
 
@@ -105,7 +105,7 @@ DEFINITIONS: dict[str, str] = {
     "that ran its samples; not part of any sample's total_s; null when it was not loaded (all samples done)",
     "stage times": "seconds from entering to leaving the stage (CUDA: events on the current stream, one "
     "synchronize per sample when read); total_s = sum of stages, gaps between stages excluded",
-    "ttft_s": "read + preprocess + encode + prefill (+ any decoder stage before decode) + the first token's choice",
+    "ttft_s": "read + preprocess + encode + prefill (+ any decode-strategy stage before decode) + the first token's choice",
     "tpot_s": "(decode_s - first token latency) / (n_new_tokens - 1)",
     "per_token_latency_s": "time between consecutive token marks inside decode (first token excluded)",
     "samples_per_s": "successful samples / sum of their total_s",

@@ -98,21 +98,23 @@ def bench(
         quantize=quantize, event_canvas=event_canvas, generation_config=generation_config,
     )
     out = out if out is not None else default_out("bench")
-    decoder = None
+    strategy = None
     command = _command_line(config, out, force)
-    if draft is not None:  # the speculative engine behind the runner's Decoder seam
+    if draft is not None:  # the speculative engine behind the runner's DecodeStrategy seam
         from evspec.run.shared import registry_loader_for
-        from evspec.bench.spec_decoder import SpecDecoder
+        from evspec.bench.spec_strategy import SpeculativeStrategy
 
         device_ = config.resolved_device()
-        decoder = SpecDecoder(draft, gamma=gamma, adaptive_gamma=adaptive_gamma, parallel_prefill=parallel_prefill,
-                              device=device_, dtype=config.resolved_dtype(device_), draft_device=draft_device,
-                              cache=cache, seed=seed, model_loader=registry_loader_for(None, event_canvas))
+        strategy = SpeculativeStrategy(
+            draft, gamma=gamma, adaptive_gamma=adaptive_gamma, parallel_prefill=parallel_prefill,
+            device=device_, dtype=config.resolved_dtype(device_), draft_device=draft_device,
+            cache=cache, seed=seed, model_loader=registry_loader_for(None, event_canvas),
+        )
         extra = ["--draft", draft, "--gamma", str(gamma)] + (["--draft-device", draft_device] if draft_device else [])
         extra += [f for f, on in (("--adaptive-gamma", adaptive_gamma), ("--parallel-prefill", parallel_prefill)) if on]
         command += " " + shlex.join(extra)
     with progress_reporter(sample_line) as reporter:
-        result = run_bench(config, out, force=force, reporter=reporter, decoder=decoder, command=command)
+        result = run_bench(config, out, force=force, reporter=reporter, strategy=strategy, command=command)
     print_table(summary_table(result.summary))
     for warning in result.summary.get("timing_warnings") or []:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}")

@@ -94,7 +94,7 @@ def spec(
     """
     from rich.console import Console
 
-    from evspec.spec.report import SpecRunConfig, run_spec
+    from evspec.spec.run import SpecRunConfig, run_spec
 
     config = SpecRunConfig(
         target=target, draft=draft, dataset=str(dataset) if dataset is not None else None, split=split,

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class Comparison:
+class DecoupledVsGenerate:
     """Decoupled vs reference tokens for one sample."""
 
     sample_id: str
@@ -46,19 +46,19 @@ class Comparison:
                 "first_mismatch": self.first_mismatch, "passed": self.passed}
 
 
-def compare_sample(model: VisionLanguageModel, sample: Sample, max_new_tokens: int, min_new_tokens: int = 0) -> Comparison:
+def compare_sample(model: VisionLanguageModel, sample: Sample, max_new_tokens: int, min_new_tokens: int = 0) -> DecoupledVsGenerate:
     """Greedy decoupled generation vs the family's monolithic generate() on one sample."""
     prepared = model.preprocess(model.load(sample), sample.query)
     decoupled = model.generate(prepared, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens).token_ids
     reference = model.reference_generate(prepared, max_new_tokens, min_new_tokens)
-    return Comparison(sample.id, decoupled, reference)
+    return DecoupledVsGenerate(sample.id, decoupled, reference)
 
 
 @dataclass(frozen=True)
 class VerifyResult:
     """Every sample's comparison, and the hook timing of the first sample (None without hooks)."""
 
-    comparisons: list[Comparison]
+    comparisons: list[DecoupledVsGenerate]
     hooks: HookReport | None
     hooks_sample_id: str | None
 

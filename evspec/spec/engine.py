@@ -58,7 +58,7 @@ from evspec.runtime.timing import collector_paused
 from evspec.spec.lossless import LosslessCheck, TopTwo, TopTwoLog, check_lossless
 from evspec.spec.metrics import SpecCounts, SpecTimings, position_match
 from evspec.spec.proposers import DraftContext, DraftModelProposer, Proposal, Proposer
-from evspec.spec.verify import Verdict, verify_greedy, verify_stochastic
+from evspec.spec.acceptance import Verdict, accept_greedy, accept_stochastic
 
 if TYPE_CHECKING:
     from evspec.data.dataset import Sample
@@ -337,11 +337,11 @@ def _mask_eos(logits: torch.Tensor, first_index: int, min_new_tokens: int, eos: 
     return logits
 
 
-def _verify(logits: torch.Tensor, proposal: Proposal, sampling: SamplingConfig, generator: torch.Generator | None) -> Verdict:
+def _accept(logits: torch.Tensor, proposal: Proposal, sampling: SamplingConfig, generator: torch.Generator | None) -> Verdict:
     if sampling.greedy:
-        return verify_greedy(logits, proposal.token_ids)
+        return accept_greedy(logits, proposal.token_ids)
     assert generator is not None
-    return verify_stochastic(probabilities(logits, sampling), proposal.token_ids, proposal.q, generator)
+    return accept_stochastic(probabilities(logits, sampling), proposal.token_ids, proposal.q, generator)
 
 
 def _next_gamma(gamma: int, requested: int, n_drafted: int, n_accepted: int, max_gamma: int) -> int:
@@ -429,7 +429,7 @@ class _Loop:
         return len(self.out) - before
 
 
-_Verifier = Callable[[torch.Tensor, Proposal], Verdict]
+_AcceptRule = Callable[[torch.Tensor, Proposal], Verdict]
 
 
 def _prefill(
@@ -460,13 +460,13 @@ def _prefill(
     return prefilled, first
 
 
-def _first_token(loop: _Loop, prefill_logits: torch.Tensor, first: Proposal, verify: _Verifier, clock: _Clock) -> None:
+def _first_token(loop: _Loop, prefill_logits: torch.Tensor, first: Proposal, accept: _AcceptRule, clock: _Clock) -> None:
     """The first draft guesses the target's first token and the prefill logits decide: kept, the
     other first drafts become the carry; rejected, the first proposal is a draft of 0 accepted."""
     first = first.truncate(loop.cap - 1)
     row = loop.masked(prefill_logits[None])
     with clock.part("verify_s"):
-        verdict = verify(row, first.truncate(1))
+        verdict = accept(row, first.truncate(1))
     if verdict.n_accepted == 1:
         loop.carry = first.drop_first()
         appended = loop.emit([first.token_ids[0]])
@@ -479,7 +479,7 @@ def _first_token(loop: _Loop, prefill_logits: torch.Tensor, first: Proposal, ver
         loop.top2.add(row[:appended])
 
 
-def _round(loop: _Loop, state: DecodeState, proposer: Proposer, verify: _Verifier, clock: _Clock, n_prompt: int) -> None:
+def _round(loop: _Loop, state: DecodeState, proposer: Proposer, accept: _AcceptRule, clock: _Clock, n_prompt: int) -> None:
     """Propose (or take the carry) -> ONE target pass over [last token + drafts] -> verify ->
     emit -> count -> roll back to the accepted length -> the proposer sees those positions."""
     room = loop.cap - len(loop.out) - 1  # drafts that fit: the pass adds len(drafts)+1 positions
@@ -494,7 +494,7 @@ def _round(loop: _Loop, state: DecodeState, proposer: Proposer, verify: _Verifie
     with clock.part("verify_s"):
         step = state.extend(token_ids=[loop.out[-1]] + proposal.token_ids)
         logits = loop.masked(step.logits)
-        verdict = verify(logits, proposal)
+        verdict = accept(logits, proposal)
     loop.counts.record_pass()
     n = verdict.n_accepted
     base = len(loop.out)
@@ -554,7 +554,7 @@ def speculative_generate(
     tgt = target_input(target, **inputs)
     ctx = tgt.draft_context(sampling, max_new_tokens, reference_ids)
     clock = _Clock(_devices(tgt.lm.device, proposer.device), stage)
-    verify: _Verifier = partial(_verify, sampling=sampling, generator=None if sampling.greedy else sampling.generator())
+    accept: _AcceptRule = partial(_accept, sampling=sampling, generator=None if sampling.greedy else sampling.generator())
     with torch.inference_mode(), collector_paused():
         clock.start()
         prefilled, first = _prefill(tgt, proposer, ctx, min(gamma, max_new_tokens - 1), state_factory,
@@ -572,9 +572,9 @@ def speculative_generate(
             counts=SpecCounts(), top2=TopTwoLog() if record_top2 else None, on_token=on_token,
         )
         with clock.stage("decode"):
-            _first_token(loop, prefilled.logits, first, verify, clock)
+            _first_token(loop, prefilled.logits, first, accept, clock)
             while not loop.done:
-                _round(loop, state, proposer, verify, clock, n_prompt)
+                _round(loop, state, proposer, accept, clock, n_prompt)
             if loop.carry is not None:  # the first drafts never reached a pass: EOS or the cap came first
                 loop.counts.record_round(len(loop.carry) + 1, 1)
         clock.timings.total_s = clock.elapsed()
@@ -593,7 +593,7 @@ def speculative_generate(
 
 
 @dataclass
-class Comparison:
+class SpecVsBaseline:
     """One sample decoded by the target alone and speculatively, in the same run and process.
 
     ``exact`` (greedy only): the speculative tokens equal the baseline's, token for token.
@@ -696,7 +696,7 @@ def compare(
     with_generate: bool = True,
     with_draft_alone: bool = True,
     **inputs: Any,
-) -> Comparison:
+) -> SpecVsBaseline:
     """Baseline first (its greedy tokens are the oracle's answer key), then the speculative run,
     then (untimed against each other) the family's ``generate()`` and the draft alone."""
     tgt = target_input(target, **inputs)
@@ -708,7 +708,7 @@ def compare(
         max_gamma=max_gamma, parallel_prefill=parallel_prefill, min_new_tokens=min_new_tokens,
         state_factory=state_factory, reference_ids=baseline.token_ids if greedy else None, record_top2=greedy,
     )
-    result = Comparison(baseline, spec, greedy)
+    result = SpecVsBaseline(baseline, spec, greedy)
     if greedy and baseline.top2 is not None and spec.top2 is not None:
         result.check = check_lossless(
             baseline.token_ids, baseline.top2, spec.token_ids, spec.top2, tgt.lm.dtype,

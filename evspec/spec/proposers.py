@@ -6,7 +6,7 @@ One small interface (transformers' candidate generators, vLLM's proposers):
                                the engine can run it concurrently with the target's prefill.
     propose(accepted, gamma)   up to ``gamma`` tokens (target vocabulary) continuing the ACCEPTED
                                output ``accepted``, with the draft distributions q [k, V_target]
-                               when sampling (None: the verifier's one-hot rule applies).
+                               when sampling (None: the acceptance rule's one-hot case applies).
     observe(target_hidden)     the target's final hidden states of the positions each verify pass
                                committed (row i belongs to the i-th committed token; the prefill
                                gives the prompt's last position). Model drafts ignore it; a

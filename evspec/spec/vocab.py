@@ -11,8 +11,8 @@ Two paths, chosen from the tokenizers themselves (:func:`bridge_vocabularies`):
   the target, and the draft distribution q is carried over to the target's vocabulary exactly.
 - **different tokenizers** (:class:`TextBridge`), as transformers' Universal Assisted Generation
   does: decode tokens to text, re-encode with the other tokenizer, and align on the overlap.
-  Drafts then come without a target-vocabulary distribution (the verifier's one-hot rule keeps
-  sampling exact, see :mod:`evspec.spec.verify`).
+  Drafts then come without a target-vocabulary distribution (the acceptance rule's one-hot case keeps
+  sampling exact, see :mod:`evspec.spec.acceptance`).
 
 Pairs that cannot be bridged (a tokenizer without ``encode``/``decode``, or one that cannot
 round-trip plain ASCII text) raise :class:`~evspec.errors.ConfigError`.

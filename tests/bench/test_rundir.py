@@ -94,7 +94,7 @@ class _Reporter:
 
 def test_spec_runs_keep_the_folder_as_the_bench_does(tmp_path: Path, loader: Any) -> None:
     """`evspec spec` through the shared pieces: reporter warnings, torn-line resume, identity check."""
-    from evspec.spec.report import SpecRunConfig, run_spec
+    from evspec.spec.run import SpecRunConfig, run_spec
 
     data = make_dataset(tmp_path / "data", n=3, missing=(1,))
     config = SpecRunConfig(target="a", draft="ngram", dataset=str(data), max_new_tokens=4, warmup=0, device="cpu")

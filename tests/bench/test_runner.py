@@ -1,4 +1,4 @@
-"""The runner with a stand-in model: fields, resume, failures, config identity, the Decoder seam."""
+"""The runner with a stand-in model: fields, resume, failures, config identity, the DecodeStrategy seam."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from evspec.bench.records import read_records
-from evspec.bench.runner import BenchConfig, DecodeOutcome, TargetDecoder, run_bench
+from evspec.bench.runner import BenchConfig, DecodeOutcome, TargetOnlyStrategy, run_bench
 from evspec.errors import ConfigError, InputError
 from tests.bench.conftest import make_dataset
 
@@ -161,8 +161,8 @@ def test_missing_dataset_and_bad_options_are_clear_errors(tmp_path: Path, loader
         BenchConfig(dtype="int3")
 
 
-class DraftingDecoder(TargetDecoder):
-    """A decoder in the shape of a speculative one: an extra stage and its own metrics."""
+class DraftingStrategy(TargetOnlyStrategy):
+    """A decode strategy in the shape of a speculative one: an extra stage and its own metrics."""
 
     name = "spec:toy"
 
@@ -177,9 +177,9 @@ class DraftingDecoder(TargetDecoder):
         return outcome
 
 
-def test_a_custom_decoder_plugs_into_records_and_summary(tmp_path: Path, dataset: Path, loader: Any) -> None:
+def test_a_custom_decode_strategy_plugs_into_records_and_summary(tmp_path: Path, dataset: Path, loader: Any) -> None:
     out = tmp_path / "run"
-    result = run_bench(_config(dataset, models=("a",)), out, model_loader=loader, decoder=DraftingDecoder())
+    result = run_bench(_config(dataset, models=("a",)), out, model_loader=loader, strategy=DraftingStrategy())
     record = result.records[0]
     assert record.decoder == "spec:toy" and record.metrics["acceptance_rate"] == 0.25
     assert record.extra_stages_s["draft_encode"] > 0
@@ -189,17 +189,17 @@ def test_a_custom_decoder_plugs_into_records_and_summary(tmp_path: Path, dataset
     assert block["metrics"]["acceptance_rate"]["mean"] == 0.25
     assert block["extra_stages_s"]["draft_encode"]["count"] == 3
     assert "draft_encode" in (out / "report.md").read_text()
-    # the decoder's settings are part of the run's identity
+    # the strategy's settings (identity field "decoder") are part of the run's identity
     with pytest.raises(ConfigError, match="decoder"):
         run_bench(_config(dataset, models=("a",)), out, model_loader=loader)
 
 
 def test_static_cache_gives_the_eager_tokens_and_is_freed_with_the_model(tmp_path: Path, dataset: Path, loader: Any) -> None:
     eager = run_bench(_config(dataset, models=("a",), warmup=0), tmp_path / "eager", model_loader=loader)
-    decoder = TargetDecoder("static")
+    strategy = TargetOnlyStrategy("static")
     static = run_bench(_config(dataset, models=("a",), warmup=0, cache="static"), tmp_path / "static",
-                       model_loader=loader, decoder=decoder)
+                       model_loader=loader, strategy=strategy)
     assert [r.token_ids for r in static.records] == [r.token_ids for r in eager.records]
     assert static.summary["identity"]["cache"] == "static"
     gc.collect()
-    assert len(decoder._static) == 0  # the static cache went with the model
+    assert len(strategy._static) == 0  # the static cache went with the model

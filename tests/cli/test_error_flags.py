@@ -16,7 +16,7 @@ from evspec.cli import as_flags, main
 from evspec.errors import ConfigError, EvspecError
 from evspec.models.generation import check_generation_source
 from evspec.run.shared import check_run_options
-from evspec.spec.report import SpecRunConfig
+from evspec.spec.run import SpecRunConfig
 
 PACKAGE = Path(evspec.__file__).parent
 ERROR_NAMES = {name for name, value in vars(errors).items()

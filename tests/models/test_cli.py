@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evspec.cli import main
-from evspec.models.verify import Comparison
+from evspec.models.verify import DecoupledVsGenerate
 
 
 def test_verify_passes_on_a_synthetic_dataset(tiny_cache: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -71,7 +71,7 @@ def test_verify_option_errors(capsys: pytest.CaptureFixture[str]) -> None:
 @settings(max_examples=50, deadline=None)
 @given(a=st.lists(st.integers(0, 5), max_size=8), b=st.lists(st.integers(0, 5), max_size=8))
 def test_first_mismatch(a: list[int], b: list[int]) -> None:
-    result = Comparison("x", a, b)
+    result = DecoupledVsGenerate("x", a, b)
     if a == b:
         assert result.passed and result.first_mismatch is None
     else:

@@ -102,7 +102,7 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path: Path, dataset: Path, capsys
 
 
 def test_bench_draft_plugs_the_engine_into_the_bench(tmp_path: Path, dataset: Path) -> None:
-    """`evspec bench --draft`: the runner's Decoder seam drives the speculative engine."""
+    """`evspec bench --draft`: the runner's DecodeStrategy seam drives the speculative engine."""
     out = tmp_path / "bench"
     assert main(["bench", "--model", "tiny-videollava", "--draft", "oracle:0.9", "--gamma", "3", "--dataset", str(dataset),
                  "--max-samples", "1", "--max-new-tokens", "8", "--warmup", "0", "--out", str(out)]) == 0

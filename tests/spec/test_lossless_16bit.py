@@ -179,14 +179,14 @@ def test_run_verdict_over_records() -> None:
 ])
 def test_spec_command_fails_only_beyond_a_near_tie(tmp_path, monkeypatch, capsys, verdict, lossless, code, line) -> None:
     from evspec.cli import main
-    from evspec.spec import report
+    from evspec.spec import run as spec_run
 
     summary = {
         "counts": {"acceptance_rate": 0.5, "mean_acceptance_length": 2.0}, "synthetic": False, "speedup_median": 1.2,
         "lossless": lossless, "n_lossless": 2 if lossless else 1, "n_exact": 1, "n_samples": 2,
         "lossless_verdict": verdict, "identity": {"dtype": "bfloat16"},
     }
-    monkeypatch.setattr(report, "run_spec", lambda config, out, **kw: report.SpecRunResult(
+    monkeypatch.setattr(spec_run, "run_spec", lambda config, out, **kw: spec_run.SpecRunResult(
         Path(out), [], summary, Path(out) / "report.md"))
     assert main(["spec", "--out", str(tmp_path / "run")]) == code
     captured = capsys.readouterr()

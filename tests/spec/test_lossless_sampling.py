@@ -6,7 +6,7 @@ target's exact joint distribution p(t0) p(t1 | t0) (computed from the target's l
 G-test at level 0.001. The test's power is computed here, not assumed: against a 5%
 contamination by the draft's own joint distribution (0.95 p + 0.05 q, i.e. one sample in twenty
 leaking the draft's choice) a Monte Carlo of the same G-test on N = 1000 draws must reject at
-least 95% of the time (it is ~0.998 and 1.0 for the two settings), so a verifier with that bug
+least 95% of the time (it is ~0.998 and 1.0 for the two settings), so an acceptance rule with that bug
 would fail this test.
 
 The expected distribution comes from the engine's own ``probabilities()``; that function is checked

@@ -1,13 +1,13 @@
 """Sampling with drafts that carry no distribution (n-gram, the cross-tokenizer bridge), end to end.
 
-Those drafts go through the verifier's one-hot rule (keep x with probability p(x), else sample p
+Those drafts go through the acceptance rule's one-hot case (keep x with probability p(x), else sample p
 without x). The first two emitted tokens of N = 1000 seeded speculative runs (max_new_tokens 3,
 gamma 2: the first drafts are judged by the prefill and by the carry's pass, and after a
 rejection a new draft is judged by the next pass) are compared with the target's exact joint
 distribution p(t0) p(t1 | t0) by the G-test of ``test_lossless_sampling`` at level 0.001.
 
 Power, computed in the test rather than assumed: against an output that moves a share eps of the
-mass from p to the drafts' own first two tokens r (a verifier that waves the drafts through in a
+mass from p to the drafts' own first two tokens r (an acceptance rule that waves the drafts through in a
 share eps of the runs: (1 - eps) p + eps r, at total variation eps * TV(p, r) from p), a Monte
 Carlo of the same G-test on N = 1000 draws rejects at least 95% of the time for
 - n-gram: eps = 0.15 (r: the point mass on the lookup's drafts (5, 7); TV(p, r) = 0.79, so a
@@ -15,7 +15,7 @@ Carlo of the same G-test on N = 1000 draws rejects at least 95% of the time for
 - cross-tokenizer: eps = 0.12 against r restricted to the pairs the target can emit (TV 0.74 from
   p, so a deviation of total variation 0.089 is detected; power 0.99). The unrestricted r puts
   76% of its mass on pairs the target cannot emit: one such waved-through draft gives p-value 0.
-A verifier that accepts every such draft (eps = 1) fails by far; the observed counts also reject
+An acceptance rule that accepts every such draft (eps = 1) fails by far; the observed counts also reject
 the half-waved-through mixture 0.5 p + 0.5 r (asserted; p-values ~1e-127). Acceptance rates in these runs: n-gram 0.36, cross-tokenizer 0.13. Each
 test runs in about 6 s.
 """

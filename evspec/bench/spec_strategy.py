@@ -1,5 +1,5 @@
 """``evspec bench --draft``: the speculative engine (:mod:`evspec.spec`) behind the bench's
-``Decoder`` seam (:mod:`evspec.bench.runner`). The bench sits above the spec package: it imports
+``DecodeStrategy`` seam (:mod:`evspec.bench.runner`). The bench sits above the spec package: it imports
 ``evspec.spec``, never the other way round.
 """
 
@@ -14,7 +14,7 @@ from evspec.bench.runner import DecodeOutcome
 from evspec.errors import ConfigError
 from evspec.models.registry import check_model_name
 from evspec.run.shared import ModelLoader, registry_loader, resolve_device, state_factory_for
-from evspec.spec.report import SpecRunConfig, build_proposer
+from evspec.spec.run import SpecRunConfig, build_proposer
 
 if TYPE_CHECKING:
     from evspec.data.dataset import Sample
@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 
 
-class SpecDecoder:
-    """``evspec bench --draft``: the speculative engine behind the bench's ``Decoder`` seam.
+class SpeculativeStrategy:
+    """``evspec bench --draft``: the speculative engine behind the bench's ``DecodeStrategy`` seam.
 
     Stages it times (``StageTimer``): ``prefill`` (the target's prompt pass; with parallel prefill
     the concurrent region of both models), ``draft_prefill`` (sequential only: the draft's own

@@ -1,4 +1,4 @@
-"""The verifier alone: greedy prefix rule and the exactness of the stochastic rule."""
+"""The acceptance rule alone: greedy prefix rule and the exactness of the stochastic rule."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evspec.spec.verify import (
+from evspec.spec.acceptance import (
     Verdict,
     acceptance_probabilities,
     residual_distribution,
-    verify_greedy,
-    verify_stochastic,
+    accept_greedy,
+    accept_stochastic,
 )
 
 
@@ -44,7 +44,7 @@ def test_greedy_accepts_exactly_the_matching_prefix(data) -> None:
     logits = torch.randn(rows, vocab)
     logits[torch.arange(rows), torch.tensor(choice, dtype=torch.long)] = 100.0  # argmax is `choice`
     drafts = data.draw(st.lists(st.integers(0, vocab - 1), min_size=k, max_size=k))
-    verdict = verify_greedy(logits, drafts)
+    verdict = accept_greedy(logits, drafts)
     prefix = 0
     while prefix < k and drafts[prefix] == choice[prefix]:
         prefix += 1
@@ -78,7 +78,7 @@ def test_one_hot_rule_is_exact_for_any_deterministic_draft(p) -> None:
 
 
 def test_stochastic_sampler_matches_p_empirically() -> None:
-    """verify_stochastic itself (not only its helpers): the first emitted token is distributed as p."""
+    """accept_stochastic itself (not only its helpers): the first emitted token is distributed as p."""
     p = _distribution([0.5, 0.2, 0.2, 0.1])
     q = _distribution([0.1, 0.1, 0.2, 0.6])
     gen = torch.Generator().manual_seed(0)
@@ -87,7 +87,7 @@ def test_stochastic_sampler_matches_p_empirically() -> None:
     draws = torch.multinomial(q.float(), n, replacement=True, generator=gen).tolist()
     rows = torch.stack([p, p])  # [k+1, V] with k = 1
     for x in draws:
-        v = verify_stochastic(rows, [x], q[None], gen)
+        v = accept_stochastic(rows, [x], q[None], gen)
         counts[x if v.n_accepted == 1 else v.next_token] += 1
     expected = p.numpy() * n
     chi2 = float(((counts - expected) ** 2 / expected).sum())
@@ -99,14 +99,14 @@ def test_stochastic_edge_cases() -> None:
     p = _distribution([0.0, 0.5, 0.5])
     q = _distribution([1.0, 0.0, 0.0])
     for _ in range(50):  # p(x) = 0 -> never accepted, and the residual never gives x
-        v = verify_stochastic(torch.stack([p, p]), [0], q[None], gen)
+        v = accept_stochastic(torch.stack([p, p]), [0], q[None], gen)
         assert v.n_accepted == 0 and v.next_token in (1, 2)
     for _ in range(50):  # p == q -> always accepted, then a bonus from the last row
-        v = verify_stochastic(torch.stack([p, p]), [1], p[None], gen)
+        v = accept_stochastic(torch.stack([p, p]), [1], p[None], gen)
         assert v.n_accepted == 1 and v.next_token in (1, 2)
-    v = verify_stochastic(p[None], [1], p[None], gen)  # no bonus row
+    v = accept_stochastic(p[None], [1], p[None], gen)  # no bonus row
     assert v == Verdict(1, None)
     with pytest.raises(ValueError):
-        verify_stochastic(p[None], [1, 2], None, gen)
+        accept_stochastic(p[None], [1, 2], None, gen)
     with pytest.raises(ValueError):
-        verify_greedy(torch.zeros(4, 3), [0])
+        accept_greedy(torch.zeros(4, 3), [0])

@@ -1,4 +1,4 @@
-"""Verification: which drafted tokens the target keeps, and the token it adds after them.
+"""Acceptance: which drafted tokens the target keeps, and the token it adds after them.
 
 Two rules:
 
@@ -45,10 +45,10 @@ class Verdict:
 
 def _check_rows(n_rows: int, k: int) -> None:
     if n_rows not in (k, k + 1):
-        raise ValueError(f"verification needs {k} or {k + 1} target rows for {k} drafts, got {n_rows}")
+        raise ValueError(f"acceptance needs {k} or {k + 1} target rows for {k} drafts, got {n_rows}")
 
 
-def verify_greedy(target_logits: torch.Tensor, draft_ids: Sequence[int]) -> Verdict:
+def accept_greedy(target_logits: torch.Tensor, draft_ids: Sequence[int]) -> Verdict:
     """Longest matching prefix, then the target's argmax (``target_logits`` [k or k+1, V])."""
     k = len(draft_ids)
     _check_rows(int(target_logits.shape[0]), k)
@@ -79,7 +79,7 @@ def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, residual / torch.where(total > 0, total, torch.ones_like(total)), p)
 
 
-def verify_stochastic(
+def accept_stochastic(
     p: torch.Tensor,
     draft_ids: Sequence[int],
     q: torch.Tensor | None,
