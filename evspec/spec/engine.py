@@ -652,34 +652,6 @@ class SpecVsBaseline:
     def independent_position_match(self) -> float | None:
         return None if self.draft_alone_ids is None else position_match(self.draft_alone_ids, self.baseline.token_ids)
 
-    def to_record(self) -> dict[str, Any]:
-        """The JSON-ready per-sample record (``evspec spec``'s records.jsonl row, minus id/config)."""
-        return {
-            "lossless": self.lossless,
-            "exact": self.exact,
-            "lossless_check": None if self.check is None else self.check.as_dict(),
-            "first_divergence": self.first_divergence,
-            "synthetic": self.spec.synthetic,
-            "baseline": {
-                "token_ids": self.baseline.token_ids, "text": self.baseline.text,
-                "prefill_s": self.baseline.prefill_s, "decode_s": self.baseline.decode_s, "wall_s": self.baseline.wall_s,
-            },
-            "spec": {
-                "token_ids": self.spec.token_ids, "text": self.spec.text, "timings": self.spec.timings.as_dict(),
-                "drafts_per_round": self.spec.gamma_trace, "stopped_on_eos": self.spec.stopped_on_eos,
-                "rejected_at": self.spec.rejected_at, "rejected_tokens": self.spec.rejected_tokens,
-            },
-            "counts": self.spec.counts.as_dict(),
-            "speedup": self.speedup,
-            "decode_speedup": self.decode_speedup,
-            "generate_s": self.generate_s,
-            "generate_matches_baseline": None if self.generate_ids is None else self.generate_ids == self.baseline.token_ids,
-            "speedup_vs_generate": self.speedup_vs_generate,
-            "draft_alone_ids": self.draft_alone_ids,
-            "independent_position_match": self.independent_position_match,
-            "independent_position_match_note": "two independent generations compared by position; NOT an acceptance rate",
-        }
-
 
 def compare(
     target: VisionLanguageModel | LanguageModel | TargetInput,

@@ -68,6 +68,7 @@ from evspec.spec.report import ACCEPTANCE_PNG, SPEEDUP_PNG, SPLIT_PNG, write_rep
 if TYPE_CHECKING:
     from evspec.data.dataset import Sample
     from evspec.models.base import VisionLanguageModel
+    from evspec.spec.engine import SpecVsBaseline
     from evspec.spec.proposers import Proposer
 
 IDENTITY_FIELDS: tuple[str, ...] = (
@@ -226,6 +227,36 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def spec_record(result: SpecVsBaseline) -> dict[str, Any]:
+    """One sample's ``records.jsonl`` row (minus id, question type and models): the run layer, not the
+    engine, knows the schema of the records it writes."""
+    return {
+        "lossless": result.lossless,
+        "exact": result.exact,
+        "lossless_check": None if result.check is None else result.check.as_dict(),
+        "first_divergence": result.first_divergence,
+        "synthetic": result.spec.synthetic,
+        "baseline": {
+            "token_ids": result.baseline.token_ids, "text": result.baseline.text,
+            "prefill_s": result.baseline.prefill_s, "decode_s": result.baseline.decode_s, "wall_s": result.baseline.wall_s,
+        },
+        "spec": {
+            "token_ids": result.spec.token_ids, "text": result.spec.text, "timings": result.spec.timings.as_dict(),
+            "drafts_per_round": result.spec.gamma_trace, "stopped_on_eos": result.spec.stopped_on_eos,
+            "rejected_at": result.spec.rejected_at, "rejected_tokens": result.spec.rejected_tokens,
+        },
+        "counts": result.spec.counts.as_dict(),
+        "speedup": result.speedup,
+        "decode_speedup": result.decode_speedup,
+        "generate_s": result.generate_s,
+        "generate_matches_baseline": None if result.generate_ids is None else result.generate_ids == result.baseline.token_ids,
+        "speedup_vs_generate": result.speedup_vs_generate,
+        "draft_alone_ids": result.draft_alone_ids,
+        "independent_position_match": result.independent_position_match,
+        "independent_position_match_note": "two independent generations compared by position; NOT an acceptance rate",
+    }
+
+
 def run_spec_sample(config: SpecRunConfig, target: VisionLanguageModel, proposer: Proposer, sample: Sample,
                target_factory: Any) -> dict[str, Any]:
     """One sample both ways; a failure that is about the sample becomes a record with ``error``."""
@@ -241,7 +272,7 @@ def run_spec_sample(config: SpecRunConfig, target: VisionLanguageModel, proposer
         )
     except (EvspecError, ValueError, RuntimeError) as exc:
         return {**head, "error": error_text(exc)}
-    return {**head, **comparison.to_record(), "error": None}
+    return {**head, **spec_record(comparison), "error": None}
 
 
 def run_spec(

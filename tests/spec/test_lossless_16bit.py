@@ -29,6 +29,7 @@ from evspec.spec.lossless import (
     run_verdict,
 )
 from evspec.spec.proposers import OracleProposer
+from evspec.spec.run import spec_record
 
 from .conftest import EOS, tiny_lm
 from .test_lossless_greedy import noisy_copy, prompt_for
@@ -84,7 +85,7 @@ def test_constructed_near_ties_are_classified_as_flips(dtype: torch.dtype) -> No
     assert [d.position for d in check.divergences] == sorted({d.position for d in check.divergences})
     # the speculative output is the baseline's with B wherever A was chosen from a verify pass
     assert check.describe() == f"up to {len(check.divergences)} near-tie flips (largest margin {nudge:.4g})"
-    record = result.to_record()
+    record = spec_record(result)
     assert record["lossless"] is True and record["exact"] is False
     assert record["lossless_check"]["status"] == "near-tie flips"
 
@@ -101,7 +102,7 @@ def test_a_divergence_beyond_the_tolerance_is_not_lossless() -> None:
     assert d.spec_token == b and d.baseline_token != b
     assert check.describe().startswith(
         f"NOT lossless (position {d.position}: target alone {d.baseline_token}, speculative {b}; margins ")
-    verdict, failed = run_verdict([result.to_record()])
+    verdict, failed = run_verdict([spec_record(result)])
     assert failed == 1 and verdict == "NOT lossless on 1 of 1 samples"
 
 
