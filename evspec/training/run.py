@@ -9,17 +9,15 @@ starts over. A folder that holds something else (a checkpoint not made here, a f
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from evspec.run.rundir import check_or_reset, write_run_config
 from evspec.errors import ConfigError
-from evspec.training.loop import METRICS_NAME, STATE_NAME, TrainProgress, TrainResult, train
+from evspec.run.rundir import check_or_reset, write_run_config
+from evspec.training.loop import TrainProgress, TrainResult, train
 from evspec.training.vlm import RUN_FOLDER, VLMTrainConfig, prepare_task
 
 IDENTITY_FIELDS = ("family", "dataset", "size", "loop", "eval_questions", "max_new_tokens", "event_canvas",
@@ -80,11 +78,12 @@ def run_training(config: VLMTrainConfig, out: str | Path, *, device: str = "cpu"
     _check_folder(out)
     run_dir = out / RUN_FOLDER
     identity = config.identity()
-    if force and (run_dir / "config.json").is_file():
-        previous = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("identity", {})
-        if any(previous.get(k) != identity.get(k) for k in IDENTITY_FIELDS):
-            _start_over(out)
-    check_or_reset(run_dir, identity, IDENTITY_FIELDS, force, (STATE_NAME, METRICS_NAME, "*.png"))
+    try:
+        check_or_reset(run_dir, identity, IDENTITY_FIELDS, False, ())
+    except ConfigError:
+        if not force:
+            raise
+        _start_over(out)  # another config: its weights go too, not only the run's own files
     n_clips = len(load_dataset(config.dataset, allow_outside_root=config.allow_outside_root))
     check_memory(config, dev, n_clips)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -94,8 +93,3 @@ def run_training(config: VLMTrainConfig, out: str | Path, *, device: str = "cpu"
     report: Callable[[str, int, int], None] | None = getattr(progress, "stage", None)
     task = prepare_task(config, out, dev, workers=workers, progress=report)
     return train(task, config.loop, run_dir, dev, progress)
-
-
-def read_metrics(out: str | Path) -> list[dict[str, Any]]:
-    path = Path(out) / RUN_FOLDER / METRICS_NAME
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
