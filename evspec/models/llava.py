@@ -116,7 +116,7 @@ class _LlavaBase(VisionLanguageModel):
         lengths = torch.tensor([int(p.input_ids.shape[-1]) for p in prepared])
         width = int(lengths.max())
         ids = torch.stack([nn.functional.pad(p.input_ids[0], (0, width - p.input_ids.shape[-1]), value=pad_id)
-                           for p in prepared])
+                           for p in prepared]).to(self.device)
         return self.splice(Prepared(ids, prepared[0].pixel_values), VisualFeatures(torch.cat([f.embeds for f in features]))), lengths
 
     def encode_batch(self, prepared: Sequence[Prepared]) -> list[VisualFeatures]:

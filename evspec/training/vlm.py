@@ -80,8 +80,8 @@ class VLMTrainConfig:
 @dataclass(frozen=True)
 class Example:
     clip: int  # index into the clips' pixel cache
-    prompt_ids: torch.Tensor  # [L] with the family's placeholder(s)
-    answer_ids: torch.Tensor  # [A] answer tokens + EOS
+    prompt_ids: torch.Tensor  # [L] with the family's placeholder(s), on the CPU
+    answer_ids: torch.Tensor  # [A] answer tokens + EOS, on the CPU
 
 
 def training_questions(samples: Sequence[Sample], answer_field: str) -> list[Question]:
@@ -167,13 +167,15 @@ class VLMTask:
         model, lm = self.model, self.model.language_model
         examples = [self.examples[i] for i in batch]
         # The answer follows the prompt in one sequence, spliced like any prompt at inference.
+        # Ids stay on the CPU until the splice: per-row work here is host arithmetic, not GPU launches.
         prepared = [Prepared(torch.cat([e.prompt_ids, e.answer_ids]).unsqueeze(0), self.pixels[e.clip]) for e in examples]
         embeds, lengths = model.splice_batch(prepared, model.encode_batch(prepared), pad_id=self.pad_id)
-        targets = torch.full(embeds.shape[:2], IGNORE, dtype=torch.long, device=embeds.device)
+        targets = torch.full(embeds.shape[:2], IGNORE, dtype=torch.long)
         for row, (e, length) in enumerate(zip(examples, lengths.tolist())):
             # position j predicts token j + 1: the last prompt row predicts the first answer token
             targets[row, length - len(e.answer_ids) - 1 : length - 1] = e.answer_ids
-        mask = (torch.arange(embeds.shape[1], device=embeds.device) < lengths.to(embeds.device)[:, None]).long()
+        targets = targets.to(embeds.device)
+        mask = (torch.arange(embeds.shape[1]) < lengths[:, None]).long().to(embeds.device)
         hidden = lm.body(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
         answer_rows = targets != IGNORE
         logits = lm.lm_head(hidden[answer_rows]).float()
@@ -296,7 +298,7 @@ def prepare_task(config: VLMTrainConfig, out: Path, device: torch.device, *, wor
             prompts[q.query] = prompt_ids(model, q.query)
         prompt = prompts[q.query]
         answer = tokenizer(q.reference(config.answer_field), add_special_tokens=False).input_ids + [eos]
-        examples.append(Example(clip_of[q.sample.id], prompt.to(device), torch.tensor(answer, device=device)))
+        examples.append(Example(clip_of[q.sample.id], prompt, torch.tensor(answer)))
     pixels = preprocess_clips(model, init, train_samples, workers, config.event_canvas,
                               (lambda i, n: progress("reading clips", i, n)) if progress else None)
     pixels = [p.to(device) for p in pixels]
