@@ -50,7 +50,8 @@ def _register() -> None:
     from evspec.cli import data
 
     app.add_typer(data.app, name="data")
-    for module_name in ("evspec.cli.models", "evspec.cli.bench", "evspec.cli.spec", "evspec.cli.train"):
+    for module_name in ("evspec.cli.models", "evspec.cli.bench", "evspec.cli.spec", "evspec.cli.train",
+                        "evspec.cli.align"):
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as error:
