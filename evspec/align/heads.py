@@ -404,26 +404,25 @@ class Head(nn.Module):
         """Mean loss over the counted positions, and sums to log: ``positions``, ``top1_agree`` (the
         head's argmax equals the target's), ``feature_loss_sum``, ``token_loss_sum``, ``cosine_sum``."""
         mask = self.counted(batch)
-        n = mask.sum()
-        denominator = n.clamp(min=1)
-        target = batch.target_hidden.to(output.features.dtype)
+        features, logits = output.features[mask], output.logits[mask]  # [n, H], [n, V]: counted rows only
+        target = batch.target_hidden[mask]
+        n = features.new_tensor(features.shape[0], dtype=torch.float32)
         with torch.no_grad():
-            target_log_p = F.log_softmax(self.target_logits(batch.target_hidden).float(), dim=-1)
-        log_q = F.log_softmax(output.logits.float(), dim=-1)
+            target_log_p = F.log_softmax(self.target_logits(target).float(), dim=-1)
+        log_q = F.log_softmax(logits.float(), dim=-1)
         # KL(target || head): cross-entropy to the target's distribution less its entropy (same
         # gradient as EAGLE's cross-entropy; 0 when the head's distribution is the target's)
         token = (target_log_p.exp() * (target_log_p - log_q)).sum(-1)
-        feature = F.smooth_l1_loss(output.features, target, reduction="none").mean(-1).float()
-        token_loss = (token * mask).sum() / denominator
-        feature_loss = (feature * mask).sum() / denominator
+        feature = F.smooth_l1_loss(features, target.to(features.dtype), reduction="none").mean(-1).float()
+        token_loss, feature_loss = token.sum() / n.clamp(min=1), feature.sum() / n.clamp(min=1)
         if self.regresses_features:
             loss = self.config.feature_loss_weight * feature_loss + self.config.token_loss_weight * token_loss
         else:
             loss = token_loss
         with torch.no_grad():
-            agree = (log_q.argmax(-1) == target_log_p.argmax(-1)) & mask
-            cosine = F.cosine_similarity(output.features.float(), target.float(), dim=-1) * mask
-            sums = torch.stack([n.float(), agree.sum().float(), (feature * mask).sum(), (token * mask).sum(), cosine.sum()])
+            agree = (log_q.argmax(-1) == target_log_p.argmax(-1)).sum().float()
+            cosine = F.cosine_similarity(features.float(), target.float(), dim=-1).sum()
+            sums = torch.stack([n, agree, feature.sum(), token.sum(), cosine])
         names = ("positions", "top1_agree", "feature_loss_sum", "token_loss_sum", "cosine_sum")
         return loss, dict(zip(names, sums.tolist()))  # one host sync
 

@@ -94,6 +94,25 @@ def test_output_shapes_and_loss(name: str, target, batch: HeadBatch) -> None:
     assert torch.allclose(output.logits, target[1](output.features))  # the target's own LM head
 
 
+def test_the_loss_is_zero_for_the_target_itself_and_counts_what_it_says(target, batch) -> None:
+    from evspec.align.heads import HeadOutput
+
+    module = head("B1", target)
+    perfect = HeadOutput(batch.target_hidden, target[1](batch.target_hidden).detach())
+    loss, metrics = module.loss(batch, perfect)
+    counted = B * (T - 2)  # the last position has no next token; B1 lacks f_{-1} at position 0
+    assert loss.item() == pytest.approx(0, abs=1e-6)
+    assert metrics["positions"] == metrics["top1_agree"] == counted
+    assert metrics["cosine_sum"] == pytest.approx(counted, rel=1e-5)
+    shifted = HeadOutput(batch.target_hidden + 1, target[1](batch.target_hidden + 1).detach())
+    loss, metrics = module.loss(batch, shifted)
+    assert metrics["feature_loss_sum"] == pytest.approx(0.5 * counted)  # smooth L1 of a 1.0 error
+    assert loss.item() == pytest.approx(0.5 + CONFIG.token_loss_weight * metrics["token_loss_sum"] / counted, rel=1e-5)
+    nothing = HeadBatch(**{**batch.__dict__, "loss_mask": torch.zeros(B, T, dtype=torch.bool)})
+    loss, metrics = module.loss(nothing, perfect)
+    assert loss.item() == 0 and metrics["positions"] == 0
+
+
 @pytest.mark.parametrize("name", list(ADAPTERS))
 def test_the_target_modules_stay_frozen_and_out_of_the_saved_file(name: str, target, batch, tmp_path: Path) -> None:
     embedding, lm_head = target
