@@ -37,6 +37,14 @@ leave the one passed in untouched, so two children of one parent (a tree) each c
 ``draft_step`` with the parent's cache; ``HeadCache.truncate`` drops rejected positions. The one
 attention layer keeps its keys and values (a small KV cache; each step copies it, O(length),
 which for a head of one layer is far below the target's cost).
+
+A chain, live: with the committed tokens ``x_0..x_n`` and the target's features ``f_0..f_{n-1}``
+(``x_n`` is the target's own latest token), ``out, cache = head.extend(head.start(visual),
+HeadInputs(x[:, :n+1], previous_features=[0, f_0..f_{n-1}], draft_hidden=d[:, :n+1]))`` gives
+the estimate ``e_n`` of ``f_n`` (``out.features[:, -1]``) and the first draft ``y_1 = argmax out.logits[:, -1]``; then
+``out, cache = head.draft_step(cache, y_1, previous_feature=e_n, draft_hidden=d(y_1))`` gives
+``y_2``, and so on. After the verify pass, ``cache.truncate(n + 1)`` and ``extend`` with the
+committed positions and the target's real features.
 """
 
 from __future__ import annotations
@@ -327,7 +335,8 @@ class Head(nn.Module):
     """The interface every adapter and head shares (see the module docstring for positions).
 
     ``reads``: the :class:`HeadInputs` fields (besides ``token_ids``) the head needs, and
-    ``"visual"`` when ``start`` needs visual features.
+    ``"visual"`` when ``start`` needs visual features. The target's modules stay where the target
+    put them: ``.to()`` moves and casts only the head's own weights.
     """
 
     name: ClassVar[str]
@@ -360,9 +369,17 @@ class Head(nn.Module):
 
     def extend(self, cache: HeadCache, inputs: HeadInputs) -> tuple[HeadOutput, HeadCache]:
         """Append K positions (the module docstring says what each reads)."""
-        for name in self.reads - {"visual"}:
-            if getattr(inputs, name) is None:
+        widths = {"previous_features": ("hidden_size", self.config.hidden_size),
+                  "draft_hidden": ("draft_hidden_size", self.config.draft_hidden_size),
+                  "draft_logits": ("draft_vocab_size", self.config.draft_vocab_size)}
+        for name in sorted(self.reads - {"visual"}):
+            given = getattr(inputs, name)
+            if given is None:
                 raise ConfigError(f"{self.name} reads {name}, which the inputs lack", parameters=(name,))
+            size_name, size = widths[name]
+            if given.shape[-1] != size:
+                raise ConfigError(f"{name} is {given.shape[-1]} wide; this {self.name} was built for {size_name}={size}",
+                                  parameters=(name,))
         features, cache = self._features(cache, inputs)
         return HeadOutput(features, self.target_logits(features)), cache
 

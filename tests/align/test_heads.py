@@ -321,6 +321,11 @@ def test_missing_inputs_are_named(target, batch) -> None:
         head("L5", target)(no_draft)
     with pytest.raises(ConfigError, match="EC is conditioned on visual features"):
         head("EC", target)(HeadBatch(**{**batch.__dict__, "visual": None}))
+    narrow = HeadBatch(**{**batch.__dict__, "draft_hidden": batch.draft_hidden[..., :-1]})
+    with pytest.raises(ConfigError, match=f"draft_hidden is {HD - 1} wide; this L1 was built for draft_hidden_size={HD}"):
+        head("L1", target)(narrow)
+    with pytest.raises(ConfigError, match=f"visual is {HV - 1} wide, VS was built for visual_size={HV}"):
+        head("VS", target)(HeadBatch(**{**batch.__dict__, "visual": batch.visual[..., :-1]}))
 
 
 def _saved(tmp_path: Path, target, name: str = "B1") -> Path:
