@@ -153,7 +153,9 @@ def teacher_forced(model: VisionLanguageModel, prompt_embeds: torch.Tensor, answ
     embeds = torch.cat([prompt_embeds, lm.embed_tokens(ids).to(prompt_embeds.dtype)], dim=1)
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
     out = lm.body(inputs_embeds=embeds, attention_mask=mask, use_cache=False, output_hidden_states=True)
-    return tuple(out.hidden_states)
+    # the last entry is taken from last_hidden_state: after the final norm whatever a config's
+    # tie_last_hidden_states says (transformers' capture may otherwise give the last layer's raw output)
+    return (*out.hidden_states[:-1], out.last_hidden_state)
 
 
 def _copy(tensor: torch.Tensor, dtype: torch.dtype | None, device: torch.device | None) -> torch.Tensor:
@@ -199,8 +201,9 @@ def extract_sample(
         draft_hidden = teacher_forced(draft, draft_prompt, draft_ids)[-1][0, n_draft - 1:]
         first_ids = last_prompt_id(target, target_prepared, target_prompt), last_prompt_id(draft, draft_prepared, draft_prompt)
     dtype, out = store_dtype, None if device is None else torch.device(device)
-    target_ids = torch.tensor([first_ids[0], *ids], dtype=torch.long, device=out)
-    loss_mask = torch.ones(len(ids) + 1, dtype=torch.bool, device=out)
+    ids_device = out or target.device
+    target_ids = torch.tensor([first_ids[0], *ids], dtype=torch.long, device=ids_device)
+    loss_mask = torch.ones(len(ids) + 1, dtype=torch.bool, device=ids_device)
     loss_mask[-1] = False  # the last position's next token is not in the row
     return AlignRow(
         sample_id=sample.id,
@@ -209,7 +212,7 @@ def extract_sample(
         target_hidden=_copy(states[-1][0, rows], dtype, out),
         target_low=_copy(states[low][0, rows], dtype, out),
         target_mid=_copy(states[mid][0, rows], dtype, out),
-        draft_ids=torch.tensor([first_ids[1], *draft_ids], dtype=torch.long, device=out),
+        draft_ids=torch.tensor([first_ids[1], *draft_ids], dtype=torch.long, device=ids_device),
         draft_hidden=_copy(draft_hidden, dtype, out),
         draft_visual=_copy(draft_features.embeds, dtype, out),
         target_visual=_copy(target_features.embeds, dtype, out) if target_visual else None,

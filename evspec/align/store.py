@@ -45,6 +45,7 @@ STORE_OUTPUTS = (INDEX_NAME, SHARD_PATTERN, PART_PATTERN)
 _PART_NAME = re.compile(r"index\.rank(\d+)\.json")
 _SHARD_NAME = re.compile(r"shard-r(\d+)-(\d+)\.safetensors")
 
+OPTIONAL_FIELDS = ("target_visual",)
 STORE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -425,7 +426,7 @@ class AlignStore:
         # rows in dataset order: (sample index, shard, row within the shard)
         order = sorted((index, s, local) for s, shard in enumerate(self.shards) for local, index in enumerate(shard.sample_indices))
         self._rows: list[tuple[int, int]] = [(s, local) for _, s, local in order]
-        self._open: tuple[int, Any] | None = None
+        self._open: tuple[int, Any, set[str]] | None = None  # (shard, safe_open handle, its keys)
         self.shards_opened = 0  # how many times a shard was opened (the stream opens each once per epoch)
 
     # ---- identity
@@ -455,21 +456,25 @@ class AlignStore:
         shard, local = self._rows[index % len(self)]
         return self._read(shard, local, index % len(self))
 
-    def _handle(self, shard: int) -> Any:
-        """The open shard (one at a time: opening another closes the previous)."""
+    def _handle(self, shard: int) -> tuple[Any, set[str]]:
+        """The open shard and its tensor names (one shard open at a time: opening another drops the previous)."""
         if self._open is None or self._open[0] != shard:
-            self._open = (shard, _safe_open(self.path / self.shards[shard].file))
+            handle = _safe_open(self.path / self.shards[shard].file)
+            self._open = (shard, handle, set(handle.keys()))
             self.shards_opened += 1
-        return self._open[1]
+        return self._open[1], self._open[2]
 
     def _read(self, shard: int, local: int, index: int) -> AlignRow:
-        handle = self._handle(shard)
+        handle, keys = self._handle(shard)
         info = self.shards[shard]
         try:
             tensors = {name: handle.get_tensor(f"{local}.{name}") for name in AlignRow.tensor_fields()
-                       if f"{local}.{name}" in handle.keys()}
+                       if f"{local}.{name}" in keys}
         except Exception as exc:
             raise InputError(f"cannot read row {local} ({type(exc).__name__}: {exc})", self.path / info.file) from None
+        missing = [name for name in AlignRow.tensor_fields() if name not in tensors and name not in OPTIONAL_FIELDS]
+        if missing:
+            raise InputError(f"row {local} lacks {', '.join(missing)}", self.path / info.file)
         return AlignRow.from_tensors(info.sample_ids[local], tensors, index)
 
     def _index_of(self) -> dict[tuple[int, int], int]:
