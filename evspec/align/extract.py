@@ -362,7 +362,8 @@ def extract_store(
         raise InputError("is a file, not a store folder", out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        claim_store(out, identity, force=force)
+        for problem in claim_store(out, identity, force=force):
+            reporter.warn(problem)
     elif not force and out.is_dir():  # every rank refuses a foreign store alike (rank 0 would otherwise wait alone)
         from evspec.run.rundir import check_or_reset
 

@@ -329,10 +329,12 @@ def merge_index(folder: str | Path, *, n_samples: int | None = None, extra: dict
 # ----------------------------------------------------------------------------- writing: claim, resume, shards
 
 
-def claim_store(out: Path, identity: dict[str, Any], *, force: bool) -> None:
+def claim_store(out: Path, identity: dict[str, Any], *, force: bool) -> list[str]:
     """Refuse a folder holding a store of another config (``config.json`` or any index part), unless
-    ``force`` deletes it. Then drop the shards a killed run left torn or unlisted, so what remains
-    is exactly what the index parts list. One process runs this (rank 0), before the others start."""
+    ``force`` deletes it. Then drop the shards that are not what their index part lists (missing,
+    torn, another sha256, an unreadable header) and those no part lists (a killed run wrote them
+    before listing them), so what remains is exactly what the parts list: their samples are redone.
+    Returns what was dropped and why. One process runs this (rank 0), before the others start."""
     from evspec.run.rundir import check_or_reset
 
     check_or_reset(out, identity, sorted(identity), force, STORE_OUTPUTS)
@@ -347,17 +349,25 @@ def claim_store(out: Path, identity: dict[str, Any], *, force: bool) -> None:
         for pattern in STORE_OUTPUTS:
             for stale in out.glob(pattern):
                 stale.unlink(missing_ok=True)
-        return
+        return []
+    dropped: list[str] = []
     listed = set()
     for part in parts:
-        keep = [s for s in part.shards if shard_problem(out, s) is None]
+        keep = []
+        for shard in part.shards:
+            problem = shard_problem(out, shard, check_sha256=True)
+            if problem is None:
+                keep.append(shard)
+            else:
+                dropped.append(f"shard {shard.file} {problem}: its {shard.rows} samples are redone")
         if len(keep) != len(part.shards):
             part.shards = keep
             part.write(out)
         listed |= {s.file for s in keep}
     for path in out.glob(STORE_OUTPUTS[1]):
         if path.name not in listed:
-            path.unlink()  # written by a run killed before its index part listed it: its samples are redone
+            path.unlink()  # written by a run killed before its index part listed it (not reported: a normal kill)
+    return dropped
 
 
 class RankWriter:

@@ -212,11 +212,15 @@ def test_deleted_truncated_or_stray_shards_are_redone(tmp_path: Path, dataset: P
     out = tmp_path / "store"
     shutil.copytree(reference, out)
     last = sorted(out.glob("shard-*.safetensors"))[-1]
-    for damage in ("delete", "truncate", "stray"):
+    for damage in ("delete", "truncate", "flip", "stray"):
         if damage == "delete":
             last.unlink()
         elif damage == "truncate":
             last.write_bytes(last.read_bytes()[:-100])
+        elif damage == "flip":  # same size and header, another sha256
+            data = bytearray(last.read_bytes())
+            data[-5] ^= 0x40
+            last.write_bytes(bytes(data))
         else:  # a shard a killed run wrote but never listed: removed, nothing duplicated
             shutil.copy(last, out / "shard-r000-00007.safetensors")
         summary = extract_store(config_for(dataset), out, device="cpu", models=models)

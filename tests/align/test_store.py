@@ -189,7 +189,8 @@ def test_claim_drops_torn_and_unlisted_shards_and_refuses_other_configs(store: P
     shards[-1].write_bytes(shards[-1].read_bytes()[:-5])  # torn: its samples must be redone
     orphan = store / "shard-r000-00042.safetensors"
     orphan.write_bytes(shards[0].read_bytes())  # written by a run killed before its part listed it
-    claim_store(store, IDENTITY, force=False)
+    dropped = claim_store(store, IDENTITY, force=False)
+    assert len(dropped) == 1 and shards[-1].name in dropped[0] and "truncated" in dropped[0]
     assert not orphan.exists() and not shards[-1].exists()
     kept = [s for p in read_parts(store) for s in p.shards]
     assert [s.file for s in kept] == [p.name for p in shards[:-1]]
