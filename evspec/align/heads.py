@@ -52,14 +52,18 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from evspec.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from evspec.align.store import AlignRow
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -342,6 +346,7 @@ class Head(nn.Module):
     name: ClassVar[str]
     reads: ClassVar[frozenset[str]]
     needs: ClassVar[tuple[str, ...]] = ()  # HeadConfig fields that must be > 0
+    visual_field: ClassVar[str | None] = None  # the AlignRow field its visual features come from
     regresses_features: ClassVar[bool] = True
 
     def __init__(self, config: HeadConfig, target_embedding: nn.Embedding, target_lm_head: nn.Linear) -> None:
@@ -607,6 +612,7 @@ class ECHead(EagleHead):
 
     name = "EC"
     reads = frozenset({"previous_features", "visual"})
+    visual_field = "draft_visual"
     needs = ("visual_size",)
     fc_inputs = ("previous_features", "embedding")
     cross_conditioned = True
@@ -624,6 +630,7 @@ class VSHead(EagleHead):
 
     name = "VS"
     reads = frozenset({"previous_features", "visual"})
+    visual_field = "target_visual"
     needs = ("visual_size",)
     fc_inputs = ("previous_features", "embedding", "summary")
 
@@ -633,7 +640,7 @@ class VSHead(EagleHead):
         return HeadCache(keys=keys, values=values, prefix=tokens.shape[1], summary=tokens.mean(dim=1))
 
 
-# ----------------------------------------------------------------------------- registry, sizes, files
+# ----------------------------------------------------------------------------- registry, batches, sizes, files
 
 
 ADAPTERS: dict[str, type[Head]] = {cls.name: cls for cls in (
@@ -664,6 +671,51 @@ def build_adapter(adapter: str, config: HeadConfig, target_embedding: nn.Embeddi
     if adapter not in ADAPTERS:
         raise ConfigError(f"adapter {adapter!r} is unknown: use one of {', '.join(ADAPTERS)}", parameters=("adapter",))
     return ADAPTERS[adapter](config, target_embedding, target_lm_head)
+
+
+def _padded(tensors: Sequence[torch.Tensor], length: int) -> torch.Tensor:
+    """[len(tensors), length, ...]: each tensor's rows, then zeros."""
+    out = tensors[0].new_zeros((len(tensors), length, *tensors[0].shape[1:]))
+    for i, tensor in enumerate(tensors):
+        out[i, : tensor.shape[0]] = tensor
+    return out
+
+
+def collate_rows(rows: Sequence[AlignRow], head: Head, *, draft_lm_head: nn.Linear | None = None) -> HeadBatch:
+    """Store rows (:class:`~evspec.align.store.AlignRow`) -> one right-padded :class:`HeadBatch`
+    with what ``head`` reads: the draft's hidden states (and their logits through ``draft_lm_head``
+    for the TokenAdapter), the visual features of ``head.visual_field``. Padding is masked out.
+    Heads that read the draft need its positions to be the target's (a shared vocabulary)."""
+    if not rows:
+        raise ConfigError("rows is empty: a batch needs at least one row", parameters=("rows",))
+    if "draft_logits" in head.reads and draft_lm_head is None:
+        raise ConfigError(f"{head.name} reads the draft's logits: pass draft_lm_head", parameters=("draft_lm_head",))
+    reads_draft = bool({"draft_hidden", "draft_logits"} & head.reads)
+    for row in rows:
+        if reads_draft and row.draft_hidden.shape[0] != row.target_ids.shape[0]:
+            raise ConfigError(f"row {row.sample_id!r}: the draft has {row.draft_hidden.shape[0]} positions, the target "
+                              f"{row.target_ids.shape[0]}; {head.name} needs draft and target on one vocabulary",
+                              parameters=("rows",))
+        if head.visual_field is not None and getattr(row, head.visual_field) is None:
+            raise ConfigError(f"row {row.sample_id!r} has no {head.visual_field}, which {head.name} is conditioned on",
+                              parameters=("rows",))
+    length = max(row.target_ids.shape[0] for row in rows)
+    draft_hidden = _padded([row.draft_hidden for row in rows], length) if reads_draft else None
+    draft_logits = None
+    if "draft_logits" in head.reads:
+        with torch.no_grad():
+            bias = None if draft_lm_head.bias is None else draft_lm_head.bias.detach()
+            draft_logits = F.linear(draft_hidden.to(draft_lm_head.weight.dtype), draft_lm_head.weight.detach(), bias)
+    visual = visual_mask = None
+    if head.visual_field is not None:
+        visuals = [getattr(row, head.visual_field) for row in rows]
+        visual = _padded(visuals, max(v.shape[0] for v in visuals))
+        visual_mask = _padded([torch.ones(v.shape[0], dtype=torch.bool, device=v.device) for v in visuals], visual.shape[1])
+    return HeadBatch(input_ids=_padded([row.target_ids for row in rows], length),
+                     loss_mask=_padded([row.loss_mask.to(torch.bool) for row in rows], length),
+                     target_hidden=_padded([row.target_hidden for row in rows], length),
+                     draft_hidden=draft_hidden if "draft_hidden" in head.reads else None, draft_logits=draft_logits,
+                     visual=visual, visual_mask=visual_mask)
 
 
 def trainable_parameters(module: nn.Module) -> int:

@@ -373,3 +373,58 @@ def test_load_refuses_a_target_of_another_size(target, tmp_path: Path) -> None:
     folder = _saved(tmp_path, target)
     with pytest.raises(ModelError, match="vocab_size=48 does not fit the target: the target embedding's rows is 60"):
         load_head(folder, nn.Embedding(60, H), nn.Linear(H, 60, bias=False))
+
+
+def _rows(lengths: list[int], visual_rows: list[int]) -> list:
+    from evspec.align.store import AlignRow
+
+    g = torch.Generator().manual_seed(4)
+    rows = []
+    for i, (t, n) in enumerate(zip(lengths, visual_rows)):
+        mask = torch.ones(t, dtype=torch.bool)
+        mask[-1] = False
+        rows.append(AlignRow(sample_id=f"s{i}", target_ids=torch.randint(0, V, (t,), generator=g), loss_mask=mask,
+                             target_hidden=torch.randn(t, H, generator=g), target_low=torch.randn(t, H, generator=g),
+                             target_mid=torch.randn(t, H, generator=g), draft_ids=torch.randint(0, VD, (t,), generator=g),
+                             draft_hidden=torch.randn(t, HD, generator=g), draft_visual=torch.randn(n, HV, generator=g),
+                             target_visual=torch.randn(n + 2, HV, generator=g)))
+    return rows
+
+
+@pytest.mark.parametrize("name", list(ADAPTERS))
+def test_store_rows_of_different_lengths_batch_as_they_run_alone(name: str, target) -> None:
+    """Right padding (of positions and of visual rows) changes no real position's output or loss."""
+    from evspec.align.heads import collate_rows
+
+    module = head(name, target).eval()
+    torch.manual_seed(2)
+    draft_lm_head = nn.Linear(HD, VD)
+    rows = _rows([6, 9, 4], [5, 8, 3])
+    batch = collate_rows(rows, module, draft_lm_head=draft_lm_head)
+    assert batch.input_ids.shape == (3, 9) and batch.loss_mask.sum() == 5 + 8 + 3
+    with torch.no_grad():
+        together = module(batch)
+        loss, metrics = module.loss(batch, together)
+        alone_sums = 0.0
+        for i, row in enumerate(rows):
+            one = collate_rows([row], module, draft_lm_head=draft_lm_head)
+            alone = module(one)
+            t = row.target_ids.shape[0]
+            assert torch.allclose(together.features[i, :t], alone.features[0], atol=1e-5)
+            alone_sums += module.loss(one, alone)[1]["token_loss_sum"]
+    assert metrics["token_loss_sum"] == pytest.approx(alone_sums, rel=1e-5)
+
+
+def test_collate_refuses_rows_a_head_cannot_read(target) -> None:
+    from evspec.align.heads import collate_rows
+
+    rows = _rows([5], [3])
+    with pytest.raises(ConfigError, match="TokenAdapter reads the draft's logits: pass draft_lm_head"):
+        collate_rows(rows, head("TokenAdapter", target))
+    rows[0].draft_hidden = rows[0].draft_hidden[:4]  # another vocabulary: 4 draft positions for 5
+    with pytest.raises(ConfigError, match="row 's0': the draft has 4 positions, the target 5"):
+        collate_rows(rows, head("L1", target))
+    collate_rows(rows, head("B1", target))  # B1 does not read the draft
+    rows[0].target_visual = None
+    with pytest.raises(ConfigError, match="row 's0' has no target_visual, which VS is conditioned on"):
+        collate_rows(rows, head("VS", target))
