@@ -8,7 +8,7 @@ the time of one pass over k = 1, 2, 4, 8, 16 tokens through evspec's static KV c
   * ``compiled``: the same forward compiled by inductor and replayed as a CUDA graph (what the
                   speculative engine runs);
   * ``unfused``:  compiled and graph-replayed, but with separate Q/K/V and gate/up matrices for
-                  passes over several tokens (``fuse_projections=False``, the path before fusion);
+                  passes over several tokens (``fuse_projections_in_place=False``, the path before fusion);
   * ``cublas``:   compiled and graph-replayed, with the fused matrices but without the few-row
                   kernels (``few_row_kernels=False``): inductor's norms and pointwise kernels
                   around cuBLAS GEMMs, the path before ``evspec.runtime.few_rows``;
@@ -232,7 +232,7 @@ def main() -> None:
     with torch.inference_mode():
         eager = StaticDecoder(lm, max_length)
         compiled = StaticDecoder(lm, max_length, compile=True)
-        unfused = StaticDecoder(lm, max_length, compile=True, fuse_projections=False)
+        unfused = StaticDecoder(lm, max_length, compile=True, fuse_projections_in_place=False)
         cublas = StaticDecoder(lm, max_length, compile=True, few_row_kernels=False)
         for k in lengths:
             if "eager" in paths:

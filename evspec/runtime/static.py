@@ -22,8 +22,10 @@ decoding; ``EagerState`` stays the reference for equality with ``generate()``.
 
 from __future__ import annotations
 
+import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from evspec.errors import ConfigError
 from evspec.runtime.attention import programs_wanted, split_kv_attention, split_kv_supported
 from evspec.runtime.few_rows import Tiling, few_rows_linear, few_rows_supported, qkv_into_cache, tiling_for
-from evspec.runtime.decode import LanguageModel, StepOutput, extend_inputs
+from evspec.runtime.decode import LanguageModel, StepOutput, extend_inputs, resolve_taps
 
 # The attended cache length is rounded up to a multiple of this: one compiled graph per bucket.
 # Coarse on purpose: each bucket costs a compilation (tens of seconds at 7B), and up to 1023 extra
@@ -42,6 +44,22 @@ KV_BUCKET = 1024
 # cache sized to an arbitrary max_length (2237 slots) a 7B verify pass took 8.6 ms instead of
 # 6.9 ms on an H100 (odd-length GEMMs), and the one-token step 6.3 ms instead of 6.0.
 SLOT_ALIGN = 64
+# dynamo's recompile limit inside a decoder's compiled calls: one graph per (query length, length
+# bucket, taps) is more than its default of 8.
+RECOMPILE_LIMIT = 256
+_COMPILER_LOCK = threading.RLock()
+
+
+@contextmanager
+def _compiler_settings() -> Iterator[None]:
+    """dynamo's recompile limit raised for the duration of one of our compiled calls (it is read
+    when a call misses the compiled cache), then put back: the caller's process keeps its own
+    settings. A lock, because ``config.patch`` restores what it saw on entry: two threads
+    compiling at once (parallel prefill) could otherwise leave the raised value behind."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.6
+    with _COMPILER_LOCK, config.patch(**{name: max(getattr(config, name), RECOMPILE_LIMIT)}):
+        yield
 
 
 def _pad_to_power_of_two(ids: torch.Tensor, room: int) -> torch.Tensor:
@@ -72,7 +90,11 @@ def _fuse_rows(linears: Sequence[torch.nn.Module]) -> torch.Tensor | None:
     """One [sum of N, K] weight whose row blocks become these layers' weights (views: no memory
     added, values unchanged), so a pass over several tokens runs one wide GEMM while a one-token
     step keeps its separate matrix-vector products. None for layers that are not plain bias-free
-    ``nn.Linear`` (a quantized layer keeps its own forward)."""
+    ``nn.Linear`` (a quantized layer keeps its own forward).
+
+    In place, on the caller's model: each ``weight`` stays the same ``Parameter`` object (an
+    optimizer or a tied reference still holds it) with the same values and ``requires_grad``, but
+    its ``.data`` now lives in the fused matrix; the old storage is released."""
     if not all(_plain_linear(layer) for layer in linears):
         return None
     fused = _FUSED.get(linears[0])
@@ -84,7 +106,7 @@ def _fuse_rows(linears: Sequence[torch.nn.Module]) -> torch.Tensor | None:
         start = 0
         for layer in linears:
             rows = layer.weight.shape[0]
-            layer.weight = torch.nn.Parameter(fused[start:start + rows], requires_grad=layer.weight.requires_grad)
+            layer.weight.data = fused[start:start + rows]
             start += rows
     _FUSED[linears[0]] = fused
     return fused
@@ -129,6 +151,10 @@ def _few_row_layer(layer: torch.nn.Module, qkv: torch.Tensor | None, gate_up: to
     )
 
 
+_Outputs = tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]
+"""A pass's final hidden states, float32 logits and tapped hidden states."""
+
+
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -143,13 +169,24 @@ class StaticDecoder:
     verification, padded to powers of two) and, on CUDA, captures each as a CUDA graph on first
     use; prefill runs eagerly because its length varies per sample.
 
-    ``fuse_projections`` re-stores each layer's Q/K/V and gate/up weights as row blocks of one
-    matrix (the model's weights become views of it; their values do not change), so that passes
-    over several tokens run one GEMM for each group. Build the decoder once the weights are final.
+    ``fuse_projections_in_place`` (default on) CHANGES THE CALLER'S MODEL: each layer's Q/K/V and
+    gate/up weights are re-stored as row blocks of one matrix (no memory added), so that passes
+    over several tokens run one GEMM for each group. The Parameters stay the same objects with the
+    same values (``state_dict`` is unchanged in values), but their storage is now shared: build the
+    decoder once the weights are final (safetensors' ``save_file`` of the state_dict still works;
+    its ``save_model`` refuses modules whose tensors share storage). Off, the model is left
+    untouched and passes over several tokens run the separate projections.
 
     ``few_row_kernels`` runs the projections of passes over 2-16 tokens through
     ``evspec.runtime.few_rows`` (norms, SiLU x up and residual additions fused into them) where
-    Triton runs and the layers are plain LLaMA; it needs ``fuse_projections``.
+    Triton runs and the layers are plain LLaMA; it needs ``fuse_projections_in_place``.
+
+    Compiler settings are scoped: dynamo's recompile limit is raised only around this decoder's
+    compiled calls (``_compiler_settings``), never for the whole process.
+
+    Taps (``StaticState.extend(taps=...)``): the hidden states of other layers come out of the same
+    pass as extra outputs (of the compiled step and its CUDA graph: one graph per tap set); a
+    pass that asks for none compiles and replays exactly the graph it would without taps.
 
     ``tune_one_token_step`` runs inductor's coordinate-descent tuning on the one-token step's
     matrix-vector reductions. On an H100 a 7B step graph then compiled in ~90 s instead of ~50 s,
@@ -157,7 +194,7 @@ class StaticDecoder:
     """
 
     def __init__(
-        self, lm: LanguageModel, max_length: int, *, compile: bool = False, fuse_projections: bool = True,
+        self, lm: LanguageModel, max_length: int, *, compile: bool = False, fuse_projections_in_place: bool = True,
         tune_one_token_step: bool = True, few_row_kernels: bool = True,
     ) -> None:
         if max_length > lm.context_length:
@@ -179,7 +216,7 @@ class StaticDecoder:
         self.qkv_sizes = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
         self.qkv: list[torch.Tensor | None] = [None] * len(self.layers)
         self.gate_up: list[torch.Tensor | None] = [None] * len(self.layers)
-        if fuse_projections:
+        if fuse_projections_in_place:
             for i, layer in enumerate(self.layers):
                 a, m = layer.self_attn, layer.mlp
                 self.qkv[i] = _fuse_rows([a.q_proj, a.k_proj, a.v_proj])
@@ -192,14 +229,10 @@ class StaticDecoder:
                 self.few_row_layers = layers  # type: ignore[assignment]
         # mask[i, j]: query at position i may attend key j (j <= i); rows are picked per step.
         self.causal = torch.ones(self.slots, self.slots, device=device, dtype=torch.bool).tril()
-        self._compiled: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._graphs: dict[tuple[int, int], _CapturedStep] = {}
+        self._compiled: Callable[..., _Outputs] | None = None
+        self._graphs: dict[tuple[int, int, tuple[int, ...]], _CapturedStep] = {}
         self._pool = None
         if compile:
-            # One graph per (query length, length bucket): more than dynamo's default of 8.
-            for limit in ("recompile_limit", "cache_size_limit"):
-                if hasattr(torch._dynamo.config, limit):
-                    setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 256))
             # dynamic=False: one specialised kernel set per shape (the batch-1 GEMVs need M fixed).
             self._compiled = torch.compile(self._forward_ids, fullgraph=True, dynamic=False)
             if device.type == "cuda":
@@ -214,24 +247,27 @@ class StaticDecoder:
         self._active = StaticState(self)
         return self._active
 
-    def _forward_ids(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_ids(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int, taps: tuple[int, ...] = ()) -> _Outputs:
         # One query: SDPA's fused kernel (one block per head is enough work); several: split along the keys.
-        return self._forward(self.lm.embed_tokens(ids), positions, kv_len, few_queries=ids.shape[1] > 1)
+        return self._forward(self.lm.embed_tokens(ids), positions, kv_len, few_queries=ids.shape[1] > 1, taps=taps)
 
-    def _step(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int, taps: tuple[int, ...] = ()) -> _Outputs:
         """One token pass: eager, compiled (CPU), or the replay of a captured CUDA graph. Graph
-        outputs are overwritten by the next replay of the same graph: callers copy what they keep."""
+        outputs are overwritten by the next replay of the same graph: callers copy what they keep.
+        ``taps`` (resolved indices) is a constant of the compiled function: no taps, no argument,
+        so a tap-free pass runs the very graph it ran before taps existed."""
         if self._compiled is None:
-            return self._forward_ids(ids, positions, kv_len)
+            return self._forward_ids(ids, positions, kv_len, taps)
         if self._pool is None:
-            return self._compiled(ids, positions, kv_len)
-        key = (ids.shape[1], kv_len)
+            with _compiler_settings():
+                return self._compiled(ids, positions, kv_len, *((taps,) if taps else ()))
+        key = (ids.shape[1], kv_len, taps)
         captured = self._graphs.get(key)
         if captured is None:
-            captured = self._graphs[key] = self._capture(ids, positions, kv_len)
+            captured = self._graphs[key] = self._capture(ids, positions, kv_len, taps)
         return captured.replay(ids, positions)
 
-    def _capture(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int) -> _CapturedStep:
+    def _capture(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int, taps: tuple[int, ...]) -> _CapturedStep:
         """Compile for this shape, then record one graph of it (PyTorch's CUDA-graph recipe).
 
         The warm-up passes really run: they write this call's K/V at this call's positions, which
@@ -246,14 +282,16 @@ class StaticDecoder:
         # Coordinate-descent tuning pays for the 1-token step's matrix-vector reductions; longer
         # passes run cuBLAS GEMMs, where it only lengthens compilation (~a minute per 7B graph).
         tune = self.tune_one_token_step and ids.shape[1] == 1
-        with torch.cuda.stream(side), torch._inductor.config.patch(coordinate_descent_tuning=tune):
-            for _ in range(2):  # compile, autotune and allocate outside the capture
-                self._compiled(static_ids, static_positions, kv_len)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            hidden, logits = self._compiled(static_ids, static_positions, kv_len)
-        return _CapturedStep(graph, static_ids, static_positions, hidden, logits)
+        extra = (taps,) if taps else ()
+        with _compiler_settings():
+            with torch.cuda.stream(side), torch._inductor.config.patch(coordinate_descent_tuning=tune):
+                for _ in range(2):  # compile, autotune and allocate outside the capture
+                    self._compiled(static_ids, static_positions, kv_len, *extra)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                hidden, logits, tapped = self._compiled(static_ids, static_positions, kv_len, *extra)
+        return _CapturedStep(graph, static_ids, static_positions, hidden, logits, tapped)
 
     def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """softmax(q K^T) V written out, for passes over a few tokens (verify, catch-up) over a long cache.
@@ -290,8 +328,16 @@ class StaticDecoder:
 
     def _forward(
         self, embeds: torch.Tensor, positions: torch.Tensor, kv_len: int, few_queries: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attend over the first ``kv_len`` cache slots only: a batch-1 attention kernel reads every
+        taps: tuple[int, ...] = (), last_only: bool = False,
+    ) -> _Outputs:
+        """(final hidden states [k, D], float32 logits, the ``taps``' hidden states [k, D] each).
+
+        ``taps``: resolved indices 0..L (``evspec.runtime.decode``): collected here, as the pass
+        goes, and returned as outputs of the same graph; none asked, nothing traced differently.
+        ``last_only``: logits of the last row only (prefill: a 2,100-token prompt's fp32 logits
+        over a 32k vocabulary were 270 MB, of which decoding reads one row).
+
+        Attend over the first ``kv_len`` cache slots only: a batch-1 attention kernel reads every
         slot it is given, and a 4096-slot cache holding a 2100-token prompt would double its reads.
         Prefill (many queries) and one-token steps use SDPA's fused kernels; passes over a few
         tokens (verify, catch-up) use :meth:`_attend_few`.
@@ -309,6 +355,8 @@ class StaticDecoder:
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         mask = self.causal[positions, :kv_len].unsqueeze(0).unsqueeze(0)
         x = embeds
+        n_layers = len(self.layers)
+        tapped: dict[int, torch.Tensor] = {0: embeds[0]} if 0 in taps else {}
         few_rows = self.few_row_layers if few_queries and few_rows_supported(x) else None
         for i, (layer, k_cache, v_cache) in enumerate(zip(self.layers, self.k_cache, self.v_cache)):
             attn, mlp = layer.self_attn, layer.mlp
@@ -339,16 +387,21 @@ class StaticDecoder:
                 act = few_rows_linear(x, fused.gate_up, norm_weight=fused.post_norm, eps=fused.post_eps, gated=True,
                                       tiling=fused.tilings[1])
                 x = few_rows_linear(act, fused.down_proj, residual=x, tiling=fused.tilings[2])
-                continue
-            x = x + attn.o_proj(out)
-            h = layer.post_attention_layernorm(x)
-            if k > 1 and self.gate_up[i] is not None:
-                gate, up = F.linear(h, self.gate_up[i]).chunk(2, dim=-1)
-                x = x + mlp.down_proj(mlp.act_fn(gate) * up)
             else:
-                x = x + mlp(h)
+                x = x + attn.o_proj(out)
+                h = layer.post_attention_layernorm(x)
+                if k > 1 and self.gate_up[i] is not None:
+                    gate, up = F.linear(h, self.gate_up[i]).chunk(2, dim=-1)
+                    x = x + mlp.down_proj(mlp.act_fn(gate) * up)
+                else:
+                    x = x + mlp(h)
+            if i + 1 < n_layers and i + 1 in taps:  # the last layer's tap is after the final norm
+                tapped[i + 1] = x[0]
         hidden = body.norm(x)[0]
-        return hidden, self.lm.lm_head(hidden).float()
+        if n_layers in taps:
+            tapped[n_layers] = hidden
+        logits = self.lm.lm_head(hidden[-1:] if last_only else hidden).float()
+        return hidden, logits, tuple(tapped[i] for i in taps)
 
 
 @dataclass
@@ -360,12 +413,13 @@ class _CapturedStep:
     positions: torch.Tensor
     hidden: torch.Tensor
     logits: torch.Tensor
+    taps: tuple[torch.Tensor, ...]
 
-    def replay(self, ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def replay(self, ids: torch.Tensor, positions: torch.Tensor) -> _Outputs:
         self.ids.copy_(ids, non_blocking=True)
         self.positions.copy_(positions, non_blocking=True)
         self.graph.replay()
-        return self.hidden, self.logits
+        return self.hidden, self.logits, self.taps
 
 
 class StaticState:
@@ -387,28 +441,35 @@ class StaticState:
     @torch.inference_mode()
     def extend(
         self, *, embeds: torch.Tensor | None = None, token_ids: Sequence[int] | torch.Tensor | None = None,
-        last_only: bool = False,
+        last_only: bool = False, taps: Sequence[int] = (),
     ) -> StepOutput:
         decoder = self.decoder
         if decoder._active is not self:
             raise RuntimeError("this StaticState's cache was handed to a newer sequence")
         inputs, is_ids = extend_inputs(self, embeds, token_ids)
-        # prefill (embeddings) runs eagerly: its length varies per prompt, not worth a graph each
-        step = decoder._step if is_ids else decoder._forward
+        resolved = resolve_taps(taps, len(decoder.layers)) if taps else ()
         k, device = inputs.shape[1], self.lm.device
         if is_ids:
             inputs = _pad_to_power_of_two(inputs, room=decoder.max_length - self._length)
         end = self._length + inputs.shape[1]
         positions = torch.arange(self._length, end, device=device)
-        # Compiled steps see few distinct lengths (one graph per bucket); prefill runs eagerly at its own.
-        kv_len = min(decoder.slots, -(-end // KV_BUCKET) * KV_BUCKET) if is_ids else end
-        hidden, logits = step(inputs, positions, kv_len)
-        # Graph outputs live in memory the next replay overwrites: keep copies (of the real rows).
-        hidden, logits = hidden[:k].clone(), logits[:k].clone()
+        if is_ids:
+            # Compiled steps see few distinct lengths (one graph per bucket).
+            kv_len = min(decoder.slots, -(-end // KV_BUCKET) * KV_BUCKET)
+            hidden, logits, tapped = decoder._step(inputs, positions, kv_len, resolved)
+            # Graph outputs live in memory the next replay overwrites: keep copies (of the real rows).
+            hidden, logits = hidden[:k].clone(), logits[:k].clone()
+            tapped = tuple(t[:k].clone() for t in tapped)
+            if last_only:
+                hidden, logits = hidden[-1:], logits[-1:]
+        else:
+            # prefill (embeddings) runs eagerly: its length varies per prompt, not worth a graph
+            # each; its outputs are its own (no copies), its logits only the rows asked for
+            hidden, logits, tapped = decoder._forward(inputs, positions, end, taps=resolved, last_only=last_only)
+            if last_only:
+                hidden = hidden[-1:].clone()  # not a view that keeps every prompt row alive
         self._length += k
-        if last_only:
-            hidden, logits = hidden[-1:], logits[-1:]
-        return StepOutput(logits=logits, hidden=hidden)
+        return StepOutput(logits=logits, hidden=hidden, taps=dict(zip(taps, tapped)))
 
     def rollback(self, length: int) -> None:
         if not 0 <= length <= self._length:

@@ -198,7 +198,7 @@ def test_static_fuses_projection_weights_in_place(causal_lm: LlamaForCausalLM) -
     attn = model.model.layers[0].self_attn
     before = {name: getattr(attn, name).weight.clone() for name in ("q_proj", "k_proj", "v_proj")}
     ids = _prompt(3, 20)[0]
-    plain = StaticDecoder(lm, max_length=32, fuse_projections=False)(lm)
+    plain = StaticDecoder(lm, max_length=32, fuse_projections_in_place=False)(lm)
     expected = [plain.extend(token_ids=ids[:12]).logits, plain.extend(token_ids=ids[12:16]).logits]
     first = StaticDecoder(lm, max_length=32)
     storage = attn.q_proj.weight.untyped_storage().data_ptr()
@@ -234,7 +234,7 @@ def test_static_attends_aligned_lengths(causal_lm: LlamaForCausalLM) -> None:
     decoder = StaticDecoder(lm, max_length=37)
     seen: list[int] = []
     step = decoder._step
-    decoder._step = lambda ids, positions, kv_len: (seen.append(kv_len), step(ids, positions, kv_len))[1]  # type: ignore[method-assign]
+    decoder._step = lambda ids, positions, kv_len, *taps: (seen.append(kv_len), step(ids, positions, kv_len, *taps))[1]  # type: ignore[method-assign]
     state = decoder(lm)
     state.extend(token_ids=list(range(30)))
     state.extend(token_ids=[1, 2, 3])
