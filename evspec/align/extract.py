@@ -276,6 +276,15 @@ def distributed_barrier(world_size: int) -> Callable[[], None]:
     return dist.barrier
 
 
+def samples_fingerprint(samples: Sequence[Sample]) -> str:
+    """sha256 of the samples' ids and questions, in order: a dataset rebuilt or edited at the same
+    path (other rows, other questions) is another store, not a place to resume."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([[s.id, s.query] for s in samples]).encode()).hexdigest()
+
+
 def load_samples(config: ExtractConfig) -> list[Sample]:
     from evspec.data.dataset import load_dataset
 
@@ -353,10 +362,10 @@ def extract_store(
     dtype = resolve_dtype(config.dtype, torch_device)
     store_dtype = STORE_DTYPES[config.store_dtype]
     config = replace(config, dataset=str(Path(config.dataset).resolve()))
-    identity = config.identity(dtype)
     check_model_name(config.target)
     check_model_name(config.draft)
     samples = load_samples(config)
+    identity = {**config.identity(dtype), "samples_sha256": samples_fingerprint(samples)}
     barrier = distributed_barrier(world_size)
     if out.exists() and not out.is_dir():
         raise InputError("is a file, not a store folder", out)

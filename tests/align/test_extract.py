@@ -276,3 +276,40 @@ def test_two_gloo_processes_under_torchrun_merge_to_the_rows_of_one(tmp_path: Pa
     assert ranks == {(0, 2), (1, 2)} and [s.sample_indices for s in store.shards] == [[0], [2], [1]]
     assert store.identity == AlignStore(reference).identity
     assert_same_rows(store, AlignStore(reference), exact=False)
+
+
+def test_a_dataset_edited_at_the_same_path_is_another_store(tmp_path: Path, dataset: Path, models) -> None:
+    import json
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    out = tmp_path / "store"
+    extract_store(config_for(data, max_samples=1), out, device="cpu", models=models)
+    rows = json.loads((data / "dataset.json").read_text())
+    rows[0]["query"] = "What moves?"
+    (data / "dataset.json").write_text(json.dumps(rows))
+    with pytest.raises(ConfigError, match="samples_sha256") as error:
+        extract_store(config_for(data, max_samples=1), out, device="cpu", models=models)
+    assert "max_new_tokens" not in str(error.value)  # only the rows differ
+
+
+def test_draft_ids_of_another_tokenizer_are_the_same_text_re_encoded() -> None:
+    """The cross-tokenizer case (evspec's families share one vocabulary, so the store tests take the
+    other path): the draft's ids are its tokenizer's encoding of the target's answer text, EOS kept."""
+    from types import SimpleNamespace
+
+    from evspec.align.extract import draft_answer_ids
+    from evspec.spec.vocab import TextBridge, bridge_vocabularies
+    from tests.spec.conftest import build_tokenizer
+
+    target_tok, draft_tok = build_tokenizer(64), build_tokenizer(96)
+    bridge = bridge_vocabularies(draft_tok, target_tok, draft_vocab_size=len(draft_tok), target_vocab_size=len(target_tok),
+                                 draft_eos=[2], target_eos=[2])
+    assert isinstance(bridge, TextBridge)
+    target = SimpleNamespace(decode_text=lambda ids: target_tok.decode(ids, skip_special_tokens=True).strip())
+    draft = SimpleNamespace(tokenizer=draft_tok, eos_token_ids=[2])
+    answer = target_tok.encode("the red circle moves left", add_special_tokens=False)
+    expected = draft_tok.encode("the red circle moves left", add_special_tokens=False)
+    assert expected != answer  # the vocabularies really differ
+    assert draft_answer_ids(bridge, target, draft, [*answer, 2], stopped_on_eos=True) == [*expected, 2]
+    assert draft_answer_ids(bridge, target, draft, answer, stopped_on_eos=False) == expected
