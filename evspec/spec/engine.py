@@ -25,9 +25,17 @@ Timing: host clocks with the devices synchronized at part boundaries. Every roun
 decisions (token ids), so the synchronization costs nothing the loop does not already pay, and
 it measures both devices when the draft sits on a second GPU (CUDA events only time one stream).
 
+Hidden-state taps: a proposer whose ``taps`` name target layers (EAGLE-style heads) gets them
+through ``observe_features``: the prompt's rows after the target's prefill and before its first
+proposal (so not with ``parallel_prefill``), then each round the rows of the positions the pass
+committed. The verify pass returns them as extra outputs (``DecodeState.extend(taps=...)``); a
+:class:`~evspec.runtime.decode.FeatureBuffer` keeps one row per committed position, truncated
+beside the cache's roll-back. Without taps the loop does exactly the work it did before.
+
 Code: ``speculative_generate`` is a short driver over the phases ``_prefill``, ``_first_token`` and
 ``_round``; the loop's state (output, counts, rejected positions, top-2 log, the first token's
-carry) lives in one ``_Loop`` and every clock reading goes through one ``_Clock`` hook.
+carry, the feature buffer) lives in one ``_Loop`` and every clock reading goes through one
+``_Clock`` hook.
 """
 
 from __future__ import annotations
@@ -46,10 +54,12 @@ from evspec.errors import ConfigError
 from evspec.runtime.decode import (
     DecodeState,
     EagerState,
+    FeatureBuffer,
     LanguageModel,
     Prefilled,
     SamplingConfig,
     StateFactory,
+    Taps,
     decode,
     prefill,
     probabilities,
@@ -407,6 +417,8 @@ class _Loop:
     # proposal rides on the first round's pass (no propose call) and counts as ONE draft with it.
     carry: Proposal | None = None
     n_reported: int = 0  # tokens already handed to on_token
+    # The tapped target features of the committed positions (None: the proposer taps nothing).
+    features: FeatureBuffer | None = None
 
     @property
     def done(self) -> bool:
@@ -432,32 +444,46 @@ class _Loop:
 _AcceptRule = Callable[[torch.Tensor, Proposal], Verdict]
 
 
+def _prompt_features(prefilled: Prefilled, taps: Taps) -> FeatureBuffer:
+    """The feature buffer after the prompt: every prompt position's rows, or the last one's."""
+    n = prefilled.n_prompt_tokens
+    buffer = FeatureBuffer(taps.layers, prefilled.state.capacity, start=0 if taps.prompt else n - 1)
+    buffer.append({layer: rows[buffer.start:] for layer, rows in prefilled.taps.items()})
+    return buffer
+
+
 def _prefill(
     tgt: TargetInput, proposer: Proposer, ctx: DraftContext, first_k: int,
     state_factory: StateFactory, parallel: bool, clock: _Clock,
-) -> tuple[Prefilled, Proposal]:
+) -> tuple[Prefilled, Proposal, FeatureBuffer | None]:
     """The target's prompt pass and the draft's start + first proposal (of ``first_k`` tokens),
-    one after the other or concurrently; the three prefill timings."""
+    one after the other or concurrently; the three prefill timings. A tapping proposer gets the
+    prompt's features between its start and its first proposal (sequential only)."""
+    taps = proposer.taps
 
-    def target_job() -> Prefilled:
-        return prefill(tgt.lm, tgt.embed(), state_factory)
+    def target_job() -> tuple[Prefilled, FeatureBuffer | None]:
+        prefilled = prefill(tgt.lm, tgt.embed(), state_factory, taps.layers)
+        return prefilled, _prompt_features(prefilled, taps) if taps else None
 
-    def draft_job() -> Proposal:
+    def draft_job(prefilled: Prefilled | None = None, features: FeatureBuffer | None = None) -> Proposal:
         proposer.start(ctx)
+        if prefilled is not None and features is not None:
+            rows = {layer: prefilled.taps[layer][features.start:] for layer in features.layers}
+            proposer.observe_features(rows, features.start, features)
         return proposer.propose([], first_k)
 
     timings = clock.timings
     if parallel:
         with clock.stage("prefill"):
-            prefilled, timings.target_prefill_s, first, timings.draft_prefill_s, timings.prefill_wall_s = (
+            (prefilled, features), timings.target_prefill_s, first, timings.draft_prefill_s, timings.prefill_wall_s = (
                 run_concurrently(target_job, tgt.lm.device, draft_job, proposer.device))
-        return prefilled, first
+        return prefilled, first, features
     with clock.stage("prefill"), clock.part("target_prefill_s"):
-        prefilled = target_job()
+        prefilled, features = target_job()
     with clock.stage("draft_prefill"), clock.part("draft_prefill_s"):
-        first = draft_job()
+        first = draft_job(prefilled, features)
     timings.prefill_wall_s = clock.elapsed()
-    return prefilled, first
+    return prefilled, first, features
 
 
 def _first_token(loop: _Loop, prefill_logits: torch.Tensor, first: Proposal, accept: _AcceptRule, clock: _Clock) -> None:
@@ -491,8 +517,11 @@ def _round(loop: _Loop, state: DecodeState, proposer: Proposer, accept: _AcceptR
         with clock.part("draft_s"):
             proposal = proposer.propose(loop.out, requested) if requested > 0 else Proposal()
             proposal = proposal.truncate(room)
+    features = loop.features
     with clock.part("verify_s"):
-        step = state.extend(token_ids=[loop.out[-1]] + proposal.token_ids)
+        ids = [loop.out[-1]] + proposal.token_ids
+        # taps only when asked: a tap-free round calls extend exactly as before taps existed
+        step = state.extend(token_ids=ids, taps=features.layers) if features is not None else state.extend(token_ids=ids)
         logits = loop.masked(step.logits)
         verdict = accept(logits, proposal)
     loop.counts.record_pass()
@@ -511,9 +540,16 @@ def _round(loop: _Loop, state: DecodeState, proposer: Proposer, accept: _AcceptR
         loop.gamma_trace.append(len(proposal))
         if loop.adaptive_gamma:
             loop.gamma = _next_gamma(loop.gamma, requested, len(proposal), n, loop.max_gamma)
+    committed = n_prompt + len(loop.out) - 1  # positions whose tokens are output and were fed
+    if features is not None:  # the buffer mirrors the cache: the pass's rows, then the roll-back
+        features.append(step.taps)
+        features.truncate(committed)
     if not loop.done:
-        state.rollback(n_prompt + len(loop.out) - 1)
+        state.rollback(committed)
         proposer.observe(step.hidden[: n + 1])
+        if features is not None:
+            proposer.observe_features({layer: rows[: n + 1] for layer, rows in step.taps.items()}, committed - n - 1,
+                                      features)
 
 
 def speculative_generate(
@@ -551,14 +587,17 @@ def speculative_generate(
     max_gamma = max_gamma if max_gamma is not None else 2 * gamma
     if max_gamma < gamma:
         raise ConfigError(f"max_gamma ({max_gamma}) must be >= gamma ({gamma})")
+    if parallel_prefill and proposer.taps:
+        raise ConfigError(f"the proposer {proposer.name} taps the target's hidden states, which its first proposal "
+                          "needs from the target's prefill: run without parallel_prefill", parameters=["parallel_prefill"])
     tgt = target_input(target, **inputs)
     ctx = tgt.draft_context(sampling, max_new_tokens, reference_ids)
     clock = _Clock(_devices(tgt.lm.device, proposer.device), stage)
     accept: _AcceptRule = partial(_accept, sampling=sampling, generator=None if sampling.greedy else sampling.generator())
     with torch.inference_mode(), collector_paused():
         clock.start()
-        prefilled, first = _prefill(tgt, proposer, ctx, min(gamma, max_new_tokens - 1), state_factory,
-                                    parallel_prefill, clock)
+        prefilled, first, features = _prefill(tgt, proposer, ctx, min(gamma, max_new_tokens - 1), state_factory,
+                                              parallel_prefill, clock)
         state, n_prompt = prefilled.state, prefilled.n_prompt_tokens
         if min_new_tokens > state.capacity - n_prompt + 1:  # as decode(): an error, not fewer tokens
             raise ConfigError(
@@ -569,7 +608,7 @@ def speculative_generate(
         loop = _Loop(
             cap=min(max_new_tokens, state.capacity - n_prompt + 1), eos=list(tgt.eos_token_ids),
             min_new_tokens=min_new_tokens, gamma=gamma, max_gamma=max_gamma, adaptive_gamma=adaptive_gamma,
-            counts=SpecCounts(), top2=TopTwoLog() if record_top2 else None, on_token=on_token,
+            counts=SpecCounts(), top2=TopTwoLog() if record_top2 else None, on_token=on_token, features=features,
         )
         with clock.stage("decode"):
             _first_token(loop, prefilled.logits, first, accept, clock)

@@ -9,9 +9,19 @@ One small interface (transformers' candidate generators, vLLM's proposers):
                                when sampling (None: the acceptance rule's one-hot case applies).
     observe(target_hidden)     the target's final hidden states of the positions each verify pass
                                committed (row i belongs to the i-th committed token; the prefill
-                               gives the prompt's last position). Model drafts ignore it; a
-                               feature-level drafter (an adapter on target features, EAGLE-style)
-                               reads it, so those fit here without engine changes.
+                               gives the prompt's last position). Model drafts ignore it.
+    taps                       (property) the target layers and positions a feature-level drafter
+                               (EAGLE-style) needs: a :class:`~evspec.runtime.decode.Taps`;
+                               default none, and the engine then does no extra work.
+    observe_features(features, start, buffer)
+                               with taps: ``features[layer]`` [n, hidden] are the tapped hidden
+                               states of sequence positions start .. start+n-1 -- at prefill every
+                               prompt position (``Taps.prompt``; else the last), delivered after
+                               ``start`` and before the first ``propose``; after each verify pass
+                               the positions it committed (the last emitted token's and the
+                               accepted drafts'). ``buffer`` (:class:`~evspec.runtime.decode.
+                               FeatureBuffer`) holds every committed row so far, truncated with
+                               the target's cache.
 
 A model draft keeps the tokens it has fed its own cache. ``propose`` rolls that cache back to the
 longest common prefix with the accepted tokens and feeds the rest before drafting, so rejected
@@ -37,9 +47,11 @@ from evspec.errors import ConfigError
 from evspec.runtime.decode import (
     DecodeState,
     EagerState,
+    FeatureBuffer,
     LanguageModel,
     SamplingConfig,
     StateFactory,
+    Taps,
     probabilities,
     token_tensor,
 )
@@ -95,6 +107,7 @@ class Proposer(ABC):
     name: str = "proposer"
     synthetic: bool = False
     target_hidden: torch.Tensor | None = None
+    target_features: dict[int, torch.Tensor] | None = None
 
     @abstractmethod
     def start(self, ctx: DraftContext) -> None:
@@ -107,6 +120,16 @@ class Proposer(ABC):
     def observe(self, target_hidden: torch.Tensor) -> None:
         """The target's hidden states of newly committed positions [n, D] (kept for feature drafters)."""
         self.target_hidden = target_hidden
+
+    @property
+    def taps(self) -> Taps:
+        """The target's hidden states this proposer needs beyond ``observe``'s: none by default."""
+        return Taps()
+
+    def observe_features(self, features: dict[int, torch.Tensor], start: int, buffer: FeatureBuffer) -> None:
+        """The tapped layers' rows of newly committed positions ``start ..`` (module docstring).
+        ``features`` are the proposer's to keep; ``buffer``'s views change with the next pass."""
+        self.target_features = features
 
     @property
     def device(self) -> torch.device | None:
