@@ -293,3 +293,43 @@ def test_static_decoder_without_fusion_leaves_the_model_untouched() -> None:
     ids = _ids(11, 12)
     torch.testing.assert_close(decoder(lm).extend(token_ids=ids).logits, reference.extend(token_ids=ids).logits,
                                rtol=1e-9, atol=1e-9)
+
+
+def test_compiled_step_returns_taps_from_its_one_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiled (dynamo, recording backend): a tap-free step's graph outputs only the hidden states
+    and logits; a tapped step is one other graph whose extra outputs are the taps, run once per
+    pass (no second pass), with the uncompiled decoder's values."""
+    import torch._dynamo
+
+    graphs: list[torch.fx.GraphModule] = []
+    runs: list[int] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        index = len(graphs)
+        graphs.append(gm)
+        return lambda *args: (runs.append(index), gm.forward(*args))[1]
+
+    def outputs(gm: torch.fx.GraphModule) -> int:
+        (node,) = [n for n in gm.graph.nodes if n.op == "output"]
+        return len(node.args[0])
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: real_compile(fn, backend=backend, **kwargs))
+    lm = LanguageModel.from_causal_lm(_model(13, torch.float32, layers=2))
+    torch._dynamo.reset()
+    try:
+        compiled = StaticDecoder(lm, max_length=64, compile=True)(lm)
+        plain = StaticDecoder(lm, max_length=64)(lm)
+        ids = _ids(14, 12)
+        compiled.extend(token_ids=ids[:8])
+        plain.extend(token_ids=ids[:8])
+        assert len(graphs) == 1 and outputs(graphs[0]) == 2  # hidden states and logits, nothing else
+        got = compiled.extend(token_ids=ids[8:12], taps=(0, 1))
+        expected = plain.extend(token_ids=ids[8:12], taps=(0, 1))
+        assert len(graphs) == 2 and outputs(graphs[1]) == 4  # the same pass, two taps more
+        assert runs == [0, 1]  # one graph run per pass
+        for layer in (0, 1):
+            torch.testing.assert_close(got.taps[layer], expected.taps[layer], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got.logits, expected.logits, rtol=1e-5, atol=1e-6)
+    finally:
+        torch._dynamo.reset()
