@@ -52,15 +52,19 @@ import torch
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from evspec.models import tiny
 from evspec.runtime.decode import EagerState, LanguageModel
 from evspec.spec.engine import speculative_generate, target_only
 from evspec.spec.metrics import expected_speedup, expected_tokens_per_pass
 from evspec.spec.proposers import DraftModelProposer, OracleProposer
 from evspec.spec.vocab import identity_map
 
-VOCAB = 32064
-VICUNA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32)
-DRAFT_200M = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=12, num_attention_heads=16, num_key_value_heads=16)
+# The shapes and the decisive weights are evspec's own (evspec.models.tiny), the ones `evspec spec`
+# loads as random-7b-* and random-0.2b-eventgpt: the command line and this script measure one thing.
+SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+VOCAB = tiny.VOCAB_7B
+VICUNA_7B = {k: tiny.VICUNA_7B[k] for k in SHAPE_KEYS}
+DRAFT_200M = {k: tiny.SMALL_DRAFT_LLAMA[k] for k in SHAPE_KEYS}
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4)
 TINY_DRAFT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4)
 # Prompt sizes: Video-LLaVA 8 frames x 257 tokens; EventGPT 5 frames -> 582 tokens.
@@ -88,15 +92,10 @@ def build_lm(shape: dict, vocab: int, context: int, device: torch.device, dtype:
     return LanguageModel.from_causal_lm(model)
 
 
-def make_decisive(lm: LanguageModel, embed_scale: float = 50.0, write_scale: float = 0.01) -> LanguageModel:
-    """Wide greedy margins at the same cost (module docstring): t -> t+1 dominates every step."""
-    with torch.no_grad():
-        lm.embed_tokens.weight.mul_(embed_scale)
-        for layer in lm.body.layers:
-            layer.self_attn.o_proj.weight.mul_(write_scale)
-            layer.mlp.down_proj.weight.mul_(write_scale)
-        lm.lm_head.weight.copy_(torch.roll(lm.embed_tokens.weight, 1, dims=0) / embed_scale)
-    return lm
+def make_decisive(lm: LanguageModel) -> LanguageModel:
+    """Wide greedy margins at the same cost (module docstring): t -> t+1 dominates every step;
+    random-7b-videollava's transformation, the same function."""
+    return tiny.make_decisive(lm, tiny.DECISIVE_SHIFT["random-7b-videollava"])
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:

@@ -77,7 +77,9 @@ def spec(
     cache: str = typer.Option("eager", "--cache", help="KV cache of both models: eager, static, compiled."),
     quantize: str | None = typer.Option(None, "--quantize", help="4bit or 8bit target and draft (bitsandbytes; CUDA only)."),
     warmup: int = typer.Option(1, "--warmup", help="Samples run first and discarded."),
-    oracle_draft: str = typer.Option("tiny-eventgpt", "--oracle-draft", help="The model whose passes give oracle:ALPHA its real cost."),
+    oracle_draft: str = typer.Option(
+        "auto", "--oracle-draft",
+        help="The model whose passes give oracle:ALPHA its real cost; auto: random-0.2b-eventgpt for a random-7b-* target, else tiny-eventgpt."),
     bridge: str = typer.Option("auto", "--bridge", help="Vocabulary bridge: auto, same (token ids), cross (text re-encoding)."),
     event_canvas: str = EVENT_CANVAS_OPTION,
     generation_config: str = typer.Option(

@@ -3,7 +3,8 @@
 Names: ``demo-videollava``, ``demo-eventgpt`` (the trained pair shipped in the package, loaded like
 any checkpoint folder), ``tiny-eventgpt``, ``tiny-videollava``, ``tiny-llava`` (seeded random checkpoints built once
 and cached, see :mod:`evspec.models.tiny`), ``random-7b-eventgpt|videollava|llava`` (real shapes,
-random weights, built in memory: for speed measurements without checkpoints), or ``FAMILY:PATH`` with FAMILY one of ``eventgpt``,
+random weights made decisive, built in memory: for speed measurements without checkpoints),
+``random-0.2b-eventgpt`` (a small random draft for the oracle at those shapes), or ``FAMILY:PATH`` with FAMILY one of ``eventgpt``,
 ``videollava``, ``llava`` and PATH a local checkpoint folder. A tiny name resolves to its cached
 folder and then takes exactly the path a real checkpoint takes.
 
@@ -32,7 +33,8 @@ DEMO_DIR = Path(__file__).resolve().parent / "demo"
 NAME_FORMS: dict[str, str] = {
     ", ".join(DEMO_NAMES): "the trained demo pair shipped with evspec (target, draft)",
     ", ".join(TINY_NAMES): "tiny seeded checkpoints, built once and cached",
-    ", ".join(f"random-7b-{f}" for f in FAMILIES): "real 7B shapes, random weights, built in memory (speed only)",
+    ", ".join(f"random-7b-{f}" for f in FAMILIES): "real 7B shapes, random weights made decisive, built in memory (speed only)",
+    "random-0.2b-eventgpt": "EventGPT's tower with a ~0.2B LLaMA, random weights: the oracle's draft at 7B shapes",
     "FAMILY:PATH": f"a checkpoint folder, FAMILY one of {', '.join(FAMILIES)}",
 }
 """Every form a model name takes, with what it is: the one list help texts and errors show."""

@@ -267,11 +267,52 @@ VICUNA_7B = dict(
 CLIP_L = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
               projection_dim=768, patch_size=14)
 VOCAB_7B = 32064
-RANDOM_NAMES = {"random-7b-eventgpt": "eventgpt", "random-7b-videollava": "videollava", "random-7b-llava": "llava"}
+# The oracle's draft at 7B shapes (``random-0.2b-eventgpt``, and ``benchmarks/gpu_spec.py``'s small
+# draft): a ~0.2B LLaMA with the 32k vocabulary, so a drafted token costs what a small draft's does.
+SMALL_DRAFT_LLAMA = dict(
+    hidden_size=1024, intermediate_size=2816, num_hidden_layers=12, num_attention_heads=16, num_key_value_heads=16,
+    max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
+)
+RANDOM_NAMES = {"random-7b-eventgpt": "eventgpt", "random-7b-videollava": "videollava", "random-7b-llava": "llava",
+                "random-0.2b-eventgpt": "eventgpt"}
+# Each family's greedy walk t -> t + shift (make_decisive): distinct, so no two random models agree
+# on a token by construction (a model drafting for itself still does, as a real one would).
+DECISIVE_SHIFT = {"random-7b-videollava": 1, "random-7b-llava": 2, "random-7b-eventgpt": 3}
+
+
+def make_decisive(lm: Any, shift: int = 1, embed_scale: float = 50.0, write_scale: float = 0.01) -> Any:
+    """Random weights with wide greedy margins at the same cost: the input embeddings scaled up,
+    every layer's writes into the residual stream (attention ``o_proj``, MLP ``down_proj``) scaled
+    down, and the LM head tied to a copy of the embeddings rolled by ``shift`` rows, so greedy
+    decoding walks t -> t + shift with a logit margin of ~70 (against ~1 between the top two of 32k
+    random logits). Why: with purely random weights the top logits nearly tie, and in bf16 a verify
+    pass (k + 1 rows) and a one-token step run different GEMM kernels, so ties flip, the speculative
+    output leaves the target's after a few tokens, and the oracle's answer key no longer applies.
+    Scaling changes no shape and no kernel: every pass costs what it costs with real weights.
+    ``lm``: an :class:`evspec.runtime.decode.LanguageModel`; changed in place and returned."""
+    with torch.no_grad():
+        lm.embed_tokens.weight.mul_(embed_scale)
+        for layer in lm.body.layers:
+            layer.self_attn.o_proj.weight.mul_(write_scale)
+            layer.mlp.down_proj.weight.mul_(write_scale)
+        lm.lm_head.weight.copy_(torch.roll(lm.embed_tokens.weight, shift, dims=0) / embed_scale)
+    return lm
 
 
 def random_model(name: str, device: torch.device, dtype: torch.dtype):  # -> VisionLanguageModel
-    """A real-shape model with seeded random weights, built in memory on ``device`` (no 14 GB file)."""
+    """A real-shape model with seeded random weights, built in memory on ``device`` (no 14 GB file).
+    The ``random-7b-*`` language models are made decisive (:func:`make_decisive`), so speculative
+    runs stay token-identical in 16-bit and the oracle's answer key holds; ``random-0.2b-eventgpt``
+    (the oracle's draft at these shapes, whose tokens the oracle never uses) keeps plain random weights."""
+    if name not in RANDOM_NAMES:
+        raise ModelError(f"unknown random-weight model {name!r}: use one of {', '.join(RANDOM_NAMES)}")
+    model = _random_model(name, device, dtype)
+    if name in DECISIVE_SHIFT:
+        make_decisive(model.language_model, DECISIVE_SHIFT[name])
+    return model
+
+
+def _random_model(name: str, device: torch.device, dtype: torch.dtype):  # -> VisionLanguageModel
     from transformers import (
         LlavaForConditionalGeneration,
         VideoLlavaForConditionalGeneration,
@@ -281,8 +322,6 @@ def random_model(name: str, device: torch.device, dtype: torch.dtype):  # -> Vis
     from evspec.models.eventgpt import EventChatModel, EventGPT
     from evspec.models.llava import Llava, VideoLlava
 
-    if name not in RANDOM_NAMES:
-        raise ModelError(f"unknown random-weight model {name!r}: use one of {', '.join(RANDOM_NAMES)}")
     family = RANDOM_NAMES[name]
     torch.manual_seed(SEED)
     previous = torch.get_default_dtype()
@@ -292,7 +331,8 @@ def random_model(name: str, device: torch.device, dtype: torch.dtype):  # -> Vis
             if family == "eventgpt":
                 tokenizer = _eventgpt_tokenizer()
                 clip = _clip_config({**CLIP_L, "image_size": 336})
-                model = EventChatModel(_eventgpt_config(VICUNA_7B, clip, VOCAB_7B, 2048)).eval()
+                llama = SMALL_DRAFT_LLAMA if name == "random-0.2b-eventgpt" else VICUNA_7B
+                model = EventChatModel(_eventgpt_config(llama, clip, VOCAB_7B, 2048)).eval()
                 return EventGPT(model, tokenizer, _clip_image_processor(336), name=name)
             if family == "videollava":
                 tokenizer = _llava_tokenizer(["<image>", "<video>", "<pad>"])

@@ -152,6 +152,19 @@ def state_factory_for(cache: str, lm: LanguageModel) -> StateFactory:
     return StaticDecoder(lm, lm.context_length, compile=cache == "compiled")
 
 
+def compilations() -> int:
+    """Graphs ``torch.compile`` has compiled in this process so far (dynamo's own counter; a static
+    decoder compiles, and on CUDA captures, one graph per pass shape): a sample during which this
+    grew paid a compilation inside its timings."""
+    import sys
+
+    if "torch._dynamo" not in sys.modules:
+        return 0
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def release_memory() -> None:
     """After a model is dropped: unfreeze, collect and return its memory before the next loads."""
     gc.unfreeze()

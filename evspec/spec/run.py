@@ -49,6 +49,7 @@ from evspec.run.shared import (
     Reporter,
     SilentReporter,
     check_run_options,
+    compilations,
     dataset_root,
     error_text,
     generation_records,
@@ -108,7 +109,7 @@ class SpecRunConfig:
     cache: str = "eager"
     quantize: str | None = None  # "4bit" | "8bit" for the target and a draft model (bitsandbytes, CUDA)
     warmup: int = 1
-    oracle_draft: str = "tiny-eventgpt"
+    oracle_draft: str = "auto"  # the model whose passes give oracle:ALPHA its cost; auto: see oracle_draft_model
     bridge: str = "auto"
     event_canvas: str = "auto"  # EventGPT's event frames (target or draft): the checkpoint's own, "upstream" or "sensor"
     generation_config: str = "evspec"  # "checkpoint": sample as the target's generation_config.json says
@@ -137,10 +138,18 @@ class SpecRunConfig:
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
 
+    @property
+    def oracle_draft_model(self) -> str:
+        """``oracle_draft``, with ``auto`` resolved: ``random-0.2b-eventgpt`` (a ~0.2B draft, as
+        ``benchmarks/gpu_spec.py`` measures) for a ``random-7b-*`` target, else ``tiny-eventgpt``."""
+        if self.oracle_draft != "auto":
+            return self.oracle_draft
+        return "random-0.2b-eventgpt" if self.target.startswith("random-7b-") else "tiny-eventgpt"
+
     def model_names(self) -> list[str]:
         """The registry names this run loads: the target, and the draft model (or the oracle's)."""
         if self.oracle_alpha is not None:
-            return [self.target, self.oracle_draft]
+            return [self.target, self.oracle_draft_model]
         return [self.target] if self.draft == "ngram" else [self.target, self.draft]
 
     @property
@@ -176,7 +185,7 @@ def build_proposer(
     if config.draft_kind == "ngram":
         return NgramProposer()
     if config.draft_kind == "oracle":
-        draft = loader(config.oracle_draft, draft_device, dtype)
+        draft = loader(config.oracle_draft_model, draft_device, dtype)
         return OracleProposer(draft, config.oracle_alpha or 0.0, seed=config.seed,
                               state_factory=state_factory_for(config.cache, draft.language_model))
     draft = loader(config.draft, draft_device, dtype)
@@ -275,6 +284,25 @@ def run_spec_sample(config: SpecRunConfig, target: VisionLanguageModel, proposer
     return {**head, **spec_record(comparison), "error": None}
 
 
+COMPILE_RETRIES = 2
+"""How often a sample is run again because a graph was compiled during its run."""
+
+
+def run_measured_sample(config: SpecRunConfig, target: VisionLanguageModel, proposer: Proposer, sample: Sample,
+                        target_factory: Any) -> dict[str, Any]:
+    """:func:`run_spec_sample`, run again (up to ``COMPILE_RETRIES`` times) while a run compiles a
+    graph: a pass shape no earlier sample met (a rare full acceptance, a new length bucket) would
+    otherwise put a compilation (~a minute at 7B shapes) into this sample's timings. The record
+    says how many runs were discarded (``compile_retries``) and whether its own compiled."""
+    for retries in range(COMPILE_RETRIES + 1):
+        before = compilations()
+        record = run_spec_sample(config, target, proposer, sample, target_factory)
+        compiled = compilations() != before
+        if not compiled:
+            break
+    return {**record, "compile_retries": retries, "compiled_during_run": compiled}
+
+
 def run_spec(
     config: SpecRunConfig,
     out_dir: str | Path,
@@ -313,6 +341,7 @@ def run_spec(
             LoadOptions.resolve(where, dtype, config.quantize)  # CUDA and bitsandbytes present, or one clear error
         model_loader = registry_loader_for(config.quantize, config.event_canvas)
     identity = {k: v for k, v in asdict(config).items() if k in IDENTITY_FIELDS}
+    identity.update(oracle_draft=config.oracle_draft_model if config.draft_kind == "oracle" else config.oracle_draft)
     identity.update(dataset=str(dataset_root(config.dataset, out_dir).resolve()), device=str(device),
                     draft_device=str(draft_device), dtype=str(dtype).removeprefix("torch."))
     if out_dir.exists() and not out_dir.is_dir():
@@ -351,7 +380,8 @@ def run_spec(
         progress.status(f"running {config.target} <- {config.draft}")
         with JsonLinesLog(records_path, _row, dump_line) as log:  # truncates a torn last line
             for sample in pending:
-                record = {**run_spec_sample(config, target, proposer, sample, target_factory), "model_load_s": model_load_s}
+                record = {**run_measured_sample(config, target, proposer, sample, target_factory),
+                          "model_load_s": model_load_s}
                 log.append(record)
                 if record["error"] is not None:
                     progress.warn(f"{record['id']}: {record['error']}")
