@@ -129,13 +129,15 @@ class Factories:
         self._made: dict[int, Any] = {}
 
     def __call__(self, lm: LanguageModel, max_length: int) -> Any:
+        """``max_length`` is the model's context: the decoder is the one `evspec spec --cache` builds."""
         if self.state == "eager":
             return EagerState
-        from evspec.runtime.static import StaticDecoder
+        from evspec.run.shared import state_factory_for
 
+        assert max_length == lm.context_length, (max_length, lm.context_length)
         made = self._made.get(id(lm))
         if made is None or made[0] is not lm:  # an id can be reused after a model is freed
-            made = self._made[id(lm)] = (lm, StaticDecoder(lm, max_length, compile=self.compile))
+            made = self._made[id(lm)] = (lm, state_factory_for("compiled" if self.compile else "static", lm))
         return made[1]
 
     def graph_count(self) -> int:
@@ -372,9 +374,11 @@ def main() -> None:
     )
     vocab = 512 if args.quick else VOCAB
     sizes = QUICK_PROMPTS if args.quick else FULL_PROMPTS
-    margin = args.max_new_tokens + max(args.gammas + [args.gamma]) + 8
-    t_len = sizes["target_visual"] + sizes["target_text"] + margin
-    d_len = sizes["draft_visual"] + sizes["draft_text"] + margin
+    # Both models at the context `evspec spec` gives random-7b-* and random-0.2b-eventgpt: the same
+    # static cache (4096 slots), so the same compiled graphs as the command line's.
+    t_len = d_len = tiny.VICUNA_7B["max_position_embeddings"]
+    if sizes["target_visual"] + sizes["target_text"] + args.max_new_tokens + max(args.gammas + [args.gamma]) + 8 > t_len:
+        parser.error(f"--max-new-tokens leaves no room in the {t_len}-token context")
     two_gpus = device.type == "cuda" and torch.cuda.device_count() >= 2
     factories = Factories(args.state, device)
 
