@@ -11,7 +11,17 @@ evaluation, the final export); the loop owns the rest:
   atomically: a killed run rerun with the same folder resumes from it and loses at most one
   interval; ``metrics.jsonl`` rows past the checkpoint are dropped on resume, so the file never
   holds a step twice;
-- evaluation every ``eval_every`` steps and at the end, ``metrics.jsonl`` and plots.
+- evaluation every ``eval_every`` steps and at the end, ``metrics.jsonl`` and plots;
+- data parallelism: under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the process group
+  is started from the environment if the caller has not (gloo on the CPU, NCCL on CUDA) and the
+  task's loss runs through :class:`~torch.nn.parallel.DistributedDataParallel` (gradients averaged
+  across ranks). Each step's global batch (the same ``batch_indices`` as one process) is cut into
+  ``world_size`` contiguous slices, rank r taking slice r, so ``batch_size`` must be divisible by the
+  world size. A task that names ``loss_weight_key`` (the count its mean loss is a mean over, e.g.
+  tokens) gets its per-rank loss rescaled by its share of that count, so the averaged gradient is
+  the gradient of the global batch's mean, as in one process; the logged loss and counts are summed
+  over ranks. Rank 0 alone evaluates, writes ``state.pt``, ``metrics.jsonl``, plots and the export
+  (the other ranks wait for it at their next collective). One process runs the code it ran before.
 
 Progress goes to a :class:`TrainProgress` (the CLI's bar); library code prints nothing.
 """
@@ -62,7 +72,12 @@ class LoopConfig:
 
 
 class Task(Protocol):
-    """What the loop needs from a model it trains."""
+    """What the loop needs from a model it trains.
+
+    Optional: ``loss_weight_key`` (a key of ``loss``'s counts: what its mean loss averages over, so
+    data-parallel ranks weigh their losses by it) and ``plot(rows, out_dir) -> list[Path]`` (the
+    task's own plots of ``metrics.jsonl``'s rows, drawn beside the loop's).
+    """
 
     def module(self) -> nn.Module:
         """Every trained parameter, as one module (put in train/eval mode by the loop)."""
@@ -104,6 +119,83 @@ class TrainResult:
     resumed_from: int
     final_eval: dict[str, Any]
     seconds: float
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a data-parallel run (rank 0 of 1 for a plain process)."""
+
+    rank: int = 0
+    world_size: int = 1
+    started_here: bool = False  # the loop started the process group (and so ends it)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def world_size_from_env() -> int:
+    """``WORLD_SIZE`` as torchrun sets it (1 outside torchrun)."""
+    import os
+
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        raise ConfigError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} is not an integer") from None
+
+
+def check_batch_split(batch_size: int, world_size: int) -> int:
+    """The per-rank batch: ``batch_size / world_size``; a ConfigError unless it divides evenly."""
+    if batch_size % world_size:
+        raise ConfigError(f"batch_size={batch_size} is not divisible by the world size {world_size}: the global batch "
+                          f"is kept and split evenly across processes (use a multiple of {world_size})",
+                          parameters=["batch_size"])
+    return batch_size // world_size
+
+
+def start_distributed(device: torch.device) -> Distributed:
+    """Join the torchrun process group (starting it from the environment when nobody has: gloo on
+    the CPU, NCCL on CUDA); rank 0 of 1 outside torchrun."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return Distributed(dist.get_rank(), dist.get_world_size(), False)
+    if world_size_from_env() == 1:
+        return Distributed()
+    if not dist.is_available():
+        raise ConfigError("WORLD_SIZE > 1 but this torch has no torch.distributed")
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), True)
+
+
+class _LossModule(nn.Module):
+    """The task's loss as a module's forward, so DistributedDataParallel (which syncs gradients of
+    the parameters its forward used) wraps any task; the task's module is its only submodule."""
+
+    def __init__(self, task: Task, module: nn.Module) -> None:
+        super().__init__()
+        self.task = task
+        self.inner = module
+
+    def forward(self, batch: Sequence[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.task.loss(batch)
+
+
+def _data_parallel(task: Task, module: nn.Module, device: torch.device) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    # unused parameters are allowed: a task's module may hold some its loss never reaches (a vision
+    # tower's last layer when features come from the one before)
+    return DistributedDataParallel(_LossModule(task, module), device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
@@ -213,9 +305,14 @@ def _autocast(device: torch.device) -> Any:
 
 def train(task: Task, config: LoopConfig, out_dir: Path, device: torch.device,
           progress: TrainProgress | None = None) -> TrainResult:
-    """Train ``task`` (resuming from ``out_dir/state.pt`` if there), evaluate, export."""
+    """Train ``task`` (resuming from ``out_dir/state.pt`` if there), evaluate, export. Under
+    torchrun, every rank calls this with the same arguments (the module docstring says the rest)."""
     progress = progress or SilentProgress()
     began = time.perf_counter()
+    parallel = start_distributed(device)
+    per_rank = check_batch_split(config.batch_size, parallel.world_size)
+    if not parallel.is_main:
+        progress = SilentProgress()
     out_dir.mkdir(parents=True, exist_ok=True)
     module = task.module()
     optimizer = _optimizer(module, config)
@@ -223,6 +320,8 @@ def train(task: Task, config: LoopConfig, out_dir: Path, device: torch.device,
     start = load_state(state_path, module, optimizer) if state_path.is_file() else 0
     if start == 0:
         torch.manual_seed(config.seed)
+    if parallel.world_size > 1:
+        return _train_parallel(task, config, out_dir, device, progress, parallel, module, optimizer, start, per_rank, began)
     log = MetricsLog(out_dir / METRICS_NAME, keep_until=start)
     n = task.n_examples()
     progress.start(config.steps, start)
@@ -270,8 +369,92 @@ def train(task: Task, config: LoopConfig, out_dir: Path, device: torch.device,
             final_eval = task.evaluate(config.steps)
     progress.status("writing the checkpoint")
     task.export()
-    plot_metrics(log.rows, out_dir)
+    _plot(task, log.rows, out_dir)
     return TrainResult(out_dir, config.steps, start, final_eval, time.perf_counter() - began)
+
+
+def _plot(task: Task, rows: Sequence[dict[str, Any]], out_dir: Path) -> None:
+    plot_metrics(rows, out_dir)
+    task_plot = getattr(task, "plot", None)
+    if task_plot is not None:
+        task_plot(rows, out_dir)
+
+
+def _train_parallel(task: Task, config: LoopConfig, out_dir: Path, device: torch.device, progress: TrainProgress,
+                    parallel: Distributed, module: nn.Module, optimizer: torch.optim.Optimizer, start: int,
+                    per_rank: int, began: float) -> TrainResult:
+    """The loop of :func:`train` for one rank of several (kept apart so one process runs exactly
+    the code it ran before data parallelism existed)."""
+    import torch.distributed as dist
+
+    try:
+        main = parallel.is_main
+        state_path = out_dir / STATE_NAME
+        log = MetricsLog(out_dir / METRICS_NAME, keep_until=start) if main else None
+        n = task.n_examples()
+        wrapped = _data_parallel(task, module, device)
+        weight_key = getattr(task, "loss_weight_key", None)
+        progress.start(config.steps, start)
+        window: dict[str, float] = {}
+        window_start = time.perf_counter()
+        final_eval: dict[str, Any] = {}
+        mine = slice(parallel.rank * per_rank, (parallel.rank + 1) * per_rank)
+        for step in range(start, config.steps):
+            module.train()
+            lr = learning_rate(config, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with _autocast(device):
+                loss, counts = wrapped(batch_indices(n, config.batch_size, config.seed, step)[mine])
+            weight = float(counts[weight_key]) if weight_key else 1.0
+            total_weight, weighted_loss = _all_reduce_sum([weight, float(loss.detach()) * weight], device)
+            global_loss = weighted_loss / total_weight if total_weight > 0 else 0.0
+            if not math.isfinite(global_loss):
+                raise ConfigError(f"the loss became {global_loss} at step {step + 1}; lower lr", parameters=["lr"])
+            optimizer.zero_grad(set_to_none=True)
+            # DDP averages gradients over ranks: scaled by this rank's share of the weight, the
+            # average is the gradient of the global batch's weighted mean loss
+            scale = parallel.world_size * weight / total_weight if total_weight > 0 else 0.0
+            (loss * scale).backward()
+            grad_norm = float(nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip))
+            optimizer.step()
+            window["loss_sum"] = window.get("loss_sum", 0.0) + global_loss
+            window["batches"] = window.get("batches", 0.0) + 1
+            for key, value in counts.items():
+                window[key] = window.get(key, 0.0) + value
+            done = step + 1
+            if done % config.log_every == 0 or done == config.steps:
+                keys = sorted(k for k in window if k not in ("loss_sum", "batches"))
+                summed = dict(zip(keys, _all_reduce_sum([window[k] for k in keys], device)))
+                row = {"step": done, "loss": window["loss_sum"] / window["batches"], "lr": lr, "grad_norm": grad_norm,
+                       "seconds": time.perf_counter() - window_start, **summed, "world_size": parallel.world_size}
+                if log is not None:
+                    log.append(row)
+                progress.advance(done, row)
+                window, window_start = {}, time.perf_counter()
+            else:
+                progress.advance(done, {"loss": global_loss})
+            if main and (done % config.eval_every == 0 or done == config.steps):
+                progress.status(f"evaluating at step {done}")
+                module.eval()
+                with torch.no_grad(), _autocast(device):
+                    final_eval = task.evaluate(done)
+                log.append({"step": done, "eval": final_eval})
+            if main and (done % config.checkpoint_every == 0 or done == config.steps):
+                save_state(state_path, module, optimizer, done)
+        module.eval()
+        if main:
+            if start >= config.steps:
+                with torch.no_grad(), _autocast(device):
+                    final_eval = task.evaluate(config.steps)
+            progress.status("writing the checkpoint")
+            task.export()
+            _plot(task, log.rows, out_dir)
+        dist.barrier()  # every rank returns once rank 0's files are written
+        return TrainResult(out_dir, config.steps, start, final_eval, time.perf_counter() - began)
+    finally:
+        if parallel.started_here:
+            dist.destroy_process_group()
 
 
 def plot_metrics(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
