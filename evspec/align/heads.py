@@ -574,7 +574,7 @@ class EagleHead(Head):
         if visual.shape[-1] != self.config.visual_size:
             raise ConfigError(f"visual is {visual.shape[-1]} wide, {self.name} was built for "
                               f"visual_size={self.config.visual_size}", parameters=("visual",))
-        return self.compressor(visual, visual_mask)
+        return self.compressor(self._own(visual), visual_mask)  # store or model features may be 16-bit
 
 
 class L5Head(EagleHead):

@@ -466,6 +466,19 @@ class AlignStore:
         shard, local = self._rows[index % len(self)]
         return self._read(shard, local, index % len(self))
 
+    def rows(self, indices: Sequence[int]) -> list[AlignRow]:
+        """Rows ``indices`` in that order, read grouped by shard (each shard opened at most once per
+        call, one open at a time): a training batch drawn by index from anywhere in the store."""
+        for index in indices:
+            if not 0 <= index < len(self):
+                raise IndexError(f"row {index} of a store of {len(self)}")
+        by_shard = sorted(range(len(indices)), key=lambda k: self._rows[indices[k]])
+        out: list[AlignRow | None] = [None] * len(indices)
+        for k in by_shard:
+            shard, local = self._rows[indices[k]]
+            out[k] = self._read(shard, local, indices[k])
+        return out  # type: ignore[return-value]
+
     def _handle(self, shard: int) -> tuple[Any, set[str]]:
         """The open shard and its tensor names (one shard open at a time: opening another drops the previous)."""
         if self._open is None or self._open[0] != shard:

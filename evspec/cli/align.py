@@ -1,8 +1,10 @@
-"""`evspec align ...`: the alignment data (and, later, adapters and heads). Thin over :mod:`evspec.align`.
+"""`evspec align ...`: the alignment data (``extract``) and training an adapter or head on it (``train``).
+Thin over :mod:`evspec.align`.
 
 ``evspec align extract`` runs as one process, or under ``torchrun --nproc_per_node N`` (``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK`` in the environment): each rank extracts its own samples and rank 0
-merges the index; only rank 0 draws the progress bar and prints the summary.
+merges the index; only rank 0 draws the progress bar and prints the summary. ``evspec align train``
+runs the same way: under torchrun the one training loop trains with DistributedDataParallel.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import typer
 
+from evspec.cli import err_console
 from evspec.cli.common import EVENT_CANVAS_OPTION, progress_reporter
 from evspec.models.registry import model_names_help
 
@@ -123,6 +126,115 @@ def extract(
                   f"{summary.already_done} already in the store; models loaded in {summary.model_load_s:.1f} s)", markup=False)
     console.print(f"store {out}: {summary.rows} rows, {summary.bytes} bytes, {per_sample} per sample, "
                   f"{'complete' if summary.complete else 'INCOMPLETE'}; index in {out}/index.json", markup=False)
+
+
+def _train_command_line(config: Any, out: Path, device: str, force: bool) -> str:
+    """The command that reproduces the training run (every option that decides it)."""
+    loop = config.loop
+    args = ["evspec", "align", "train", "--store", config.store, "--adapter", config.adapter, "--out", str(out),
+            "--steps", str(loop.steps), "--batch-size", str(loop.batch_size), "--lr", str(loop.lr),
+            "--warmup-steps", str(loop.warmup_steps), "--seed", str(loop.seed), "--eval-every", str(loop.eval_every),
+            "--checkpoint-every", str(loop.checkpoint_every), "--log-every", str(loop.log_every),
+            "--holdout", str(config.holdout), "--holdout-seed", str(config.holdout_seed),
+            "--max-gamma", str(config.max_gamma), "--eval-rows", str(config.eval_rows), "--device", device]
+    for name, value in sorted(config.head.items()):
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return shlex.join(args + (["--force"] if force else []))
+
+
+def _steps_for(steps: int | None, epochs: float | None, store: Path, holdout: float, holdout_seed: int,
+               batch_size: int) -> int:
+    """--steps as given, or --epochs over the store's training rows at the global batch."""
+    import math
+
+    from evspec.errors import ConfigError
+
+    if (steps is None) == (epochs is None):
+        raise ConfigError("give exactly one of steps and epochs", parameters=["steps", "epochs"])
+    if steps is not None:
+        return steps
+    if not (math.isfinite(epochs) and epochs > 0):
+        raise ConfigError(f"epochs must be > 0, got {epochs}", parameters=["epochs"])
+    from evspec.align.store import AlignStore
+    from evspec.align.train import holdout_split
+
+    train_rows, _ = holdout_split(len(AlignStore(store)), holdout, holdout_seed)
+    return max(1, math.ceil(epochs * len(train_rows) / batch_size))
+
+
+@app.command("train")
+def train(
+    store: Path = typer.Option(..., "--store", "-s", help="An alignment store (evspec align extract)."),
+    adapter: str = typer.Option(..., "--adapter", "-a", help="TokenAdapter, L1, L2, L3, L4, L5, B1, L5F, EC or VS."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (the head lands in OUT/head); rerun to resume."),
+    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (or --epochs)."),
+    epochs: float | None = typer.Option(None, "--epochs", help="Passes over the training rows (or --steps)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Rows per step, over all processes (each takes batch/world)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW, warm-up then cosine)."),
+    warmup_steps: int = typer.Option(100, "--warmup-steps", help="Linear warm-up steps."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data order and the head's initial weights."),
+    eval_every: int = typer.Option(200, "--eval-every", help="Evaluate on the held-out rows every N steps."),
+    checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Save the training state every N steps."),
+    log_every: int = typer.Option(10, "--log-every", help="Write a training row to metrics.jsonl every N steps."),
+    holdout: float = typer.Option(0.1, "--holdout", help="Fraction of the store's samples held out for evaluation."),
+    holdout_seed: int = typer.Option(0, "--holdout-seed", help="Seed of the held-out split."),
+    max_gamma: int = typer.Option(8, "--max-gamma", help="Simulated acceptance at gamma 1..N."),
+    eval_rows: int = typer.Option(256, "--eval-rows", help="Most held-out rows per evaluation."),
+    num_heads: int | None = typer.Option(None, "--num-heads", help="Attention heads (L4, EAGLE heads, visual compressor)."),
+    ffn_size: int | None = typer.Option(None, "--ffn-size", help="FFN width (0: 4 x the target's width)."),
+    bottleneck: int | None = typer.Option(None, "--bottleneck", help="L1/L2 bottleneck width (256)."),
+    wide_bottleneck: int | None = typer.Option(None, "--wide-bottleneck", help="L3 bottleneck width (1024)."),
+    stacked_blocks: int | None = typer.Option(None, "--stacked-blocks", help="L2's number of blocks (3)."),
+    token_rank: int | None = typer.Option(None, "--token-rank", help="TokenAdapter's soft-token width (256)."),
+    visual_queries: int | None = typer.Option(None, "--visual-queries", help="EC/VS: learned queries the visual features are compressed into (4)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (under torchrun: each rank's own GPU)."),
+    force: bool = typer.Option(False, "--force", help="Discard a run of another adapter or config in --out."),
+) -> None:
+    """Train one adapter or draft head on an alignment store (the one training loop; torchrun: DDP).
+
+    Writes OUT/config.json, OUT/state.pt, OUT/metrics.jsonl (training rows and held-out evaluations:
+    losses, cosine, top-1 agreement, SIMULATED acceptance at gamma 1..8), plots and OUT/head.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from evspec.align.train import AlignTrainConfig, run_align_training
+    from evspec.cli.train import _TrainBar
+    from evspec.training.loop import LoopConfig, check_batch_split, world_size_from_env
+
+    sizes = {"num_heads": num_heads, "ffn_size": ffn_size, "bottleneck": bottleneck, "wide_bottleneck": wide_bottleneck,
+             "stacked_blocks": stacked_blocks, "token_rank": token_rank, "visual_queries": visual_queries}
+    total = _steps_for(steps, epochs, store, holdout, holdout_seed, batch_size)
+    loop = LoopConfig(steps=total, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, seed=seed,
+                      eval_every=eval_every, checkpoint_every=checkpoint_every, log_every=log_every)
+    config = AlignTrainConfig(store=str(store.resolve()), adapter=adapter, loop=loop, holdout=holdout,
+                              holdout_seed=holdout_seed, max_gamma=max_gamma, eval_rows=eval_rows,
+                              head={k: v for k, v in sizes.items() if v is not None})
+    command = _train_command_line(config, out, device, force)
+    check_batch_split(batch_size, world_size_from_env())  # before any process group is started
+    with distributed(device) as (rank, world_size, rank_device):
+        if rank == 0:
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            with Progress(*columns, console=err_console, transient=True, auto_refresh=False) as progress:
+                result = run_align_training(config, out, device=rank_device, force=force, progress=_TrainBar(progress),
+                                            command=command)
+        else:
+            result = run_align_training(config, out, device=rank_device, force=force, command=command)
+    if rank != 0:
+        return
+    console = Console(highlight=False, soft_wrap=True)
+    resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
+    ranks = f" on {world_size} processes" if world_size > 1 else ""
+    console.print(f"trained {adapter} for {result.steps} steps{resumed}{ranks} in {result.seconds:.0f} s", markup=False)
+    final = result.final_eval
+    if final:
+        simulated = final["simulated"]
+        gamma = "5" if "5" in simulated["acceptance_rate"] else max(simulated["acceptance_rate"], key=int)
+        console.print(f"held-out ({final['rows']} rows, {final['positions']} positions): loss {final['loss']:.4f}, "
+                      f"cosine {final['cosine']:.3f}, top-1 agreement {final['top1_agree']:.3f}; SIMULATED (offline) "
+                      f"at gamma {gamma}: acceptance rate {simulated['acceptance_rate'][gamma]:.3f}, mean acceptance "
+                      f"length {simulated['mean_acceptance_length'][gamma]:.2f}", markup=False)
+    console.print(f"wrote {out}/head; metrics in {out}/metrics.jsonl, plots {out}/align.png", markup=False)
 
 
 def register(root: typer.Typer) -> None:

@@ -1,0 +1,141 @@
+"""SIMULATED (offline) acceptance of a drafting head on stored rows: no target runs, no live loop.
+
+From every counted position ``n`` of a row (the target's prefix ``x_0..x_n`` known, with its real
+features ``f_0..f_{n-1}``), the head drafts a greedy chain of up to ``max_gamma`` tokens by its own
+``draft_step`` (each step fed its parent's estimated feature, as live), and the chain is checked
+against the target's own continuation ``x_{n+1}, x_{n+2}, ...`` (the stored greedy answer: what
+greedy verification would accept). Accepted at gamma ``g``: the longest agreeing prefix of the first
+``g`` drafts. A chain's later steps only matter while every earlier draft agreed, so the drafted
+token fed back is the target's own token (the same one) and the draft's hidden state there is the
+stored, teacher-forced one: exactly what a live draft model would compute on the accepted text.
+
+Chains near the row's end draft only as far as the row goes (``min(g, T - 1 - n)`` tokens): a live
+run stops at the answer's end too. Per gamma:
+
+- ``acceptance_rate``: accepted drafts / drafted tokens;
+- ``mean_acceptance_length``: accepted drafts + 1 per round (the target's own bonus token counted,
+  as EAGLE's tau and vLLM's mean acceptance length do).
+
+This is an offline estimate: the live loop (``evspec spec``) measures the real thing. The two can
+differ (16-bit rounding of stored features, sampling, prompts longer than the stored row 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from evspec.align.heads import Head, HeadBatch, HeadCache, HeadOutput
+from evspec.errors import ConfigError
+
+LABEL = "simulated (offline): greedy chains from every position of stored rows, checked against the target's own tokens"
+
+
+@dataclass
+class SimulatedAcceptance:
+    """Sums over chains (add two with ``merge``); rates and lengths per gamma 1..max_gamma."""
+
+    max_gamma: int
+    rounds: int = 0  # chains drafted (one per counted start position)
+    accepted: list[int] = field(default_factory=list)  # [g - 1]: drafts accepted at gamma g, summed over chains
+    drafted: list[int] = field(default_factory=list)  # [g - 1]: drafts made at gamma g (chains cut at the row's end)
+
+    def __post_init__(self) -> None:
+        if self.max_gamma < 1:
+            raise ConfigError(f"max_gamma must be >= 1, got {self.max_gamma}", parameters=["max_gamma"])
+        self.accepted = self.accepted or [0] * self.max_gamma
+        self.drafted = self.drafted or [0] * self.max_gamma
+
+    def add_chains(self, accepted_lengths: torch.Tensor, room: torch.Tensor) -> None:
+        """``accepted_lengths`` [n]: each chain's agreeing prefix (<= max_gamma); ``room`` [n]: tokens
+        left after its start."""
+        self.rounds += int(accepted_lengths.numel())
+        for g in range(1, self.max_gamma + 1):
+            self.accepted[g - 1] += int(accepted_lengths.clamp(max=g).sum())
+            self.drafted[g - 1] += int(room.clamp(max=g).sum())
+
+    def merge(self, other: SimulatedAcceptance) -> SimulatedAcceptance:
+        if other.max_gamma != self.max_gamma:
+            raise ConfigError("merging simulations of different max_gamma")
+        return SimulatedAcceptance(self.max_gamma, self.rounds + other.rounds,
+                                   [a + b for a, b in zip(self.accepted, other.accepted)],
+                                   [a + b for a, b in zip(self.drafted, other.drafted)])
+
+    def acceptance_rate(self, gamma: int) -> float | None:
+        drafted = self.drafted[gamma - 1]
+        return self.accepted[gamma - 1] / drafted if drafted else None
+
+    def mean_acceptance_length(self, gamma: int) -> float | None:
+        return 1 + self.accepted[gamma - 1] / self.rounds if self.rounds else None
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready, gammas as string keys, labelled."""
+        gammas = range(1, self.max_gamma + 1)
+        return {"label": LABEL, "rounds": self.rounds,
+                "acceptance_rate": {str(g): self.acceptance_rate(g) for g in gammas},
+                "mean_acceptance_length": {str(g): self.mean_acceptance_length(g) for g in gammas}}
+
+
+def _at(tensor: torch.Tensor | None, position: torch.Tensor) -> torch.Tensor | None:
+    """Row b's entry at ``position[b]``: [B, T, ...] -> [B, ...]."""
+    if tensor is None:
+        return None
+    index = position.clamp(max=tensor.shape[1] - 1).view(-1, *([1] * (tensor.dim() - 1)))
+    return tensor.gather(1, index.expand(-1, 1, *tensor.shape[2:])).squeeze(1)
+
+
+@torch.no_grad()
+def simulate_batch(head: Head, batch: HeadBatch, max_gamma: int = 8) -> SimulatedAcceptance:
+    """Greedy chains from every position ``head.counted(batch)`` marks (module docstring)."""
+    result = SimulatedAcceptance(max_gamma)
+    lengths = batch.loss_mask.sum(1) + 1  # right padding: a row's positions are 0..length-1
+    inputs = batch.inputs()
+    cache = head.start(batch.visual, batch.visual_mask) if "visual" in head.reads else HeadCache()
+    full, full_cache = head.extend(cache, inputs)  # causal: position n's prefix cache is the first n + 1 entries
+    counted = head.counted(batch)
+    ids = batch.input_ids
+    for n in range(ids.shape[1] - 1):
+        active = counted[:, n]
+        if not bool(active.any()):
+            continue
+        accepted = _chain(head, batch, full, full_cache.truncate(n + 1), n, lengths, max_gamma)
+        room = (lengths - 1 - n).clamp(min=0)
+        result.add_chains(accepted[active], room[active])
+    return result
+
+
+def _chain(head: Head, batch: HeadBatch, full: HeadOutput, cache: HeadCache, n: int, lengths: torch.Tensor,
+           max_gamma: int) -> torch.Tensor:
+    """[B] agreeing prefix length of each row's chain from position ``n``."""
+    ids = batch.input_ids
+    out = HeadOutput(full.features[:, n : n + 1], full.logits[:, n : n + 1])
+    alive = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
+    accepted = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+    for k in range(1, max_gamma + 1):
+        position = torch.full_like(lengths, n + k)
+        in_row = position < lengths
+        truth = _at(ids, position)
+        alive &= in_row & (out.logits[:, -1].argmax(-1) == truth)
+        accepted += alive.long()
+        if k == max_gamma or not bool(alive.any()):
+            break
+        # the next draft's parent is the (agreeing) token x_{n+k}: on the target's own text
+        out, cache = head.draft_step(cache, truth, previous_feature=out.features[:, -1],
+                                     draft_hidden=_at(batch.draft_hidden, position),
+                                     draft_logits=_at(batch.draft_logits, position))
+    return accepted
+
+
+def simulate(head: Head, batches: Iterable[HeadBatch], max_gamma: int = 8) -> SimulatedAcceptance:
+    """:func:`simulate_batch` summed over ``batches`` (the head in eval mode, no gradients)."""
+    was_training = head.training
+    head.eval()
+    try:
+        total = SimulatedAcceptance(max_gamma)
+        for batch in batches:
+            total = total.merge(simulate_batch(head, batch, max_gamma))
+        return total
+    finally:
+        head.train(was_training)
