@@ -147,6 +147,8 @@ def _load(folder: str | Path, family: str, device: str | torch.device, event_can
 class VLMTask:
     """``evspec.training.loop.Task`` for a family VLM on answer tokens."""
 
+    loss_weight_key = "answer_tokens"  # the loss is a mean over answer tokens (data-parallel ranks weigh by it)
+
     def __init__(self, config: VLMTrainConfig, model: VisionLanguageModel, pixels: list[torch.Tensor],
                  examples: list[Example], eval_questions: list[Question], out: Path) -> None:
         self.config = config
