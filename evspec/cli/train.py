@@ -4,6 +4,7 @@ judged against the dataset's references). Both are thin layers over :mod:`evspec
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,9 @@ def train(
     force: bool = typer.Option(False, "--force", help="Discard a run of another config in --out."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Let dataset rows name files outside the dataset folder."),
 ) -> None:
-    """Train one model of a family from scratch on an evspec clip dataset (loss on answer tokens)."""
+    """Train one model of a family from scratch on an evspec clip dataset (loss on answer tokens).
+
+    Under torchrun --nproc_per_node N it trains with DistributedDataParallel (--batch-size is the global batch)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from evspec.training.loop import LoopConfig
@@ -91,6 +94,8 @@ def train(
         bar = _TrainBar(progress)
         result = run_training(config, out, device=_device(device), workers=workers, force=force, progress=bar,
                               command=_command_line(config, out, device, workers))
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return
     resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
     score = result.final_eval.get("exact_match")
     score_text = "-" if score is None else f"{score:.3f} over {result.final_eval.get('n')} test questions"

@@ -4,11 +4,14 @@
 ``config.json`` (identity: the :class:`VLMTrainConfig`; plus environment and command line),
 ``state.pt``, ``metrics.jsonl``, ``loss.png``, ``eval.png`` and the untrained ``init/`` checkpoint.
 Rerun with the same config, it resumes; with another config it is refused unless ``force``, which
-starts over. A folder that holds something else (a checkpoint not made here, a file) is refused.
+starts over. Under ``torchrun`` every rank calls :func:`run_training`: rank 0 claims the folder and
+builds the initial checkpoint, then every rank trains (the loop's data parallelism). A folder that
+holds something else (a checkpoint not made here, a file) is refused.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +20,15 @@ import torch
 
 from evspec.errors import ConfigError
 from evspec.run.rundir import check_or_reset, write_run_config
-from evspec.training.loop import TrainProgress, TrainResult, train
-from evspec.training.vlm import RUN_FOLDER, VLMTrainConfig, prepare_task
+from evspec.training.loop import (
+    TrainProgress,
+    TrainResult,
+    check_batch_split,
+    start_distributed,
+    train,
+    world_size_from_env,
+)
+from evspec.training.vlm import RUN_FOLDER, VLMTrainConfig, ensure_init_checkpoint, prepare_task
 
 IDENTITY_FIELDS = ("family", "dataset", "size", "loop", "eval_questions", "max_new_tokens", "event_canvas",
                    "init_seed", "save_dtype")
@@ -75,21 +85,45 @@ def run_training(config: VLMTrainConfig, out: str | Path, *, device: str = "cpu"
 
     out = Path(out)
     dev = resolve_device(device)
+    check_batch_split(config.loop.batch_size, world_size_from_env())
     _check_folder(out)
-    run_dir = out / RUN_FOLDER
-    identity = config.identity()
+    parallel = start_distributed(dev)  # under torchrun: rank 0 claims the folder, every rank trains
     try:
-        check_or_reset(run_dir, identity, IDENTITY_FIELDS, False, ())
-    except ConfigError:
-        if not force:
-            raise
-        _start_over(out)  # another config: its weights go too, not only the run's own files
-    n_clips = len(load_dataset(config.dataset, allow_outside_root=config.allow_outside_root))
-    check_memory(config, dev, n_clips)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (*out.glob(".export-*"), *run_dir.glob(".init-*")):  # a killed run's half-made folders
-        shutil.rmtree(stale, ignore_errors=True)
-    write_run_config(run_dir, identity=identity, config=identity, device=str(dev), command=command)
-    report: Callable[[str, int, int], None] | None = getattr(progress, "stage", None)
-    task = prepare_task(config, out, dev, workers=workers, progress=report)
-    return train(task, config.loop, run_dir, dev, progress)
+        if parallel.world_size > 1 and dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        run_dir = out / RUN_FOLDER
+        identity = config.identity()
+        try:
+            check_or_reset(run_dir, identity, IDENTITY_FIELDS, False, ())
+        except ConfigError:
+            if not force:
+                raise  # on every rank alike
+            if parallel.is_main:
+                _start_over(out)  # another config: its weights go too, not only the run's own files
+        n_clips = len(load_dataset(config.dataset, allow_outside_root=config.allow_outside_root))
+        check_memory(config, dev, n_clips)
+        barrier = _barrier(parallel.world_size)
+        barrier()
+        if parallel.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in (*out.glob(".export-*"), *run_dir.glob(".init-*")):  # a killed run's half-made folders
+                shutil.rmtree(stale, ignore_errors=True)
+            write_run_config(run_dir, identity=identity, config=identity, device=str(dev), command=command)
+            ensure_init_checkpoint(config, out)
+        barrier()
+        report: Callable[[str, int, int], None] | None = getattr(progress, "stage", None) if parallel.is_main else None
+        task = prepare_task(config, out, dev, workers=workers, progress=report)
+        return train(task, config.loop, run_dir, dev, progress)
+    finally:
+        if parallel.started_here:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _barrier(world_size: int) -> Callable[[], None]:
+    if world_size == 1:
+        return lambda: None
+    import torch.distributed as dist
+
+    return dist.barrier

@@ -269,18 +269,12 @@ def _record_training(config_path: Path, config: VLMTrainConfig) -> None:
 # ----------------------------------------------------------------------------- setup
 
 
-def prepare_task(config: VLMTrainConfig, out: Path, device: torch.device, *, workers: int = 1,
-                 progress: Callable[[str, int, int], None] | None = None) -> VLMTask:
-    """Dataset -> examples; a fresh checkpoint of the size (or the one ``out`` already holds from an
-    earlier, interrupted run: its weights come from ``state.pt`` anyway); pixels on the device."""
+def ensure_init_checkpoint(config: VLMTrainConfig, out: Path) -> Path:
+    """``out/training/init``: the untrained checkpoint of the size, built once (under torchrun, by
+    rank 0 before the others look for it)."""
     from evspec.models.loading import quiet_transformers
     from evspec.models.tiny import build_checkpoint
 
-    samples = load_dataset(config.dataset, allow_outside_root=config.allow_outside_root)
-    train_samples = [s for s in samples if s.split == "train"] or [s for s in samples if s.split != "test"]
-    if not train_samples:
-        raise InputError(f"{config.dataset}: no training rows (split 'train')")
-    test_samples = [s for s in samples if s.split == "test"]
     init = out / RUN_FOLDER / "init"
     if not (init / "config.json").is_file():
         tmp = Path(tempfile.mkdtemp(prefix=".init-", dir=out / RUN_FOLDER))
@@ -289,6 +283,19 @@ def prepare_task(config: VLMTrainConfig, out: Path, device: torch.device, *, wor
         if init.exists():
             shutil.rmtree(init)
         os.replace(tmp, init)
+    return init
+
+
+def prepare_task(config: VLMTrainConfig, out: Path, device: torch.device, *, workers: int = 1,
+                 progress: Callable[[str, int, int], None] | None = None) -> VLMTask:
+    """Dataset -> examples; a fresh checkpoint of the size (or the one ``out`` already holds from an
+    earlier, interrupted run: its weights come from ``state.pt`` anyway); pixels on the device."""
+    samples = load_dataset(config.dataset, allow_outside_root=config.allow_outside_root)
+    train_samples = [s for s in samples if s.split == "train"] or [s for s in samples if s.split != "test"]
+    if not train_samples:
+        raise InputError(f"{config.dataset}: no training rows (split 'train')")
+    test_samples = [s for s in samples if s.split == "test"]
+    init = ensure_init_checkpoint(config, out)
     model = _load(init, config.family, device, config.event_canvas)
     questions = training_questions(train_samples, config.answer_field)
     clip_of = {s.id: i for i, s in enumerate(train_samples)}
