@@ -27,8 +27,9 @@ it measures both devices when the draft sits on a second GPU (CUDA events only t
 
 Hidden-state taps: a proposer whose ``taps`` name target layers (EAGLE-style heads) gets them
 through ``observe_features``: the prompt's rows after the target's prefill and before its first
-proposal (so not with ``parallel_prefill``), then each round the rows of the positions the pass
-committed. The verify pass returns them as extra outputs (``DecodeState.extend(taps=...)``); a
+proposal, then each round the rows of the positions the pass committed. With ``parallel_prefill``
+the first proposal runs beside the target's prefill, so it is made without them and the prompt's
+rows arrive right after it (only the last prompt position's: ``Taps.prompt`` is refused there). The verify pass returns them as extra outputs (``DecodeState.extend(taps=...)``); a
 :class:`~evspec.runtime.decode.FeatureBuffer` keeps one row per committed position, truncated
 beside the cache's roll-back. Without taps the loop does exactly the work it did before.
 
@@ -96,6 +97,7 @@ class TargetInput:
     sample: Sample | None = None
     model: VisionLanguageModel | None = None
     prepared: Prepared | None = None
+    visual_tokens: Callable[[], torch.Tensor] | None = None  # the target's visual tokens [N, D] (DraftContext.target_visual)
 
     def draft_context(
         self, sampling: SamplingConfig, max_new_tokens: int, reference_ids: Sequence[int] | None = None,
@@ -105,7 +107,7 @@ class TargetInput:
             sample=self.sample, target_prompt_ids=self.prompt_ids, target_vocab_size=self.lm.vocab_size,
             sampling=sampling, max_new_tokens=max_new_tokens,
             reference_ids=None if reference_ids is None else list(reference_ids),
-            eos_token_ids=tuple(self.eos_token_ids), key=self.key,
+            eos_token_ids=tuple(self.eos_token_ids), key=self.key, target_visual=self.visual_tokens,
         )
 
 
@@ -153,14 +155,20 @@ def target_input(
             raise ConfigError(f"the target {model.name} needs a sample or its prepared inputs")
         prepared = model.preprocess(model.load(sample), sample.query)
     ready = features
+    latest: list[VisualFeatures] = []  # the last encode, so a proposer reading the target's visual tokens needs no second one
 
     def embed() -> torch.Tensor:
-        return model.splice(prepared, ready if ready is not None else model.encode(prepared))
+        encoded = ready if ready is not None else model.encode(prepared)
+        latest[:] = [encoded]
+        return model.splice(prepared, encoded)
+
+    def visual_tokens() -> torch.Tensor:
+        return (latest[0] if latest else ready if ready is not None else model.encode(prepared)).embeds
 
     eos = list(eos_token_ids) if eos_token_ids is not None else list(model.eos_token_ids)
     return TargetInput(
         model.language_model, embed, _text_ids(model, prepared), eos, model.decode_text,
-        key if key is not None else (sample.id if sample is not None else ""), sample, model, prepared,
+        key if key is not None else (sample.id if sample is not None else ""), sample, model, prepared, visual_tokens,
     )
 
 
@@ -458,18 +466,22 @@ def _prefill(
 ) -> tuple[Prefilled, Proposal, FeatureBuffer | None]:
     """The target's prompt pass and the draft's start + first proposal (of ``first_k`` tokens),
     one after the other or concurrently; the three prefill timings. A tapping proposer gets the
-    prompt's features between its start and its first proposal (sequential only)."""
+    prompt's features between its start and its first proposal; in parallel (taps of the prompt's
+    last row only), after its first proposal, which ran beside the target's prefill."""
     taps = proposer.taps
 
     def target_job() -> tuple[Prefilled, FeatureBuffer | None]:
         prefilled = prefill(tgt.lm, tgt.embed(), state_factory, taps.layers)
         return prefilled, _prompt_features(prefilled, taps) if taps else None
 
+    def deliver(prefilled: Prefilled, features: FeatureBuffer) -> None:
+        rows = {layer: prefilled.taps[layer][features.start:] for layer in features.layers}
+        proposer.observe_features(rows, features.start, features)
+
     def draft_job(prefilled: Prefilled | None = None, features: FeatureBuffer | None = None) -> Proposal:
         proposer.start(ctx)
         if prefilled is not None and features is not None:
-            rows = {layer: prefilled.taps[layer][features.start:] for layer in features.layers}
-            proposer.observe_features(rows, features.start, features)
+            deliver(prefilled, features)
         return proposer.propose([], first_k)
 
     timings = clock.timings
@@ -477,6 +489,8 @@ def _prefill(
         with clock.stage("prefill"):
             (prefilled, features), timings.target_prefill_s, first, timings.draft_prefill_s, timings.prefill_wall_s = (
                 run_concurrently(target_job, tgt.lm.device, draft_job, proposer.device))
+        if features is not None:  # the prompt's last row, before the first round's proposal
+            deliver(prefilled, features)
         return prefilled, first, features
     with clock.stage("prefill"), clock.part("target_prefill_s"):
         prefilled, features = target_job()
@@ -587,9 +601,10 @@ def speculative_generate(
     max_gamma = max_gamma if max_gamma is not None else 2 * gamma
     if max_gamma < gamma:
         raise ConfigError(f"max_gamma ({max_gamma}) must be >= gamma ({gamma})")
-    if parallel_prefill and proposer.taps:
-        raise ConfigError(f"the proposer {proposer.name} taps the target's hidden states, which its first proposal "
-                          "needs from the target's prefill: run without parallel_prefill", parameters=["parallel_prefill"])
+    if parallel_prefill and proposer.taps.prompt:
+        raise ConfigError(f"the proposer {proposer.name} taps every prompt position of the target, which its first "
+                          "proposal needs from the target's prefill: run without parallel_prefill",
+                          parameters=["parallel_prefill"])
     tgt = target_input(target, **inputs)
     ctx = tgt.draft_context(sampling, max_new_tokens, reference_ids)
     clock = _Clock(_devices(tgt.lm.device, proposer.device), stage)

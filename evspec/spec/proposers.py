@@ -89,6 +89,9 @@ class DraftContext:
     ``target_prompt_ids``: the target's prompt ids without visual placeholders (n-gram lookup).
     ``reference_ids``: the target-only greedy output of this sample (the oracle's answer key).
     ``key``: a stable name of the sample (id), for per-sample seeding.
+    ``target_visual``: when the target is a VLM, returns its visual tokens of this sample [N, D]
+    (its ``encode`` output: the features its prefill encoded once that has run, else encoded on
+    the call), for drafters conditioned on what the target sees (a ViSpec-like head).
     """
 
     sample: Sample | None
@@ -99,6 +102,7 @@ class DraftContext:
     reference_ids: list[int] | None = None
     eos_token_ids: tuple[int, ...] = ()
     key: str = ""
+    target_visual: Callable[[], torch.Tensor] | None = None
 
 
 class Proposer(ABC):

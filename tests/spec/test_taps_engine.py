@@ -151,9 +151,23 @@ def test_taps_change_neither_tokens_nor_counts(target_lm, draft_parts, path: str
             assert tapped.token_ids == base.token_ids, (path, seed, gamma)
 
 
-def test_parallel_prefill_refuses_a_tapping_proposer(target_lm, draft_parts) -> None:
+def test_parallel_prefill_delivers_the_last_prompt_row_after_the_first_proposal(target_lm, draft_parts) -> None:
     draft_lm, bridge = draft_parts
+    prompt = prompt_for(4)
     proposer = TappingDraft(draft_lm, bridge, taps=Taps(layers=(FINAL,)))
+    out = speculative_generate(target_lm, proposer, prompt_ids=prompt, eos_token_ids=[EOS], max_new_tokens=12,
+                               gamma=3, parallel_prefill=True)
+    assert proposer.events[:3] == ["start", "propose", "features"]
+    start, rows = proposer.deliveries[0]
+    reference = _reference(target_lm, prompt + out.token_ids[:-1])
+    assert start == len(prompt) - 1 and rows[FINAL].shape == (1, target_lm.hidden_size)
+    _close(rows[FINAL], reference[FINAL][start:start + 1])
+    assert out.token_ids == target_only(target_lm, prompt_ids=prompt, eos_token_ids=[EOS], max_new_tokens=12).token_ids
+
+
+def test_parallel_prefill_refuses_a_proposer_tapping_every_prompt_row(target_lm, draft_parts) -> None:
+    draft_lm, bridge = draft_parts
+    proposer = TappingDraft(draft_lm, bridge, taps=Taps(layers=(FINAL,), prompt=True))
     with pytest.raises(ConfigError, match="parallel_prefill") as error:
         speculative_generate(target_lm, proposer, prompt_ids=prompt_for(0), eos_token_ids=[EOS], max_new_tokens=8,
                              parallel_prefill=True)

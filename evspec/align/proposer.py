@@ -1,0 +1,429 @@
+"""Trained adapters and draft heads drafting live in the lossless loop (issue 14, section 4):
+``evspec spec --draft adapter:RUN``.
+
+:class:`AdapterProposer` wraps any head of :data:`~evspec.align.heads.ADAPTERS`, loaded over the
+target's own embedding and LM head, as a :class:`~evspec.spec.proposers.Proposer`. Its sequence is
+the store's (EAGLE's): head position 0 is the target's last prompt position (its token the last
+prompt id), position ``p`` the ``p``-th output token. What each kind of head is given:
+
+- the target's features ``f_{t-1}`` (B1, L5F, EC, VS): the proposer declares
+  ``Taps(layers=(FINAL,))`` (the last prompt position, then each verify pass's committed
+  positions) and reads the engine's :class:`~evspec.runtime.decode.FeatureBuffer`, which holds
+  exactly the committed rows after each roll-back, so the head's cache is cut back to the common
+  prefix and extended with real features, never with rejected drafts (``HeadCache.truncate``);
+- the draft's hidden states or logits (TokenAdapter, L1-L4, L5, L5F): a draft model runs alongside
+  with :class:`~evspec.spec.proposers.DraftModelProposer`'s cache bookkeeping (fed the accepted
+  tokens, stepped along the drafted ones), one hidden row kept per position it holds; those heads
+  need draft and target on one vocabulary (a token map), as their training rows do;
+- EC: the event model's ``encode`` of the sample, run once in ``start`` (the event model is the
+  draft model of the store the head was trained on);
+- VS: the target's own visual tokens (``DraftContext.target_visual``: the features the target's
+  prefill encoded), compressed once, at the first proposal that drafts.
+
+Drafting from position ``n`` (the latest token ``x_n``, whose feature the target has not computed
+yet) needs ``f_{n-1}``: heads reading features draft nothing from position 0 (``f_{-1}`` is
+unknown; training never counts that position either, nor does the offline simulation), so their
+first proposal is empty and the target's prefill gives the first token. That is also what lets
+them run with ``parallel_prefill``: the first proposal needs no feature, and the last prompt row
+arrives right after it (EC's event encoder and the draft's prefill then run beside the target's).
+
+Greedy: each draft is the argmax of the head's logits. Sampling: each draft is drawn from the
+head's distribution at the sampling temperature and top-p (:func:`~evspec.runtime.decode.
+probabilities`), which is returned as ``q``, so the acceptance rule keeps the target's
+distribution. A chain of drafts, one per ``draft_step`` (heads' caches are values: a tree would
+call ``draft_step`` on one parent cache per child; the proposer seam does not forbid it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from evspec.align.heads import ADAPTERS, CONFIG_NAME, HEAD_FORMAT, Head, HeadCache, HeadInputs, HeadOutput, load_head
+from evspec.errors import ConfigError, ModelError
+from evspec.runtime.decode import (
+    FINAL,
+    EagerState,
+    FeatureBuffer,
+    LanguageModel,
+    SamplingConfig,
+    StateFactory,
+    Taps,
+    probabilities,
+)
+from evspec.spec.proposers import DraftContext, DraftModelProposer, Proposal, Proposer
+from evspec.spec.vocab import TokenMap, common_prefix_length
+
+if TYPE_CHECKING:
+    from evspec.models.base import VisionLanguageModel
+
+DRAFT_PREFIX = "adapter:"
+HEAD_FOLDER = "head"  # where ``evspec align train`` saves its head inside RUN
+METRICS_NAME = "metrics.jsonl"
+DRAFT_READS = frozenset({"draft_hidden", "draft_logits"})
+
+
+# ----------------------------------------------------------------------------- RUN folders
+
+
+@dataclass(frozen=True)
+class AdapterRun:
+    """What ``adapter:RUN`` names: an ``evspec align train`` folder (the head in ``RUN/head``) or a
+    head folder itself (``config.json`` of an evspec head). ``draft_model``: the model the head
+    reads (the draft of the store it was trained on; a bare head folder may name it in a
+    ``draft_model`` key of its config.json), None when none is recorded."""
+
+    path: Path
+    head_folder: Path
+    adapter: str
+    draft_model: str | None
+    target_model: str | None
+    metrics: Path | None
+
+    @property
+    def needs_draft(self) -> bool:
+        """Whether the head reads a model besides the target (the draft's states, or EC's events)."""
+        cls = ADAPTERS[self.adapter]
+        return bool(DRAFT_READS & cls.reads) or cls.visual_field == "draft_visual"
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise ModelError(f"{path}: unreadable JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise ModelError(f"{path}: not a JSON object")
+    return document
+
+
+def _is_head(folder: Path) -> bool:
+    path = folder / CONFIG_NAME
+    return path.is_file() and _json(path).get("format") == HEAD_FORMAT
+
+
+def read_adapter_run(path: str | Path) -> AdapterRun:
+    """The head folder, adapter and models a RUN folder records; a ModelError naming RUN when it is
+    neither an alignment training run with a saved head nor a head folder."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"adapter run {path}: no such folder")
+    run_config: dict[str, Any] = {}
+    if _is_head(path):
+        head_folder = path
+    elif _is_head(path / HEAD_FOLDER):
+        head_folder = path / HEAD_FOLDER
+        if (path / CONFIG_NAME).is_file():
+            run_config = _json(path / CONFIG_NAME)
+    else:
+        raise ModelError(f"adapter run {path}: not a head (no {CONFIG_NAME} of an evspec head in it or in "
+                         f"{HEAD_FOLDER}/; train one with evspec align train)")
+    head_document = _json(head_folder / CONFIG_NAME)
+    adapter = head_document.get("adapter")
+    if adapter not in ADAPTERS:
+        raise ModelError(f"{head_folder / CONFIG_NAME}: adapter {str(adapter)[:80]!r} is not one of {', '.join(ADAPTERS)}")
+    identity = run_config.get("identity") if isinstance(run_config.get("identity"), dict) else {}
+    store = identity.get("store_identity") if isinstance(identity.get("store_identity"), dict) else {}
+    draft = store.get("draft", head_document.get("draft_model"))
+    target = identity.get("target", store.get("target", head_document.get("target_model")))
+    metrics = path / METRICS_NAME
+    return AdapterRun(path, head_folder, adapter, draft if isinstance(draft, str) else None,
+                      target if isinstance(target, str) else None, metrics if metrics.is_file() else None)
+
+
+def simulated_acceptance(run: AdapterRun, gamma: int) -> dict[str, Any] | None:
+    """The run's last held-out SIMULATED (offline) acceptance at ``gamma`` (from its metrics.jsonl),
+    labelled; None when the run has none at that gamma."""
+    if run.metrics is None:
+        return None
+    last: dict[str, Any] | None = None
+    for line in run.metrics.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a torn last line of a killed run
+        simulated = row.get("eval", {}).get("simulated") if isinstance(row, dict) and isinstance(row.get("eval"), dict) else None
+        if isinstance(simulated, dict) and str(gamma) in (simulated.get("acceptance_rate") or {}):
+            last = {"step": row.get("step"), **simulated}
+    if last is None:
+        return None
+    return {"label": "simulated (offline)", "note": last.get("label"), "source": str(run.metrics), "step": last["step"],
+            "gamma": gamma, "acceptance_rate": last["acceptance_rate"][str(gamma)],
+            "mean_acceptance_length": (last.get("mean_acceptance_length") or {}).get(str(gamma))}
+
+
+# ----------------------------------------------------------------------------- the draft alongside
+
+
+class _DraftTrack(DraftModelProposer):
+    """The draft model's cache, kept as :class:`DraftModelProposer` keeps it, plus its last hidden
+    state at every position it holds: row ``p`` is the draft's state at head position ``p`` (row 0
+    its last prompt position). Rows past the cache's length are stale and overwritten on refeed."""
+
+    _rows: torch.Tensor | None = None
+
+    def start(self, ctx: DraftContext) -> None:
+        super().start(ctx)
+        assert self.state is not None and self.draft_hidden is not None
+        self._rows = self.draft_hidden.new_empty(self.state.capacity - self._prompt_len + 1, self.draft_hidden.shape[-1])
+        self._rows[0] = self.draft_hidden[-1]
+
+    def _feed(self, draft_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        logits = super()._feed(draft_ids)
+        assert self.state is not None and self._rows is not None and self.draft_hidden is not None
+        end = self.state.length - self._prompt_len + 1
+        self._rows[end - self.draft_hidden.shape[0]: end] = self.draft_hidden
+        return logits
+
+    def sync(self, target_ids: Sequence[int]) -> bool:
+        """Hold the prompt + ``target_ids`` (mapped); False when the draft's context has no room."""
+        return self._sync(self._to_draft(target_ids)) is not None
+
+    def step(self, target_id: int) -> None:
+        self._feed(self._to_draft([target_id]))
+
+    def rows(self, start: int, end: int) -> torch.Tensor:
+        """[end - start, Hd]: the hidden states at head positions start .. end - 1 (all held)."""
+        assert self._rows is not None
+        return self._rows[start:end]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The draft's next-token logits from its hidden states (its own LM head)."""
+        return self.lm.lm_head(hidden).float()
+
+    @property
+    def room(self) -> int:
+        """Tokens the draft's cache can still take."""
+        assert self.state is not None
+        return self.state.capacity - self.state.length
+
+
+# ----------------------------------------------------------------------------- the proposer
+
+
+class AdapterProposer(Proposer):
+    """A trained head (or adapter) as a proposer: see the module docstring.
+
+    ``head``: over the target's embedding and LM head (:func:`~evspec.align.heads.load_head`).
+    ``draft``: the draft model the head reads, with its vocabulary ``bridge`` (a token map to the
+    target) -- for TokenAdapter, L1-L4, L5 and L5F. ``event_model``: the model whose ``encode``
+    gives EC its visual features. ``last_prompt_id``: the token at the target's last prompt
+    position (default: the last of the context's ``target_prompt_ids``, the template's answer cue).
+    """
+
+    def __init__(
+        self, head: Head, *, draft: VisionLanguageModel | LanguageModel | None = None, bridge: TokenMap | None = None,
+        event_model: VisionLanguageModel | None = None, state_factory: StateFactory = EagerState, name: str | None = None,
+    ) -> None:
+        self.head = head.eval()
+        self.name = name or f"adapter:{head.name}"
+        self.reads_features = "previous_features" in head.reads
+        self.track: _DraftTrack | None = None
+        if DRAFT_READS & head.reads:
+            if draft is None or bridge is None:
+                raise ConfigError(f"{head.name} reads the draft model's states: pass draft and its bridge",
+                                  parameters=("draft",))
+            if not isinstance(bridge, TokenMap):
+                raise ConfigError(f"{head.name} reads the draft's states position by position: draft and target need "
+                                  f"one vocabulary (a token map), got a {bridge.kind} bridge", parameters=("bridge",))
+            self.track = _DraftTrack(draft, bridge, state_factory=state_factory, name=f"{self.name}/draft")
+            self._check_width("draft_hidden_size", head.config.draft_hidden_size, self.track.lm.hidden_size, "hidden size")
+            if "draft_logits" in head.reads:
+                self._check_width("draft_vocab_size", head.config.draft_vocab_size, self.track.lm.vocab_size, "vocabulary")
+        if head.visual_field == "draft_visual" and event_model is None:
+            raise ConfigError(f"{head.name} is conditioned on the event model's features: pass event_model",
+                              parameters=("event_model",))
+        self.event_model = event_model
+        self._cache: HeadCache | None = None
+        self._tokens: list[int] = []  # the head positions the cache holds (real inputs only)
+        self._buffer: FeatureBuffer | None = None
+        self._x0 = 0
+        self._sampling = SamplingConfig()
+        self._eos: set[int] = set()
+        self._generator = torch.Generator()
+        self._visual: torch.Tensor | None = None
+        self._target_visual = None
+
+    def _check_width(self, field: str, configured: int, actual: int, what: str) -> None:
+        if configured != actual:
+            raise ConfigError(f"{self.head.name} was built for {field}={configured}, the draft's {what} is {actual}: "
+                              "a head of another draft model", parameters=("draft",))
+
+    @classmethod
+    def from_folder(
+        cls, folder: str | Path, target: VisionLanguageModel | LanguageModel, *,
+        draft: VisionLanguageModel | LanguageModel | None = None, bridge: str = "auto",
+        state_factory: StateFactory = EagerState, name: str | None = None,
+    ) -> AdapterProposer:
+        """The head saved in ``folder`` (a head folder or an align train RUN) over ``target``'s
+        embedding and LM head, on the target's device and in its dtype; ``draft``: the model it
+        reads, when it reads one (paired with the target's vocabulary through ``bridge``)."""
+        run = read_adapter_run(folder)
+        lm = target if isinstance(target, LanguageModel) else target.language_model
+        head = load_head(run.head_folder, lm.embed_tokens, lm.lm_head).to(device=lm.device, dtype=lm.dtype)
+        token_map = event_model = None
+        if run.needs_draft and draft is None:
+            raise ConfigError(f"{run.path}: the {run.adapter} head reads a draft model and none was given",
+                              parameters=("draft",))
+        if DRAFT_READS & head.reads:
+            token_map = _pair(draft, target, bridge)
+        if head.visual_field == "draft_visual":
+            if isinstance(draft, LanguageModel):
+                raise ConfigError(f"{run.adapter} needs the event model's encoder: a VLM draft, not a bare language model",
+                                  parameters=("draft",))
+            event_model = draft
+        return cls(head, draft=draft, bridge=token_map, event_model=event_model, state_factory=state_factory,
+                   name=name or f"adapter:{run.adapter}")
+
+    # ---- the protocol
+    @property
+    def taps(self) -> Taps:
+        return Taps(layers=(FINAL,)) if self.reads_features else Taps()
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.target.lm_head.weight.device
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "adapter": self.head.name, "reads": sorted(self.head.reads)}
+
+    @torch.inference_mode()
+    def start(self, ctx: DraftContext) -> None:
+        if not ctx.target_prompt_ids:
+            raise ConfigError(f"{self.name} needs the target's prompt ids (its last one is the head's position 0)")
+        self._x0 = int(ctx.target_prompt_ids[-1])
+        self._sampling = ctx.sampling
+        self._eos = set(ctx.eos_token_ids)
+        self._generator = torch.Generator().manual_seed(ctx.sampling.seed + 1)
+        self._cache, self._tokens, self._buffer = None, [], None
+        self._target_visual = ctx.target_visual
+        if self.track is not None:
+            self.track.start(ctx)
+        if self.event_model is not None:  # EC: the event encoder, once per sample (beside the target's prefill when parallel)
+            if ctx.sample is None:
+                raise ConfigError(f"{self.name} needs the sample itself (the event model's input)")
+            model = self.event_model
+            prepared = model.preprocess(model.load(ctx.sample), ctx.sample.query)
+            self._visual = model.encode(prepared).embeds
+        elif self.head.visual_field == "target_visual":
+            self._visual = None  # VS: the target's encode, read at the first drafting proposal
+        if "visual" not in self.head.reads:
+            self._cache = self.head.start()
+        elif self._visual is not None:
+            self._cache = self.head.start(self._visual[None].to(self.device))
+
+    def observe_features(self, features: dict[int, torch.Tensor], start: int, buffer: FeatureBuffer) -> None:
+        self._buffer = buffer  # read at the next proposal: it then holds exactly the committed rows
+
+    def _known_features(self, n: int) -> torch.Tensor | None:
+        """[n, H]: the target's features f_0 .. f_{n-1} of head positions 0 .. n-1, or None when
+        the buffer does not hold them (yet)."""
+        buffer = self._buffer
+        if buffer is None or buffer.length - buffer.start < n:
+            return None
+        return buffer[FINAL][:n]
+
+    @torch.inference_mode()
+    def propose(self, accepted: Sequence[int], gamma: int) -> Proposal:
+        sequence = [self._x0, *(int(t) for t in accepted)]
+        n = len(sequence) - 1  # the latest position: x_n known, f_n not
+        features = None
+        if self.reads_features:
+            if n == 0:
+                return Proposal()  # f_{-1} is unknown: the target's prefill gives the first token
+            features = self._known_features(n)
+            if features is None:
+                return Proposal()
+        if self._cache is None and self.head.visual_field == "target_visual":  # after the target's prefill (n >= 1)
+            if self._target_visual is None:
+                raise ConfigError(f"{self.name} is conditioned on the target's visual tokens: the target must be a VLM")
+            self._cache = self.head.start(self._target_visual()[None].to(self.device))
+        if gamma < 1 or self._cache is None:
+            return Proposal()
+        if self.track is not None:
+            if not self.track.sync(accepted):
+                return Proposal()
+            gamma = min(gamma, self.track.room + 1)  # the last draft needs no slot
+        out = self._extend(sequence, features)
+        return self._chain(out, gamma)
+
+    # ---- the committed prefix
+    def _extend(self, sequence: list[int], features: torch.Tensor | None) -> HeadOutput:
+        """The cache cut to the common prefix with ``sequence`` (and to exclude the latest position,
+        which is re-fed to get its output), then extended with real inputs up to position n."""
+        assert self._cache is not None
+        n = len(sequence) - 1
+        keep = min(common_prefix_length(self._tokens, sequence), n)
+        cache = self._cache.truncate(keep)
+        ids = torch.tensor([sequence[keep:]], dtype=torch.long, device=self.device)
+        previous = None
+        if features is not None:
+            zero = features.new_zeros(1, features.shape[-1])
+            known = torch.cat([zero, features])  # f_{p-1} for p = 0 .. n
+            previous = known[keep: n + 1][None]
+        hidden = logits = None
+        if self.track is not None:
+            hidden = self.track.rows(keep, n + 1)
+            logits = self.track.logits(hidden)[None] if "draft_logits" in self.head.reads else None
+            hidden = hidden[None]
+        out, self._cache = self.head.extend(cache, HeadInputs(ids, previous, hidden, logits))
+        self._tokens = list(sequence)
+        return out
+
+    # ---- drafting
+    def _pick(self, logits: torch.Tensor) -> tuple[int, torch.Tensor | None]:
+        """One draft from the head's logits [V]: argmax (greedy) or a draw from its distribution."""
+        if self._sampling.greedy:
+            return int(logits.argmax(-1)), None
+        probs = probabilities(logits, self._sampling)
+        return int(torch.multinomial(probs.cpu(), 1, generator=self._generator)), probs
+
+    def _chain(self, out: HeadOutput, gamma: int) -> Proposal:
+        assert self._cache is not None
+        cache = self._cache
+        drafted: list[int] = []
+        rows: list[torch.Tensor] = []
+        while True:
+            token, probs = self._pick(out.logits[0, -1])
+            drafted.append(token)
+            if probs is not None:
+                rows.append(probs)
+            if len(drafted) == gamma or token in self._eos:
+                break
+            hidden = logits = None
+            if self.track is not None:
+                self.track.step(token)
+                hidden = self.track.draft_hidden[-1:]
+                logits = self.track.logits(hidden) if "draft_logits" in self.head.reads else None
+            previous = out.features[:, -1] if self.reads_features else None
+            out, cache = self.head.draft_step(cache, torch.tensor([token], device=self.device),
+                                              previous_feature=previous, draft_hidden=hidden, draft_logits=logits)
+        return Proposal(drafted, torch.stack(rows) if rows else None)
+
+
+def _pair(draft: VisionLanguageModel | LanguageModel | None, target: VisionLanguageModel | LanguageModel,
+          bridge: str) -> TokenMap:
+    """The token map between a draft and the target (bare language models: ids agree)."""
+    from evspec.spec.vocab import bridge_vocabularies, identity_map
+
+    if draft is None:
+        raise ConfigError("this head reads a draft model: pass draft", parameters=("draft",))
+    if isinstance(draft, LanguageModel) or isinstance(target, LanguageModel):
+        draft_lm = draft if isinstance(draft, LanguageModel) else draft.language_model
+        target_lm = target if isinstance(target, LanguageModel) else target.language_model
+        return identity_map(draft_lm.vocab_size, target_lm.vocab_size)
+    mapping = bridge_vocabularies(
+        draft.tokenizer, target.tokenizer, draft_vocab_size=draft.language_model.vocab_size,
+        target_vocab_size=target.language_model.vocab_size, draft_eos=draft.eos_token_ids,
+        target_eos=target.eos_token_ids, mode=bridge,  # type: ignore[arg-type]
+    )
+    if not isinstance(mapping, TokenMap):
+        raise ConfigError("this head reads the draft's states position by position: draft and target need one "
+                          "tokenizer (a token map), not a text bridge", parameters=("bridge",))
+    return mapping

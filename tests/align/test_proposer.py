@@ -1,0 +1,243 @@
+"""AdapterProposer: every head of ADAPTERS drafting live in the lossless loop.
+
+Heads are built untrained (seeded) and saved with save_head into tmp_path, so these tests need no
+training run. Lossless (greedy): token-identical to the target alone over several seeds and gamma
+1-8, on bare tiny language models (eight heads; a draft that is a noisy copy of the target, so the
+draft-reading heads are partly accepted, not only rejected) and on the tiny VLM pair
+(tiny-videollava target, tiny-eventgpt draft: all ten, EC with the event model's encoder and VS
+with the target's visual tokens, parallel prefill too). Sampling: distribution-exact for B1 and the
+TokenAdapter by the G-test of ``tests/spec/test_lossless_sampling.py`` with its power computed here.
+Plumbing: a stub head that returns the target's true feature (and checks every feature it is
+given against a teacher-forced pass) is accepted almost always. Then ``--draft adapter:RUN``
+through the CLI, and RUN folders that are not heads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from evspec.align.heads import ADAPTERS, B1Head, HeadCache, HeadConfig, HeadInputs, build_adapter, save_head
+from evspec.align.proposer import AdapterProposer, read_adapter_run, simulated_acceptance
+from evspec.errors import ConfigError, ModelError
+from evspec.runtime.decode import LanguageModel, SamplingConfig, prefill, probabilities
+from evspec.spec.engine import compare, speculative_generate, target_only
+
+from ..spec.conftest import EOS, tiny_lm
+from ..spec.test_lossless_greedy import noisy_copy, prompt_for
+from ..spec.test_lossless_sampling import LEVEL, g_test_pvalue, power
+
+MAX_NEW = 16
+BARE_HEADS = ("TokenAdapter", "L1", "L2", "L3", "L4", "L5", "B1", "L5F")  # EC and VS need a VLM's visual features
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small_config(target: LanguageModel, draft: LanguageModel | None, visual_size: int = 0) -> HeadConfig:
+    return HeadConfig(hidden_size=target.hidden_size, vocab_size=target.vocab_size,
+                      draft_hidden_size=draft.hidden_size if draft is not None else 0,
+                      draft_vocab_size=draft.vocab_size if draft is not None else 0, visual_size=visual_size,
+                      bottleneck=16, wide_bottleneck=32, token_rank=16, num_heads=4, ffn_size=64, visual_queries=2)
+
+
+def head_folder(folder: Path, adapter: str, target: LanguageModel, draft: LanguageModel | None, *, seed: int,
+                visual_size: int = 0) -> Path:
+    """An untrained, seeded head saved as a training run saves it."""
+    torch.manual_seed(seed)
+    head = build_adapter(adapter, small_config(target, draft, visual_size), target.embed_tokens, target.lm_head)
+    return save_head(head, folder)
+
+
+# ----------------------------------------------------------------------------- bare language models
+
+
+@pytest.fixture(scope="module")
+def bare_pair() -> tuple[LanguageModel, LanguageModel]:
+    """A target and a noisy copy of it as the draft (one vocabulary, one width)."""
+    target = tiny_lm(0, 66)
+    return target, noisy_copy(target, 66, 0.05, seed=5)
+
+
+@pytest.mark.parametrize("adapter", BARE_HEADS)
+def test_every_head_is_lossless_greedy_on_bare_models(tmp_path: Path, bare_pair, adapter: str) -> None:
+    target, draft = bare_pair
+    accepted = drafted = 0
+    for seed in range(3):
+        proposer = AdapterProposer.from_folder(head_folder(tmp_path / str(seed), adapter, target, draft, seed=seed),
+                                               target, draft=draft)
+        for gamma in range(1, 9):
+            prompt = prompt_for(seed * 8 + gamma, vocab=66)
+            base = target_only(target, prompt_ids=prompt, eos_token_ids=[EOS], max_new_tokens=MAX_NEW)
+            out = speculative_generate(target, proposer, prompt_ids=prompt, eos_token_ids=[EOS],
+                                       max_new_tokens=MAX_NEW, gamma=gamma, adaptive_gamma=gamma % 3 == 0)
+            assert out.token_ids == base.token_ids, (adapter, seed, gamma)
+            accepted += out.counts.accepted_tokens
+            drafted += out.counts.drafted_tokens
+    assert drafted > 0
+    if adapter in ("L1", "L2", "L3"):  # at init a residual bottleneck is the identity: the noisy copy's own feature
+        assert 0.5 < accepted / drafted < 1, (accepted, drafted)  # mostly accepted, rejections too
+
+
+def test_a_feature_reading_head_runs_with_parallel_prefill(tmp_path: Path, bare_pair) -> None:
+    target, draft = bare_pair
+    for adapter in ("B1", "L5F"):
+        proposer = AdapterProposer.from_folder(head_folder(tmp_path / adapter, adapter, target, draft, seed=1),
+                                               target, draft=draft)
+        assert proposer.taps and not proposer.taps.prompt
+        for seed in range(3):
+            prompt = prompt_for(40 + seed, vocab=66)
+            base = target_only(target, prompt_ids=prompt, eos_token_ids=[EOS], max_new_tokens=MAX_NEW)
+            out = speculative_generate(target, proposer, prompt_ids=prompt, eos_token_ids=[EOS], max_new_tokens=MAX_NEW,
+                                       gamma=3 + seed, parallel_prefill=True)
+            assert out.token_ids == base.token_ids and out.counts.drafted_tokens > 0
+
+
+class TruthfulB1(B1Head):
+    """A B1 whose estimate of f_t is the target's true feature: the target run teacher-forced on
+    the prompt and the head's tokens (kept in the cache's ``keys`` as ids, so ``truncate`` and the
+    value semantics of caches hold). Every previous feature it is given is checked against the
+    truth: the real ones the proposer feeds and, along a chain, its own (exact) estimates."""
+
+    def __init__(self, config: HeadConfig, target: LanguageModel, prompt: list[int]) -> None:
+        super().__init__(config, target.embed_tokens, target.lm_head)
+        self.lm, self.prompt = target, prompt
+        self.checked = 0
+
+    def _truth(self, ids: list[int]) -> torch.Tensor:
+        """Final hidden states of prompt[:-1] + ids, at the positions of ids: [len(ids), H]."""
+        sequence = torch.tensor([self.prompt[:-1] + ids])
+        return self.lm.body(input_ids=sequence).last_hidden_state[0, len(self.prompt) - 1:]
+
+    def _features(self, cache: HeadCache, inputs: HeadInputs) -> tuple[torch.Tensor, HeadCache]:
+        held = [] if cache.keys is None else cache.keys[0, 0, :, 0].long().tolist()
+        ids = held + inputs.token_ids[0].tolist()
+        truth = self._truth(ids)
+        k = inputs.token_ids.shape[1]
+        start = len(held)
+        expected = torch.cat([torch.zeros_like(truth[:1]), truth[:-1]])[start:start + k]
+        torch.testing.assert_close(inputs.previous_features[0], expected, rtol=1e-4, atol=1e-4)
+        self.checked += k
+        keys = torch.tensor(ids, dtype=torch.float32)[None, None, :, None]
+        return truth[start:][None], HeadCache(length=len(ids), keys=keys, values=keys)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_head_predicting_the_true_feature_is_accepted(bare_pair, parallel: bool) -> None:
+    """The proposer hands the head the right rows: the true feature gives acceptance near 1."""
+    target, _ = bare_pair
+    accepted = drafted = checked = 0
+    for seed in range(3):
+        prompt = prompt_for(60 + seed, vocab=66)
+        head = TruthfulB1(small_config(target, None), target, prompt)
+        proposer = AdapterProposer(head)
+        base = target_only(target, prompt_ids=prompt, eos_token_ids=[EOS], max_new_tokens=24)
+        out = speculative_generate(target, proposer, prompt_ids=prompt, eos_token_ids=[EOS], max_new_tokens=24,
+                                   gamma=4, parallel_prefill=parallel)
+        assert out.token_ids == base.token_ids
+        accepted, drafted = accepted + out.counts.accepted_tokens, drafted + out.counts.drafted_tokens
+        checked += head.checked
+    assert drafted >= 30 and accepted / drafted > 0.9, (accepted, drafted)
+    assert checked > drafted  # the features were checked, committed and drafted ones
+
+
+def test_heads_that_read_the_draft_refuse_a_missing_draft(tmp_path: Path, bare_pair) -> None:
+    target, draft = bare_pair
+    folder = head_folder(tmp_path / "l1", "L1", target, draft, seed=0)
+    with pytest.raises(ConfigError, match="reads a draft model"):
+        AdapterProposer.from_folder(folder, target)
+    other = tiny_lm(3, 66, hidden=48)
+    with pytest.raises(ConfigError, match="draft_hidden_size=32.*48"):
+        AdapterProposer.from_folder(folder, target, draft=other)
+
+
+# ----------------------------------------------------------------------------- sampling: distribution-exact
+
+VOCAB = 8
+PROMPT = [1, 5, 3, 7, 4]
+N_RUNS = 2000  # power against a 5% leak: 0.85 for B1 at 1000 runs, 1.0 for both heads at 2000
+
+
+@pytest.fixture(scope="module")
+def sharp_pair() -> tuple[LanguageModel, LanguageModel]:
+    """Tiny models with scaled LM heads: the target's p and the heads' q peaked and far apart."""
+    target, draft = tiny_lm(20, VOCAB), tiny_lm(21, VOCAB, layers=1)
+    with torch.no_grad():
+        target.lm_head.weight.mul_(40)
+        draft.lm_head.weight.mul_(40)
+    return target, draft
+
+
+def target_joint(lm: LanguageModel, sampling: SamplingConfig) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """p(t0, t1) [V*V]; also p(t0) and the final hidden state of the prompt's last position."""
+    with torch.inference_mode():
+        pre = prefill(lm, lm.embed_tokens(torch.tensor([PROMPT])))
+        p0 = probabilities(pre.logits, sampling).double()
+        joint = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)
+        for t0 in range(VOCAB):
+            step = pre.state.extend(token_ids=[t0])
+            joint[t0] = p0[t0] * probabilities(step.logits[-1], sampling).double()
+            pre.state.rollback(len(PROMPT))
+    return joint.flatten().numpy(), p0, pre.hidden
+
+
+def drafted_joint(proposer: AdapterProposer, target: LanguageModel, draft: LanguageModel, sampling: SamplingConfig,
+                  p0: torch.Tensor, f0: torch.Tensor) -> np.ndarray:
+    """The joint the drafts are drawn from, from the head directly: B1 drafts only t1 (t0 is the
+    target's: p(t0) q(t1 | t0)); the TokenAdapter drafts both (q(t0) q(t1 | t0))."""
+    head = proposer.head
+    joint = torch.zeros(VOCAB, VOCAB, dtype=torch.float64)
+    with torch.inference_mode():
+        if head.name == "B1":
+            for t0 in range(VOCAB):
+                inputs = HeadInputs(torch.tensor([[PROMPT[-1], t0]]), torch.stack([torch.zeros_like(f0), f0])[None])
+                out, _ = head.extend(head.start(), inputs)
+                joint[t0] = p0[t0] * probabilities(out.logits[0, -1], sampling).double()
+        else:
+            states = draft.body(input_ids=torch.tensor([PROMPT])).last_hidden_state[0, -1]
+            q0 = probabilities(head.extend(head.start(), HeadInputs(torch.tensor([[PROMPT[-1]]]),
+                                                                    draft_logits=draft.lm_head(states)[None, None]))[0].logits[0, -1], sampling)
+            for t0 in range(VOCAB):
+                d1 = draft.body(input_ids=torch.tensor([PROMPT + [t0]])).last_hidden_state[0, -1]
+                out, _ = head.extend(head.start(), HeadInputs(torch.tensor([[t0]]), draft_logits=draft.lm_head(d1)[None, None]))
+                joint[t0] = q0[t0].double() * probabilities(out.logits[0, -1], sampling).double()
+    return joint.flatten().numpy()
+
+
+@pytest.mark.parametrize(("adapter", "temperature", "top_p", "gamma"),
+                         [("B1", 1.0, 1.0, 2), ("TokenAdapter", 1.5, 0.95, 3)])
+def test_sampling_keeps_the_target_distribution(tmp_path: Path, sharp_pair, adapter: str, temperature: float,
+                                                top_p: float, gamma: int) -> None:
+    """The first two tokens over N seeded runs against the target's exact joint (G-test, level
+    0.001). Power, computed: a 5% leak of the drafts' own joint (0.95 p + 0.05 q) is rejected in
+    at least 95% of Monte Carlo repetitions of the same test at this N."""
+    target, draft = sharp_pair
+    folder = head_folder(tmp_path / adapter, adapter, target, draft, seed=3)
+    proposer = AdapterProposer.from_folder(folder, target, draft=draft)
+    sampling = SamplingConfig(temperature=temperature, top_p=top_p)
+    p, p0, f0 = target_joint(target, sampling)
+    q = drafted_joint(proposer, target, draft, sampling, p0, f0)
+    assert power(p, 0.95 * p + 0.05 * q, N_RUNS) >= 0.95
+    counts = np.zeros(VOCAB * VOCAB)
+    accepted = 0
+    for seed in range(N_RUNS):
+        # three tokens, the first two counted: B1 drafts from position 1 on, so t1 is drafted (t0 is the prefill's)
+        out = speculative_generate(target, proposer, prompt_ids=PROMPT, eos_token_ids=[], max_new_tokens=3, gamma=gamma,
+                                   sampling=SamplingConfig(temperature=temperature, top_p=top_p, seed=seed))
+        t0, t1 = out.token_ids[:2]
+        counts[t0 * VOCAB + t1] += 1
+        accepted += out.counts.accepted_tokens
+    drafted_per_run = 1 if adapter == "B1" else 2
+    assert 0 < accepted < N_RUNS * drafted_per_run  # both acceptance and rejection paths ran
+    assert g_test_pvalue(counts, p) > LEVEL
+    assert g_test_pvalue(counts, q) < LEVEL  # the drafts' own joint is clearly rejected
