@@ -32,6 +32,8 @@ from ..spec.conftest import EOS, tiny_lm
 from ..spec.test_lossless_greedy import noisy_copy, prompt_for
 from ..spec.test_lossless_sampling import LEVEL, g_test_pvalue, power
 
+pytestmark = pytest.mark.filterwarnings("ignore::evspec.errors.EvspecWarning")  # the tiny pair's long synthetic event windows
+
 MAX_NEW = 16
 BARE_HEADS = ("TokenAdapter", "L1", "L2", "L3", "L4", "L5", "B1", "L5F")  # EC and VS need a VLM's visual features
 
@@ -241,3 +243,86 @@ def test_sampling_keeps_the_target_distribution(tmp_path: Path, sharp_pair, adap
     assert 0 < accepted < N_RUNS * drafted_per_run  # both acceptance and rejection paths ran
     assert g_test_pvalue(counts, p) > LEVEL
     assert g_test_pvalue(counts, q) < LEVEL  # the drafts' own joint is clearly rejected
+
+
+# ----------------------------------------------------------------------------- the tiny VLM pair
+
+
+@pytest.fixture(scope="module")
+def vlm_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from evspec.data.synth.builder import SynthConfig, build_dataset
+
+    root = tmp_path_factory.mktemp("adapter-data") / "data"
+    build_dataset(root, SynthConfig(clips=2, size=(160, 120), seed=11))
+    return root
+
+
+@pytest.fixture(scope="module")
+def vlm_pair():
+    from evspec.models.registry import load_model
+
+    return load_model("tiny-videollava"), load_model("tiny-eventgpt")
+
+
+def vlm_head_folder(folder: Path, adapter: str, target, draft, seed: int) -> Path:
+    """An untrained head for the tiny pair, sized as align train sizes it (visual width from the
+    field the head reads: the event model's features for EC, the target's visual tokens for VS)."""
+    visual = {"draft_visual": draft, "target_visual": target}.get(ADAPTERS[adapter].visual_field)
+    return head_folder(folder, adapter, target.language_model, draft.language_model, seed=seed,
+                       visual_size=visual.language_model.hidden_size if visual is not None else 0)
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_every_head_is_lossless_on_the_tiny_vlms(tmp_path: Path, vlm_dataset: Path, vlm_pair, adapter: str) -> None:
+    """Greedy: token-identical to the target alone, gamma 1-8 over two samples and two head seeds,
+    sequential and (every other run) parallel prefill; one sampled run checks the q rows' shape."""
+    from evspec.data.dataset import load_dataset
+
+    target, draft = vlm_pair
+    samples = load_dataset(vlm_dataset)
+    for seed in range(2):
+        proposer = AdapterProposer.from_folder(vlm_head_folder(tmp_path / str(seed), adapter, target, draft, seed),
+                                               target, draft=draft)
+        for gamma in range(1 + seed, 9, 2):
+            sample = samples[gamma % len(samples)]
+            result = compare(target, proposer, sample=sample, gamma=gamma, max_new_tokens=MAX_NEW,
+                             parallel_prefill=gamma % 4 == 1, with_generate=False, with_draft_alone=False)
+            assert result.exact, (adapter, seed, gamma, result.first_divergence)
+            assert result.spec.counts.drafted_tokens > 0
+    sampled = speculative_generate(target, proposer, sample=samples[0], gamma=3, max_new_tokens=MAX_NEW,
+                                   sampling=SamplingConfig(temperature=0.8, top_p=0.9, seed=1))
+    assert sampled.counts.drafted_tokens > 0 and len(sampled.token_ids) > 0
+
+
+def test_vs_reads_the_targets_own_visual_tokens(tmp_path: Path, vlm_dataset: Path, vlm_pair, monkeypatch) -> None:
+    """VS is conditioned on exactly what the target's encode gave, without a second encode."""
+    from evspec.data.dataset import load_dataset
+
+    target, draft = vlm_pair
+    sample = load_dataset(vlm_dataset)[0]
+    proposer = AdapterProposer.from_folder(vlm_head_folder(tmp_path, "VS", target, draft, 0), target)
+    seen: list[torch.Tensor] = []
+    start = proposer.head.start
+    monkeypatch.setattr(proposer.head, "start", lambda visual=None, mask=None: (seen.append(visual), start(visual, mask))[1])
+    encodes = []
+    encode = target.encode
+    monkeypatch.setattr(target, "encode", lambda prepared: (encodes.append(1), encode(prepared))[1])
+    speculative_generate(target, proposer, sample=sample, gamma=3, max_new_tokens=8)
+    assert len(encodes) == 1 and len(seen) == 1
+    prepared = target.preprocess(target.load(sample), sample.query)
+    torch.testing.assert_close(seen[0][0], encode(prepared).embeds)
+
+
+def test_ec_encodes_the_events_once_per_sample(tmp_path: Path, vlm_dataset: Path, vlm_pair, monkeypatch) -> None:
+    from evspec.data.dataset import load_dataset
+
+    target, draft = vlm_pair
+    samples = load_dataset(vlm_dataset)
+    proposer = AdapterProposer.from_folder(vlm_head_folder(tmp_path, "EC", target, draft, 0), target, draft=draft)
+    assert proposer.track is None  # EC needs the event model's encoder, not its language model
+    calls = []
+    encode = draft.encode
+    monkeypatch.setattr(draft, "encode", lambda prepared: (calls.append(1), encode(prepared))[1])
+    for sample in samples:
+        speculative_generate(target, proposer, sample=sample, gamma=4, max_new_tokens=8, parallel_prefill=True)
+    assert len(calls) == len(samples)
