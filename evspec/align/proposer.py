@@ -427,3 +427,61 @@ def _pair(draft: VisionLanguageModel | LanguageModel | None, target: VisionLangu
         raise ConfigError("this head reads the draft's states position by position: draft and target need one "
                           "tokenizer (a token map), not a text bridge", parameters=("bridge",))
     return mapping
+
+
+# ----------------------------------------------------------------------------- evspec spec --draft adapter:RUN
+
+
+def adapter_run_path(draft: str) -> Path | None:
+    """RUN of a ``--draft adapter:RUN`` (None for other drafts)."""
+    if not draft.startswith(DRAFT_PREFIX):
+        return None
+    text = draft.removeprefix(DRAFT_PREFIX)
+    if not text:
+        raise ConfigError("draft adapter:RUN needs the folder of an align train run or of a head", parameters=("draft",))
+    return Path(text)
+
+
+def adapter_model_names(draft: str) -> list[str]:
+    """The registry names ``adapter:RUN`` loads besides the target: the model its head reads (the
+    draft of the store it was trained on), if it reads one."""
+    path = adapter_run_path(draft)
+    if path is None:
+        return []
+    run = read_adapter_run(path)
+    if not run.needs_draft:
+        return []
+    if run.draft_model is None:
+        raise ConfigError(f"adapter run {run.path}: the {run.adapter} head reads a draft model, but neither "
+                          f"{CONFIG_NAME} of the run (the store's draft) nor the head's {CONFIG_NAME} (draft_model) "
+                          "names it", parameters=("draft",))
+    return [run.draft_model]
+
+
+def build_adapter_proposer(
+    draft: str, target: VisionLanguageModel, loader: Any, draft_device: torch.device, dtype: torch.dtype, *,
+    cache: str = "eager", bridge: str = "auto",
+) -> AdapterProposer:
+    """The proposer of ``--draft adapter:RUN`` for ``target``: its head over the target's embedding
+    and LM head, and the draft model it reads loaded by ``loader(name, device, dtype)``."""
+    from evspec.run.shared import state_factory_for
+
+    path = adapter_run_path(draft)
+    if path is None:
+        raise ConfigError(f"draft {draft!r} is not adapter:RUN", parameters=("draft",))
+    names = adapter_model_names(draft)
+    model = loader(names[0], draft_device, dtype) if names else None
+    factory = state_factory_for(cache, model.language_model) if model is not None else EagerState
+    return AdapterProposer.from_folder(path, target, draft=model, bridge=bridge, state_factory=factory, name=draft)
+
+
+def adapter_summary(draft: str, gamma: int) -> dict[str, Any]:
+    """What an ``adapter:RUN`` run adds to its summary: the run's SIMULATED (offline) acceptance at
+    ``gamma`` (None when it recorded none), shown beside the live one in the report."""
+    path = adapter_run_path(draft)
+    if path is None:
+        return {}
+    run = read_adapter_run(path)
+    return {"adapter": {"run": str(run.path), "head": str(run.head_folder), "adapter": run.adapter,
+                        "trained_for_target": run.target_model, "draft_model": run.draft_model},
+            "simulated_acceptance": simulated_acceptance(run, gamma)}

@@ -172,6 +172,7 @@ def render_markdown(summary: dict[str, Any], records: Sequence[dict[str, Any]]) 
         f"![time split]({SPLIT_PNG})",
         "",
     ]
+    lines += simulated_vs_live(summary)
     by_type = summary.get("by_question_type") or {}
     if by_type:
         lines += ["## By question type", "", "| question type | samples | acceptance rate | mean acceptance length | "
@@ -197,6 +198,30 @@ def render_markdown(summary: dict[str, Any], records: Sequence[dict[str, Any]]) 
     if errors:
         lines += ["## Errors", ""] + [f"- {r['id']}: {r['error']}" for r in errors] + [""]
     return "\n".join(lines)
+
+
+def simulated_vs_live(summary: dict[str, Any]) -> list[str]:
+    """For an ``adapter:RUN`` draft (``summary["simulated_acceptance"]`` present): the head's
+    SIMULATED (offline) acceptance from its training run beside this run's LIVE one, labelled, so
+    the one is never read as the other. Empty for other drafts."""
+    if "simulated_acceptance" not in summary:
+        return []
+    c, config = summary["counts"], summary["config"]
+    simulated = summary["simulated_acceptance"]
+    lines = ["## Acceptance: simulated (offline) vs live", "",
+             f"| gamma {config['gamma']}{' (adaptive, live)' if config['adaptive_gamma'] else ''} | acceptance rate | "
+             "mean acceptance length |", "|---|---|---|"]
+    if simulated is None:
+        lines.append("| simulated (offline) | none recorded in the adapter run | - |")
+    else:
+        lines.append(f"| simulated (offline): held-out store rows, step {simulated.get('step')} | "
+                     f"{_fmt(simulated.get('acceptance_rate'))} | {_fmt(simulated.get('mean_acceptance_length'))} |")
+    lines += [f"| live: this run, {summary['n_samples']} samples, temperature {config['temperature']} | "
+              f"{_fmt(c['acceptance_rate'])} | {_fmt(c['mean_acceptance_length'])} |", ""]
+    if simulated is not None:
+        lines += [f"Simulated (offline): {simulated.get('note') or 'greedy chains on stored rows'} "
+                  f"(`{simulated.get('source')}`). Live: drafts verified by the target in this run's loop.", ""]
+    return lines
 
 
 def write_report(out_dir: Path, summary: dict[str, Any], records: Sequence[dict[str, Any]]) -> Path:

@@ -326,3 +326,58 @@ def test_ec_encodes_the_events_once_per_sample(tmp_path: Path, vlm_dataset: Path
     for sample in samples:
         speculative_generate(target, proposer, sample=sample, gamma=4, max_new_tokens=8, parallel_prefill=True)
     assert len(calls) == len(samples)
+
+
+# ----------------------------------------------------------------------------- RUN folders and the report
+
+
+def test_a_folder_that_is_not_a_head_is_refused_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "llama"}')
+    for folder, message in ((tmp_path / "missing", "no such folder"), (tmp_path / "empty", "not a head"),
+                            (tmp_path / "model", "not a head")):
+        with pytest.raises(ModelError, match=message) as error:
+            read_adapter_run(folder)
+        assert str(folder) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_run_folder_names_its_head_draft_and_simulated_acceptance(tmp_path: Path, bare_pair) -> None:
+    from evspec.align.proposer import adapter_model_names, adapter_summary
+
+    target, draft = bare_pair
+    run = tmp_path / "run"
+    head_folder(run / "head", "L5F", target, draft, seed=0)
+    (run / "config.json").write_text(json.dumps({"identity": {"target": "tiny-videollava", "store_identity": {
+        "target": "tiny-videollava", "draft": "tiny-eventgpt"}}}))
+    simulated = {"label": "simulated (offline): ...", "rounds": 9, "acceptance_rate": {"1": 0.5, "3": 0.25},
+                 "mean_acceptance_length": {"1": 1.5, "3": 1.75}}
+    rows = [{"step": 1, "loss": 2.0}, {"step": 10, "eval": {"loss": 1.0, "simulated": simulated}}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{torn")
+    read = read_adapter_run(run)
+    assert (read.head_folder, read.adapter, read.draft_model, read.target_model) == (
+        run / "head", "L5F", "tiny-eventgpt", "tiny-videollava")
+    assert adapter_model_names(f"adapter:{run}") == ["tiny-eventgpt"]
+    assert simulated_acceptance(read, 3) == {
+        "label": "simulated (offline)", "note": simulated["label"], "source": str(run / "metrics.jsonl"), "step": 10,
+        "gamma": 3, "acceptance_rate": 0.25, "mean_acceptance_length": 1.75}
+    assert simulated_acceptance(read, 4) is None  # not simulated at that gamma
+    assert adapter_summary(f"adapter:{run}", 3)["simulated_acceptance"]["acceptance_rate"] == 0.25
+    # a bare head folder: B1 reads no draft; L5F needs draft_model in its config.json
+    assert adapter_model_names(f"adapter:{head_folder(tmp_path / 'b1', 'B1', target, None, seed=0)}") == []
+    with pytest.raises(ConfigError, match="names it"):
+        adapter_model_names(f"adapter:{run / 'head'}")
+
+
+def test_the_report_shows_simulated_and_live_acceptance_labelled() -> None:
+    from evspec.spec.report import simulated_vs_live
+
+    summary = {"counts": {"acceptance_rate": 0.4, "mean_acceptance_length": 2.2}, "n_samples": 3,
+               "config": {"gamma": 5, "adaptive_gamma": False, "temperature": 0.0},
+               "simulated_acceptance": {"step": 30, "acceptance_rate": 0.45, "mean_acceptance_length": 2.5,
+                                        "note": "simulated (offline): greedy chains", "source": "RUN/metrics.jsonl"}}
+    text = "\n".join(simulated_vs_live(summary))
+    assert "| simulated (offline): held-out store rows, step 30 | 0.450 | 2.500 |" in text
+    assert "| live: this run, 3 samples, temperature 0.0 | 0.400 | 2.200 |" in text
+    assert "none recorded" in "\n".join(simulated_vs_live({**summary, "simulated_acceptance": None}))
+    assert simulated_vs_live({k: v for k, v in summary.items() if k != "simulated_acceptance"}) == []
