@@ -30,7 +30,8 @@ def test_spec_imports_nothing_from_bench() -> None:
     assert [m for m in loaded if m.startswith("evspec.bench")] == []
 
 
-@pytest.mark.parametrize("module", ["evspec.run.shared", "evspec.run.rundir", "evspec.run.stats"])
+@pytest.mark.parametrize("module", ["evspec.run.shared", "evspec.run.rundir", "evspec.run.stats", "evspec.run.config",
+                                    "evspec.run.orchestrator"])
 def test_the_run_layer_imports_neither_bench_nor_spec(module: str) -> None:
     loaded = _loaded(module)
     assert module in loaded

@@ -9,7 +9,9 @@ Per sample the runner calls, each in its own :class:`~evspec.runtime.timing.Stag
     decode      decode(prefilled, ..., on_token=timer.mark_token)                 (by the DecodeStrategy)
 
 and appends one :class:`~evspec.bench.records.Record` to ``records.jsonl`` (flushed), so a killed
-run resumes where it stopped. Warm-up samples run the same pipeline and are discarded.
+run resumes where it stopped. Warm-up samples run the same pipeline and are discarded. The loop
+over models and samples is the run layer's orchestrator (:func:`evspec.run.orchestrator.run_samples`);
+:class:`BenchJob` is the bench's part of it.
 
 Python's cyclic garbage collector is paused while a sample runs and the loaded model's objects
 are frozen out of later collections (``gc.freeze``): a full collection over transformers'
@@ -38,41 +40,31 @@ one-token-per-pass strategy; a speculative strategy is another class with the sa
 
 from __future__ import annotations
 
-import gc
 import time
 import weakref
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from evspec.bench.records import Record, RecordLog, latest_by_key, read_records
+from evspec.bench.config import DEFAULT_MODELS as DEFAULT_MODELS  # re-exported with the config
+from evspec.bench.config import BenchConfig
+from evspec.bench.records import Record
 from evspec.errors import ConfigError
 from evspec.models.registry import check_model_name, check_token_budget
-from evspec.run.rundir import (
-    RECORDS_NAME,
-    REPORT_NAME,
-    SUMMARY_NAME,
-    check_or_reset,
-    write_json,
-    write_run_config,
-)
+from evspec.run.config import identity, identity_fields
+from evspec.run.orchestrator import Loaded, RunPlan, SampleJob, run_samples
+from evspec.run.rundir import RECORDS_NAME, REPORT_NAME, SUMMARY_NAME
 from evspec.run.shared import (
     CacheKind,
     ModelLoader,
     Reporter,
     SilentReporter,
-    check_run_options,
     dataset_root,
     error_text,
     generation_records,
-    load_samples,
     registry_loader_for,
-    release_memory,
-    resolve_device,
-    resolve_dtype,
     state_factory_for,
 )
 from evspec.runtime.decode import Prefilled, SamplingConfig, StateFactory, decode, prefill
@@ -82,63 +74,10 @@ if TYPE_CHECKING:
     from evspec.data.dataset import Sample
     from evspec.models.base import Prepared, VisionLanguageModel, VisualFeatures
 
-DEFAULT_MODELS: tuple[str, ...] = ("demo-eventgpt", "demo-videollava", "tiny-llava")
-IDENTITY_FIELDS: tuple[str, ...] = (
-    "dataset", "split", "max_new_tokens", "min_new_tokens", "temperature", "top_p", "seed",
-    "device", "dtype", "cache", "quantize", "decoder", "event_canvas", "generation_config",
-)
-"""Config fields that change what a record means: a rerun into the same folder must match them.
-``models``, ``max_samples`` and ``warmup`` may change between runs (a rerun can add models or
-samples to a run)."""
-
-# --------------------------------------------------------------------------- config
-
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """One benchmark run. ``dataset=None`` means the built-in synthetic set under ``OUT/data``."""
-
-    models: tuple[str, ...] = DEFAULT_MODELS
-    dataset: str | None = None
-    split: str | None = None
-    max_samples: int | None = None
-    max_new_tokens: int = 32
-    min_new_tokens: int = 0
-    warmup: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    cache: CacheKind = "eager"
-    quantize: str | None = None  # "4bit" | "8bit": bitsandbytes, CUDA only
-    event_canvas: str = "auto"  # EventGPT's event frames: the checkpoint's own ("auto"), "upstream" or "sensor"
-    generation_config: str = "evspec"  # "checkpoint": sample as the models' generation_config.json says
-    allow_outside_root: bool = False  # dataset rows may name files outside the dataset folder
-
-    def __post_init__(self) -> None:
-        from evspec.models.generation import check_generation_source
-        from evspec.models.registry import check_model_event_canvas
-
-        check_model_event_canvas(self.event_canvas)
-        check_generation_source(self.generation_config)
-        if not self.models:
-            raise ConfigError("give at least one model name")
-        if len(set(self.models)) != len(self.models):
-            raise ConfigError(f"a model is named twice in {', '.join(self.models)}")
-        check_run_options(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
-                          max_samples=self.max_samples, warmup=self.warmup, dtype=self.dtype, cache=self.cache)
-        self.sampling()  # validates temperature and top_p
-
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
-
-    def resolved_device(self) -> torch.device:
-        return resolve_device(self.device)
-
-    def resolved_dtype(self, device: torch.device) -> torch.dtype:
-        return resolve_dtype(self.dtype, device)
+IDENTITY_FIELDS: tuple[str, ...] = (*identity_fields(BenchConfig), "decoder")
+"""Config fields that change what a record means (the fields marked ``identity`` in
+:class:`~evspec.bench.config.BenchConfig`, and the decode strategy's description): a rerun into
+the same folder must match them."""
 
 
 @dataclass
@@ -281,24 +220,86 @@ class BenchResult:
         return sum(1 for r in self.records if r.model == model and r.error is None)
 
 
-def _identity(config: BenchConfig, dataset: str, device: torch.device, dtype: torch.dtype,
-              strategy: DecodeStrategy) -> dict[str, Any]:
-    values = asdict(config)
-    values.update(dataset=dataset, device=str(device), dtype=str(dtype).removeprefix("torch."),
-                  decoder=strategy.describe())
-    return {k: values[k] for k in IDENTITY_FIELDS}
-
-
 OUTPUTS: tuple[str, ...] = (RECORDS_NAME, SUMMARY_NAME, REPORT_NAME, "*.png")
 """What ``--force`` deletes before a run of another identity (``config.json`` too)."""
 
 
-def _warm_up(model: VisionLanguageModel, name: str, samples: Sequence[Sample], n: int, strategy: DecodeStrategy,
-             timer: StageTimer, settings: DecodeSettings) -> None:
-    """Run the first ``n`` samples (cycling when there are fewer) and discard them."""
-    for i in range(n if samples else 0):
+class BenchJob(SampleJob[Any, Record]):
+    """The bench's part of a run (:mod:`evspec.run.orchestrator`): one group per model, one
+    :class:`Record` per (sample, model), each sample timed stage by stage with the cyclic garbage
+    collector paused; a model that fails to load gives every pending sample a record with the error."""
+
+    def __init__(self, config: BenchConfig, strategy: DecodeStrategy, model_loader: ModelLoader,
+                 device: torch.device, dtype: torch.dtype, write_report: bool) -> None:
+        self.groups = config.models
+        self.strategy = strategy
+        self.model_loader = model_loader
+        self.device, self.dtype = device, dtype
+        self.settings = DecodeSettings(config.max_new_tokens, config.min_new_tokens, config.sampling())
+        self.timer = StageTimer(device)
+        self.write_report = write_report
+
+    def parse(self, row: Any) -> Record:
+        if not isinstance(row, dict):
+            raise TypeError(f"expected a JSON object, got {type(row).__name__}")
+        return Record.from_dict(row)
+
+    def dump(self, record: Record) -> str:
+        return record.to_json()
+
+    def pair(self, record: Record) -> tuple[str, str]:
+        return record.key
+
+    def error(self, record: Record) -> str | None:
+        return record.error
+
+    def load(self, group: str) -> Loaded[Any]:
+        start = time.perf_counter()
+        model = self.model_loader(group, self.device, self.dtype)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return Loaded(model, time.perf_counter() - start)
+
+    def load_failed(self, group: str, sample: Sample, message: str) -> Record:
+        return Record(id=sample.id, model=group, decoder=self.strategy.name, error=message)
+
+    def warm_up(self, loaded: Loaded[Any], group: str, sample: Sample) -> None:
         with collector_paused():
-            run_bench_sample(model, name, samples[i % len(samples)], strategy, timer, settings)
+            run_bench_sample(loaded.models, group, sample, self.strategy, self.timer, self.settings)
+
+    def run_sample(self, loaded: Loaded[Any], group: str, sample: Sample) -> Record:
+        with collector_paused():
+            record = run_bench_sample(loaded.models, group, sample, self.strategy, self.timer, self.settings)
+        record.model_load_s = loaded.load_s
+        return record
+
+    def warning(self, group: str, record: Record) -> str:
+        return f"{group} / {record.id}: {record.error}"
+
+    def summarize(self, records: list[Record], meta: dict[str, Any], model_load_s: dict[str, Any],
+                  machine: dict[str, Any]) -> dict[str, Any]:
+        from evspec.bench.stats import build_summary
+
+        return build_summary(records, meta=meta, models=self.groups, model_load_s=model_load_s, machine=machine)
+
+    def report(self, out_dir: Path, summary: dict[str, Any], records: list[Record]) -> Path | None:
+        from evspec.bench.report import write_report as write_markdown
+
+        return write_markdown(out_dir, summary, records) if self.write_report else None
+
+
+def _draft_strategy(config: BenchConfig, device: torch.device, dtype: torch.dtype,
+                    model_loader: ModelLoader | None) -> DecodeStrategy:
+    """``config.draft``: the speculative engine behind the decode-strategy seam."""
+    from evspec.bench.spec_strategy import SpeculativeStrategy  # it imports this module: imported when used
+
+    assert config.draft is not None
+    return SpeculativeStrategy(
+        config.draft, gamma=config.gamma, adaptive_gamma=config.adaptive_gamma,
+        parallel_prefill=config.parallel_prefill, device=device, dtype=dtype, draft_device=config.draft_device,
+        cache=config.cache, seed=config.seed,
+        model_loader=model_loader or registry_loader_for(None, config.event_canvas),
+    )
 
 
 def run_bench(
@@ -317,9 +318,13 @@ def run_bench(
     Resume: pairs with a successful record are skipped; failed pairs are tried again and the
     newest record of a pair wins. A folder made with another identity (``IDENTITY_FIELDS``) is
     refused unless ``force``, which deletes the old results first. ``command`` is the command
-    line recorded in the results (the CLI passes its own; default ``sys.argv``).
+    line recorded in the results (the CLI passes its own; default ``sys.argv``). ``strategy``:
+    what follows ``encode`` (default: ``config.draft``'s speculative strategy, or the target alone).
+    The loop itself is the run layer's (:func:`evspec.run.orchestrator.run_samples`).
     """
-    reporter = reporter or SilentReporter()
+    if strategy is not None and config.draft is not None:
+        raise ConfigError("give either a decode strategy or draft, not both", parameters=["draft"])
+    custom_loader = model_loader
     if model_loader is None:
         for name in config.models:
             check_model_name(name)  # before any work: a typo should not cost a dataset build
@@ -331,7 +336,6 @@ def run_bench(
                           "not to a custom loader", parameters=["quantize", "generation_config"])
     else:
         generation = {"source": config.generation_config, "checkpoint_generation_config": None}
-    strategy = strategy or TargetOnlyStrategy(config.cache)
     out_dir = Path(out_dir)
     device = config.resolved_device()
     dtype = config.resolved_dtype(device)
@@ -339,83 +343,19 @@ def run_bench(
         from evspec.models.loading import LoadOptions
 
         LoadOptions.resolve(device, dtype, config.quantize)  # CUDA and bitsandbytes present, or one clear error
-    root = dataset_root(config.dataset, out_dir)
-    identity = _identity(config, str(root.resolve()), device, dtype, strategy)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"out_dir {out_dir} is an existing file; give a folder for the run", parameters=["out_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    check_or_reset(out_dir, identity, IDENTITY_FIELDS, force, OUTPUTS)
-    samples = load_samples(config.dataset, out_dir, split=config.split, max_samples=config.max_samples,
-                           reporter=reporter, allow_outside_root=config.allow_outside_root)
-    ids = [s.id for s in samples]
-
-    meta = write_run_config(out_dir, identity=identity, config={**asdict(config), "generation": generation},
-                            device=str(device), command=command)
-
-    settings = DecodeSettings(config.max_new_tokens, config.min_new_tokens, config.sampling())
-    timer = StageTimer(device)
-    model_load_s: dict[str, float | None] = {}
-    torch.manual_seed(config.seed)
-    from evspec.run.stats import machine_load
-
-    before = machine_load()  # before any timed work: the load is other processes'
-    machine: dict[str, Any] = {"cpu_count": before["cpu_count"], "before": before}
-    with RecordLog(out_dir / RECORDS_NAME) as log:
-        done = {k for k, r in latest_by_key(log.existing).items() if r.error is None}
-        todo = {m: [s for s in samples if (s.id, m) not in done] for m in config.models}
-        total = len(samples) * len(config.models)
-        reporter.start(total, total - sum(len(v) for v in todo.values()))
-        for name in config.models:
-            pending = todo[name]
-            if not pending:
-                model_load_s[name] = None
-                continue
-            reporter.status(f"loading {name} on {device} ({dtype})")
-            start = time.perf_counter()
-            try:
-                model = model_loader(name, device, dtype)
-            except Exception as exc:
-                message = f"model {name!r} failed to load: {error_text(exc)}"
-                reporter.warn(message)
-                for sample in pending:
-                    record = Record(id=sample.id, model=name, decoder=strategy.name, error=message)
-                    log.append(record)
-                    reporter.advance(record)
-                model_load_s[name] = None
-                continue
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            model_load_s[name] = time.perf_counter() - start
-            if config.warmup:
-                reporter.status(f"warming up {name} ({config.warmup} sample(s), discarded)")
-                _warm_up(model, name, samples, config.warmup, strategy, timer, settings)
-            reporter.status(f"running {name}")
-            gc.collect()
-            gc.freeze()  # the model's objects: later collections need not walk them
-            for sample in pending:
-                with collector_paused():
-                    record = run_bench_sample(model, name, sample, strategy, timer, settings)
-                record.model_load_s = model_load_s[name]
-                log.append(record)
-                if record.error is not None:
-                    reporter.warn(f"{name} / {sample.id}: {record.error}")
-                reporter.advance(record)
-            del model
-            release_memory()
-
-    wanted = {(s.id, m) for s in samples for m in config.models}
-    latest = latest_by_key(read_records(out_dir / RECORDS_NAME))
-    order = {sample_id: i for i, sample_id in enumerate(ids)}
-    records = sorted(
-        (r for k, r in latest.items() if k in wanted),
-        key=lambda r: (config.models.index(r.model), order[r.id]),
+    if strategy is None:
+        strategy = (_draft_strategy(config, device, dtype, custom_loader) if config.draft is not None
+                    else TargetOnlyStrategy(config.cache))
+    plan = RunPlan(
+        out_dir=out_dir,
+        identity=identity(config, dataset=str(dataset_root(config.dataset, out_dir).resolve()), device=str(device),
+                          dtype=str(dtype).removeprefix("torch."), decoder=strategy.describe()),
+        config={**asdict(config), "generation": generation}, outputs=OUTPUTS, device=device, dtype=dtype,
+        dataset=config.dataset, split=config.split, max_samples=config.max_samples,
+        allow_outside_root=config.allow_outside_root, warmup=config.warmup, seed=config.seed, force=force,
+        command=command,
     )
-
-    from evspec.bench.report import write_report as write_markdown
-    from evspec.bench.stats import build_summary
-
-    machine["after"] = machine_load()
-    summary = build_summary(records, meta=meta, models=config.models, model_load_s=model_load_s, machine=machine)
-    write_json(out_dir / SUMMARY_NAME, summary)
-    report_path = write_markdown(out_dir, summary, records) if write_report else None
-    return BenchResult(out_dir=out_dir, records=records, summary=summary, report_path=report_path)
+    job = BenchJob(config, strategy, model_loader, device, dtype, write_report)
+    outcome = run_samples(plan, job, reporter or SilentReporter())
+    return BenchResult(out_dir=out_dir, records=outcome.records, summary=outcome.summary,
+                       report_path=outcome.report_path)

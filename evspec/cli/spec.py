@@ -5,7 +5,6 @@ With no --dataset it runs on the small synthetic set the bench builds into OUT/d
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -13,26 +12,9 @@ import typer
 from rich.markup import escape
 
 from evspec.cli import err_console
-from evspec.cli.common import EVENT_CANVAS_OPTION, dataset_args, default_out, progress_reporter
-from evspec.models.registry import model_names_help
-
-
-def _command_line(config: Any, out: Path, force: bool) -> str:
-    args = ["evspec", "spec", "--target", config.target, "--draft", config.draft, *dataset_args(config)]
-    args += ["--gamma", str(config.gamma), "--max-new-tokens", str(config.max_new_tokens),
-             "--min-new-tokens", str(config.min_new_tokens), "--temperature", str(config.temperature),
-             "--top-p", str(config.top_p), "--seed", str(config.seed), "--device", config.device,
-             "--dtype", config.dtype, "--cache", config.cache, "--warmup", str(config.warmup),
-             "--oracle-draft", config.oracle_draft, "--bridge", config.bridge, "--event-canvas", config.event_canvas,
-             "--generation-config", config.generation_config, "--out", str(out)]
-    if config.max_gamma is not None:
-        args += ["--max-gamma", str(config.max_gamma)]
-    if config.quantize is not None:
-        args += ["--quantize", config.quantize]
-    if config.draft_device is not None:
-        args += ["--draft-device", config.draft_device]
-    flags = [("--parallel-prefill", config.parallel_prefill), ("--adaptive-gamma", config.adaptive_gamma), ("--force", force)]
-    return shlex.join(args + [flag for flag, on in flags if on])
+from evspec.cli.common import config_command, default_out, progress_reporter
+from evspec.run.config import command_line
+from evspec.spec.config import SpecRunConfig
 
 
 def sample_line(record: dict[str, Any]) -> str:
@@ -50,42 +32,9 @@ def sample_line(record: dict[str, Any]) -> str:
                        f"new_tokens={len(record['spec']['token_ids'])}", f"lossless={record.get('lossless')}"])
 
 
+@config_command(SpecRunConfig)  # one option per field of SpecRunConfig
 def spec(
-    target: str = typer.Option("demo-videollava", "--target", "-t", help=f"Target model. Names: {model_names_help()}."),
-    draft: str = typer.Option(
-        "demo-eventgpt", "--draft",
-        help="Draft: a model name (its own modality input), 'ngram' (prompt lookup) or 'oracle:ALPHA' (synthetic).",
-    ),
-    dataset: Path | None = typer.Option(None, "--dataset", "-d", help="Dataset folder or JSON. Default: a synthetic set in OUT/data."),
-    split: str | None = typer.Option(None, "--split", help="Only rows of this split."),
-    allow_outside_root: bool = typer.Option(
-        False, "--allow-outside-root", help="Let dataset rows name files outside the dataset folder."
-    ),
-    max_samples: int | None = typer.Option(None, "--max-samples", "-n", help="First N samples only."),
-    gamma: int = typer.Option(4, "--gamma", "-g", help="Drafted tokens per round (the start value with --adaptive-gamma)."),
-    max_gamma: int | None = typer.Option(None, "--max-gamma", help="Upper bound of adaptive gamma (default 2 x gamma)."),
-    adaptive_gamma: bool = typer.Option(False, "--adaptive-gamma", help="+1 after all accepted, -1 after an early rejection."),
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Most tokens generated per sample."),
-    min_new_tokens: int = typer.Option(0, "--min-new-tokens", help="EOS is masked below this length."),
-    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (lossless is then checked token by token)."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus mass with temperature > 0."),
-    seed: int = typer.Option(0, "--seed", help="Seed of sampling and of the oracle's draws."),
-    parallel_prefill: bool = typer.Option(False, "--parallel-prefill", help="Draft prefills while the target prefills."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-    draft_device: str | None = typer.Option(None, "--draft-device", help="The draft's device (e.g. cuda:1). Default: --device."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
-    cache: str = typer.Option("eager", "--cache", help="KV cache of both models: eager, static, compiled."),
-    quantize: str | None = typer.Option(None, "--quantize", help="4bit or 8bit target and draft (bitsandbytes; CUDA only)."),
-    warmup: int = typer.Option(1, "--warmup", help="Samples run first and discarded."),
-    oracle_draft: str = typer.Option(
-        "auto", "--oracle-draft",
-        help="The model whose passes give oracle:ALPHA its real cost; auto: random-0.2b-eventgpt for a random-7b-* target, else tiny-eventgpt."),
-    bridge: str = typer.Option("auto", "--bridge", help="Vocabulary bridge: auto, same (token ids), cross (text re-encoding)."),
-    event_canvas: str = EVENT_CANVAS_OPTION,
-    generation_config: str = typer.Option(
-        "evspec", "--generation-config",
-        help="evspec (--temperature/--top-p) or checkpoint (sample as the target's generation_config.json says).",
-    ),
+    config: SpecRunConfig,
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder. Default: runs/spec-<timestamp>."),
     force: bool = typer.Option(False, "--force", help="Discard results of another config in --out."),
 ) -> None:
@@ -96,20 +45,12 @@ def spec(
     """
     from rich.console import Console
 
-    from evspec.spec.run import SpecRunConfig, run_spec
+    from evspec.spec.run import run_spec
 
-    config = SpecRunConfig(
-        target=target, draft=draft, dataset=str(dataset) if dataset is not None else None, split=split,
-        allow_outside_root=allow_outside_root,
-        max_samples=max_samples, gamma=gamma, max_gamma=max_gamma, adaptive_gamma=adaptive_gamma,
-        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature, top_p=top_p,
-        seed=seed, parallel_prefill=parallel_prefill, device=device, draft_device=draft_device, dtype=dtype,
-        cache=cache, quantize=quantize, warmup=warmup, oracle_draft=oracle_draft, bridge=bridge,
-        event_canvas=event_canvas, generation_config=generation_config,
-    )
     out = out if out is not None else default_out("spec")
+    command = command_line(config, ["evspec", "spec"], ["--out", str(out), *(["--force"] if force else [])])
     with progress_reporter(sample_line) as reporter:
-        result = run_spec(config, out, force=force, progress=reporter, command=_command_line(config, out, force))
+        result = run_spec(config, out, force=force, progress=reporter, command=command)
     s, c = result.summary, result.summary["counts"]
     console = Console(highlight=False, soft_wrap=True)
     tag = " [synthetic]" if s["synthetic"] else ""

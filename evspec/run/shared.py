@@ -11,11 +11,13 @@ import gc
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from evspec.errors import ConfigError, EvspecError, InputError
+from evspec.run.config import CACHES as CACHES  # re-exported: declared with the run configs
+from evspec.run.config import CacheKind as CacheKind
 from evspec.runtime.decode import EagerState, StateFactory
 
 if TYPE_CHECKING:
@@ -27,8 +29,6 @@ SYNTH_DIR = "data"
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DTYPE_NAMES: tuple[str, ...] = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 """What ``dtype`` takes besides ``auto``: the registry's names and their short aliases."""
-CacheKind = Literal["eager", "static", "compiled"]
-CACHES: tuple[str, ...] = ("eager", "static", "compiled")
 
 
 # --------------------------------------------------------------------------- options

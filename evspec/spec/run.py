@@ -12,15 +12,16 @@ the run folder:
     report.md       tables and plots: acceptance by position, speedup per sample, time split
                     (rendered by :mod:`evspec.spec.report`)
 
-The folder is kept as the bench's is (:mod:`evspec.run.rundir`: identity check, ``force``,
-torn-line handling), and the shared options, device/dtype resolution, dataset loading and
-progress reporting are :mod:`evspec.run.shared`'s, as the bench's are; only what a record holds
-is this module's. With no dataset a small synthetic one is built into ``OUT/data``.
+The run itself (identity check and ``force``, samples, ``config.json``, resume, warm-up, the loop,
+records, summary and report files) is the run layer's one orchestrator
+(:func:`evspec.run.orchestrator.run_samples`), as the bench's is; this module prepares the run
+(checks, device and dtype, the identity from :class:`~evspec.spec.config.SpecRunConfig`'s fields)
+and supplies :class:`SpecJob`: how the target and draft load, one sample both ways, what a record
+holds, and the summary. With no dataset a small synthetic one is built into ``OUT/data``.
 """
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -32,37 +33,25 @@ import torch
 from evspec.errors import ConfigError, EvspecError
 from evspec.models.generation import checkpoint_generation_configs
 from evspec.models.registry import check_model_name, check_token_budget
-from evspec.run.rundir import (
-    RECORDS_NAME,
-    REPORT_NAME,
-    SUMMARY_NAME,
-    JsonLinesLog,
-    check_or_reset,
-    dump_line,
-    json_object,
-    read_lines,
-    write_json,
-    write_run_config,
-)
+from evspec.run.config import identity, identity_fields
+from evspec.run.orchestrator import Loaded, RunPlan, SampleJob, run_samples
+from evspec.run.rundir import RECORDS_NAME, REPORT_NAME, SUMMARY_NAME, dump_line, json_object, read_lines
 from evspec.run.shared import (
     ModelLoader,
     Reporter,
     SilentReporter,
-    check_run_options,
     compilations,
     dataset_root,
     error_text,
     generation_records,
-    load_samples,
     registry_loader,
     registry_loader_for,
-    release_memory,
     resolve_device,
     resolve_dtype,
     state_factory_for,
 )
-from evspec.run.stats import latency_stats, machine_load, timing_warnings
-from evspec.runtime.decode import SamplingConfig
+from evspec.run.stats import latency_stats, timing_warnings
+from evspec.spec.config import SpecRunConfig as SpecRunConfig  # re-exported: the run's config lives there
 from evspec.spec.metrics import summarize
 from evspec.spec.report import ACCEPTANCE_PNG, SPEEDUP_PNG, SPLIT_PNG, write_report
 
@@ -72,105 +61,11 @@ if TYPE_CHECKING:
     from evspec.spec.engine import SpecVsBaseline
     from evspec.spec.proposers import Proposer
 
-IDENTITY_FIELDS: tuple[str, ...] = (
-    "target", "draft", "oracle_draft", "dataset", "split", "gamma", "max_gamma", "adaptive_gamma", "max_new_tokens",
-    "min_new_tokens", "temperature", "top_p", "seed", "parallel_prefill", "device", "draft_device", "dtype", "cache",
-    "bridge", "quantize", "event_canvas", "generation_config",
-)
+IDENTITY_FIELDS: tuple[str, ...] = identity_fields(SpecRunConfig)
+"""The fields marked ``identity`` in :class:`~evspec.spec.config.SpecRunConfig`: a rerun into the
+same folder must match them."""
 OUTPUTS: tuple[str, ...] = (RECORDS_NAME, SUMMARY_NAME, REPORT_NAME, ACCEPTANCE_PNG, SPEEDUP_PNG, SPLIT_PNG)
 """What ``--force`` deletes before a run of another identity (``config.json`` too)."""
-
-
-# --------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class SpecRunConfig:
-    """One ``evspec spec`` run. ``draft``: a model name, ``ngram`` or ``oracle:ALPHA``."""
-
-    target: str = "demo-videollava"
-    draft: str = "demo-eventgpt"
-    dataset: str | None = None
-    split: str | None = None
-    max_samples: int | None = None
-    allow_outside_root: bool = False  # dataset rows may name files outside the dataset folder
-    gamma: int = 4
-    max_gamma: int | None = None
-    adaptive_gamma: bool = False
-    max_new_tokens: int = 32
-    min_new_tokens: int = 0
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    parallel_prefill: bool = False
-    device: str = "auto"
-    draft_device: str | None = None
-    dtype: str = "auto"
-    cache: str = "eager"
-    quantize: str | None = None  # "4bit" | "8bit" for the target and a draft model (bitsandbytes, CUDA)
-    warmup: int = 1
-    oracle_draft: str = "auto"  # the model whose passes give oracle:ALPHA its cost; auto: see oracle_draft_model
-    bridge: str = "auto"
-    event_canvas: str = "auto"  # EventGPT's event frames (target or draft): the checkpoint's own, "upstream" or "sensor"
-    generation_config: str = "evspec"  # "checkpoint": sample as the target's generation_config.json says
-
-    def __post_init__(self) -> None:
-        from evspec.models.generation import check_generation_source
-        from evspec.models.registry import check_model_event_canvas
-
-        check_model_event_canvas(self.event_canvas)
-        check_generation_source(self.generation_config)
-        if self.gamma < 1:
-            raise ConfigError(f"gamma must be >= 1, got {self.gamma}", parameters=["gamma"])
-        if self.max_gamma is not None and self.max_gamma < self.gamma:
-            raise ConfigError(f"max_gamma ({self.max_gamma}) must be >= gamma ({self.gamma})",
-                              parameters=["max_gamma", "gamma"])
-        check_run_options(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
-                          max_samples=self.max_samples, warmup=self.warmup, dtype=self.dtype, cache=self.cache)
-        if self.bridge not in ("auto", "same", "cross"):
-            raise ConfigError(f"unknown bridge {self.bridge!r}; use auto, same or cross", parameters=["bridge"])
-        sampling = self.sampling()
-        alpha = self.oracle_alpha
-        if alpha is not None and not sampling.greedy:
-            raise ConfigError("oracle:ALPHA is greedy only (it proposes the target's greedy tokens): use temperature=0",
-                              parameters=["temperature"])
-
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
-
-    @property
-    def oracle_draft_model(self) -> str:
-        """``oracle_draft``, with ``auto`` resolved: ``random-0.2b-eventgpt`` (a ~0.2B draft, as
-        ``benchmarks/gpu_spec.py`` measures) for a ``random-7b-*`` target, else ``tiny-eventgpt``."""
-        if self.oracle_draft != "auto":
-            return self.oracle_draft
-        return "random-0.2b-eventgpt" if self.target.startswith("random-7b-") else "tiny-eventgpt"
-
-    def model_names(self) -> list[str]:
-        """The registry names this run loads: the target, and the draft model (or the oracle's)."""
-        if self.oracle_alpha is not None:
-            return [self.target, self.oracle_draft_model]
-        return [self.target] if self.draft == "ngram" else [self.target, self.draft]
-
-    @property
-    def oracle_alpha(self) -> float | None:
-        """ALPHA of ``oracle:ALPHA`` (validated), else None."""
-        if not self.draft.startswith("oracle:"):
-            return None
-        text = self.draft.removeprefix("oracle:")
-        try:
-            alpha = float(text)
-        except ValueError as exc:
-            raise ConfigError(f"draft oracle:ALPHA needs a number for ALPHA, got {text!r}", parameters=["draft"]) from exc
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"oracle alpha must be in [0, 1], got {alpha}")
-        return alpha
-
-    @property
-    def draft_kind(self) -> str:
-        if self.draft == "ngram":
-            return "ngram"
-        return "oracle" if self.oracle_alpha is not None else "model"
 
 
 # --------------------------------------------------------------------------- models
@@ -303,6 +198,66 @@ def run_measured_sample(config: SpecRunConfig, target: VisionLanguageModel, prop
     return {**record, "compile_retries": retries, "compiled_during_run": compiled}
 
 
+class SpecJob(SampleJob[tuple[Any, Any, Any], dict[str, Any]]):
+    """The spec's part of a run (:mod:`evspec.run.orchestrator`): one group (the target and its
+    proposer, loaded together), one ``records.jsonl`` row per sample (keyed by id and target), each
+    sample run both ways by :func:`run_measured_sample`; a load failure ends the run."""
+
+    def __init__(self, config: SpecRunConfig, model_loader: ModelLoader, device: torch.device,
+                 draft_device: torch.device, dtype: torch.dtype) -> None:
+        self.config = config
+        self.groups = (config.target,)
+        self.model_loader = model_loader
+        self.device, self.draft_device, self.dtype = device, draft_device, dtype
+
+    def parse(self, row: Any) -> dict[str, Any]:
+        return _row(row)
+
+    def dump(self, record: dict[str, Any]) -> str:
+        return dump_line(record)
+
+    def pair(self, record: dict[str, Any]) -> tuple[str, str]:
+        return (record["id"], record.get("target"))  # type: ignore[return-value]
+
+    def error(self, record: dict[str, Any]) -> str | None:
+        return record.get("error") or None
+
+    def label(self, group: str) -> str:
+        return f"{group} <- {self.config.draft}"
+
+    def load(self, group: str) -> Loaded[tuple[Any, Any, Any]]:
+        start = time.perf_counter()
+        target = self.model_loader(group, self.device, self.dtype)
+        _synchronize(self.device)
+        target_s = time.perf_counter() - start
+        start = time.perf_counter()
+        proposer = build_proposer(self.config, target, self.model_loader, self.draft_device, self.dtype)
+        _synchronize(self.draft_device)
+        draft_s = time.perf_counter() - start if self.config.draft_kind != "ngram" else None
+        factory = state_factory_for(self.config.cache, target.language_model)
+        return Loaded((target, proposer, factory), {"target": target_s, "draft": draft_s})
+
+    def warm_up(self, loaded: Loaded[tuple[Any, Any, Any]], group: str, sample: Sample) -> None:
+        target, proposer, factory = loaded.models
+        run_spec_sample(self.config, target, proposer, sample, factory)
+
+    def run_sample(self, loaded: Loaded[tuple[Any, Any, Any]], group: str, sample: Sample) -> dict[str, Any]:
+        target, proposer, factory = loaded.models
+        return {**run_measured_sample(self.config, target, proposer, sample, factory), "model_load_s": loaded.load_s}
+
+    def summarize(self, records: list[dict[str, Any]], meta: dict[str, Any], model_load_s: dict[str, Any],
+                  machine: dict[str, Any]) -> dict[str, Any]:
+        summary = {**summarize(records), "synthetic": self.config.draft_kind == "oracle", **meta}
+        # this invocation's loads (None: not loaded, every sample done)
+        summary["model_load_s"] = model_load_s[self.config.target] or {"target": None, "draft": None}
+        summary["machine"] = machine
+        summary["timing_warnings"] = spec_timing_warnings(records, machine)
+        return summary
+
+    def report(self, out_dir: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> Path:
+        return write_report(out_dir, summary, records)
+
+
 def run_spec(
     config: SpecRunConfig,
     out_dir: str | Path,
@@ -315,8 +270,8 @@ def run_spec(
     """Run (or resume) ``config`` into ``out_dir``; see the module docstring for the files.
 
     ``progress``: a :class:`~evspec.run.shared.Reporter` (default: tells no one);
-    a sample that fails is passed to ``warn`` as well as to ``advance``."""
-    progress = progress or SilentReporter()
+    a sample that fails is passed to ``warn`` as well as to ``advance``. The loop itself is the
+    run layer's (:func:`evspec.run.orchestrator.run_samples`)."""
     if model_loader is registry_loader:
         for name in config.model_names():
             check_model_name(name)  # before any work: a typo should not cost a dataset build
@@ -340,64 +295,18 @@ def run_spec(
         for where in {device, draft_device}:
             LoadOptions.resolve(where, dtype, config.quantize)  # CUDA and bitsandbytes present, or one clear error
         model_loader = registry_loader_for(config.quantize, config.event_canvas)
-    identity = {k: v for k, v in asdict(config).items() if k in IDENTITY_FIELDS}
-    identity.update(oracle_draft=config.oracle_draft_model if config.draft_kind == "oracle" else config.oracle_draft)
-    identity.update(dataset=str(dataset_root(config.dataset, out_dir).resolve()), device=str(device),
-                    draft_device=str(draft_device), dtype=str(dtype).removeprefix("torch."))
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"out_dir {out_dir} is an existing file; give a folder for the run", parameters=["out_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    check_or_reset(out_dir, identity, IDENTITY_FIELDS, force, OUTPUTS)
-    samples = load_samples(config.dataset, out_dir, split=config.split, max_samples=config.max_samples,
-                           reporter=progress, allow_outside_root=config.allow_outside_root)
-
-    meta = write_run_config(out_dir, identity=identity, config={**asdict(config), "generation": generation},
-                            device=str(device), command=command)
-
-    records_path = out_dir / RECORDS_NAME
-    done = {r["id"] for r in read_records(records_path) if not r.get("error")}
-    pending = [s for s in samples if s.id not in done]
-    progress.start(len(samples), len(samples) - len(pending))
-    model_load_s: dict[str, float | None] = {"target": None, "draft": None}
-    machine: dict[str, Any] = {"cpu_count": machine_load()["cpu_count"], "before": machine_load()}
-    if pending:
-        progress.status(f"loading {config.target} and the draft on {device} ({dtype})")
-        start = time.perf_counter()
-        target = model_loader(config.target, device, dtype)
-        _synchronize(device)
-        model_load_s["target"] = time.perf_counter() - start
-        start = time.perf_counter()
-        proposer = build_proposer(config, target, model_loader, draft_device, dtype)
-        _synchronize(draft_device)
-        model_load_s["draft"] = time.perf_counter() - start if config.draft_kind != "ngram" else None
-        target_factory = state_factory_for(config.cache, target.language_model)
-        torch.manual_seed(config.seed)
-        gc.collect()
-        gc.freeze()  # the models' objects: later collections need not walk them
-        for i in range(config.warmup):
-            progress.status("warming up (discarded)")
-            run_spec_sample(config, target, proposer, samples[i % len(samples)], target_factory)
-        progress.status(f"running {config.target} <- {config.draft}")
-        with JsonLinesLog(records_path, _row, dump_line) as log:  # truncates a torn last line
-            for sample in pending:
-                record = {**run_measured_sample(config, target, proposer, sample, target_factory),
-                          "model_load_s": model_load_s}
-                log.append(record)
-                if record["error"] is not None:
-                    progress.warn(f"{record['id']}: {record['error']}")
-                progress.advance(record)
-
-        del target, proposer
-        release_memory()
-
-    wanted = {s.id: i for i, s in enumerate(samples)}
-    latest = {r["id"]: r for r in read_records(records_path) if r["id"] in wanted}
-    records = sorted(latest.values(), key=lambda r: wanted[r["id"]])
-    summary = {**summarize(records), "synthetic": config.draft_kind == "oracle", **meta}
-    summary["model_load_s"] = model_load_s  # this invocation's loads (None: not loaded, every sample done)
-    machine["after"] = machine_load()
-    summary["machine"] = machine
-    summary["timing_warnings"] = spec_timing_warnings(records, machine)
-    write_json(out_dir / SUMMARY_NAME, summary)
-    report = write_report(out_dir, summary, records)
-    return SpecRunResult(out_dir, records, summary, report)
+    plan = RunPlan(
+        out_dir=out_dir,
+        identity=identity(
+            config, oracle_draft=config.oracle_draft_model if config.draft_kind == "oracle" else config.oracle_draft,
+            dataset=str(dataset_root(config.dataset, out_dir).resolve()), device=str(device),
+            draft_device=str(draft_device), dtype=str(dtype).removeprefix("torch.")),
+        config={**asdict(config), "generation": generation}, outputs=OUTPUTS, device=device, dtype=dtype,
+        dataset=config.dataset, split=config.split, max_samples=config.max_samples,
+        allow_outside_root=config.allow_outside_root, warmup=config.warmup, seed=config.seed, force=force,
+        command=command,
+    )
+    job = SpecJob(config, model_loader, device, draft_device, dtype)
+    outcome = run_samples(plan, job, progress or SilentReporter())
+    assert outcome.report_path is not None  # the spec always writes its report
+    return SpecRunResult(out_dir, outcome.records, outcome.summary, outcome.report_path)
