@@ -288,14 +288,14 @@ class BenchJob(SampleJob[Any, Record]):
         return write_markdown(out_dir, summary, records) if self.write_report else None
 
 
-def _draft_strategy(config: BenchConfig, device: torch.device, dtype: torch.dtype,
+def _draft_strategy(draft: str, config: BenchConfig, device: torch.device, dtype: torch.dtype,
                     model_loader: ModelLoader | None) -> DecodeStrategy:
-    """``config.draft``: the speculative engine behind the decode-strategy seam."""
+    """``config.draft``: the speculative engine behind the decode-strategy seam (the draft model by
+    name through the registry, unquantized, unless the run has its own loader)."""
     from evspec.bench.spec_strategy import SpeculativeStrategy  # it imports this module: imported when used
 
-    assert config.draft is not None
     return SpeculativeStrategy(
-        config.draft, gamma=config.gamma, adaptive_gamma=config.adaptive_gamma,
+        draft, gamma=config.gamma, adaptive_gamma=config.adaptive_gamma,
         parallel_prefill=config.parallel_prefill, device=device, dtype=dtype, draft_device=config.draft_device,
         cache=config.cache, seed=config.seed,
         model_loader=model_loader or registry_loader_for(None, config.event_canvas),
@@ -344,7 +344,7 @@ def run_bench(
 
         LoadOptions.resolve(device, dtype, config.quantize)  # CUDA and bitsandbytes present, or one clear error
     if strategy is None:
-        strategy = (_draft_strategy(config, device, dtype, custom_loader) if config.draft is not None
+        strategy = (_draft_strategy(config.draft, config, device, dtype, custom_loader) if config.draft is not None
                     else TargetOnlyStrategy(config.cache))
     plan = RunPlan(
         out_dir=out_dir,

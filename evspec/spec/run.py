@@ -35,7 +35,7 @@ from evspec.models.generation import checkpoint_generation_configs
 from evspec.models.registry import check_model_name, check_token_budget
 from evspec.run.config import identity, identity_fields
 from evspec.run.orchestrator import Loaded, RunPlan, SampleJob, run_samples
-from evspec.run.rundir import RECORDS_NAME, REPORT_NAME, SUMMARY_NAME, dump_line, json_object, read_lines
+from evspec.run.rundir import RECORDS_NAME, REPORT_NAME, SUMMARY_NAME, dump_line, json_object
 from evspec.run.shared import (
     ModelLoader,
     Reporter,
@@ -79,6 +79,11 @@ def build_proposer(
 
     if config.draft_kind == "ngram":
         return NgramProposer()
+    if config.draft_kind == "adapter":
+        from evspec.align.proposer import build_adapter_proposer
+
+        return build_adapter_proposer(config.draft, target, loader, draft_device, dtype, cache=config.cache,
+                                      bridge=config.bridge)
     if config.draft_kind == "oracle":
         draft = loader(config.oracle_draft_model, draft_device, dtype)
         return OracleProposer(draft, config.oracle_alpha or 0.0, seed=config.seed,
@@ -97,11 +102,6 @@ def _row(value: Any) -> dict[str, Any]:
     if "id" not in row:
         raise ValueError("missing field 'id'")
     return row
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Complete lines of ``records.jsonl``; a torn last line (killed run) is dropped."""
-    return read_lines(path, _row)
 
 
 # --------------------------------------------------------------------------- the run
@@ -217,7 +217,7 @@ class SpecJob(SampleJob[tuple[Any, Any, Any], dict[str, Any]]):
         return dump_line(record)
 
     def pair(self, record: dict[str, Any]) -> tuple[str, str]:
-        return (record["id"], record.get("target"))  # type: ignore[return-value]
+        return (record["id"], str(record.get("target")))
 
     def error(self, record: dict[str, Any]) -> str | None:
         return record.get("error") or None
@@ -252,6 +252,10 @@ class SpecJob(SampleJob[tuple[Any, Any, Any], dict[str, Any]]):
         summary["model_load_s"] = model_load_s[self.config.target] or {"target": None, "draft": None}
         summary["machine"] = machine
         summary["timing_warnings"] = spec_timing_warnings(records, machine)
+        if self.config.draft_kind == "adapter":  # the head's simulated (offline) acceptance, shown beside the live one
+            from evspec.align.proposer import adapter_summary
+
+            summary.update(adapter_summary(self.config.draft, self.config.gamma))
         return summary
 
     def report(self, out_dir: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> Path:
