@@ -140,3 +140,29 @@ def test_a_resumed_bench_run_refuses_another_identity_field(tmp_path: Path, load
     result = run_bench(replace(config, max_samples=2, models=("a", "b")), out, model_loader=loader, write_report=False)
     assert sorted(r.key for r in result.records) == [("clip0", "a"), ("clip0", "b"), ("clip1", "a"), ("clip1", "b")]
     assert len((out / "records.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize(("module", "config_class"), [("evspec/bench/report.py", BenchConfig),
+                                                      ("evspec/spec/report.py", SpecRunConfig)])
+def test_the_reports_read_only_config_fields(module: str, config_class: type[Any]) -> None:
+    """The reports take their settings from the recorded config (``asdict`` of the dataclass): every
+    key they read is a field, so renaming a field cannot leave a report reading a stale name."""
+    import re
+
+    text = (Path(__file__).parents[2] / module).read_text()
+    keys = set(re.findall(r"config\[['\"](\w+)['\"]\]", text)) | set(re.findall(r"config\.get\(['\"](\w+)['\"]", text))
+    assert keys and keys <= {f.name for f in fields(config_class)}, keys
+
+
+def test_a_bench_config_with_a_draft_decodes_speculatively(tmp_path: Path, loader: Any) -> None:
+    from evspec.bench.runner import TargetOnlyStrategy, run_bench
+
+    data = make_dataset(tmp_path / "data", n=1)
+    config = BenchConfig(models=("a",), dataset=str(data), max_new_tokens=4, warmup=0, device="cpu", draft="ngram",
+                         gamma=2)
+    result = run_bench(config, tmp_path / "run", model_loader=loader, write_report=False)
+    (record,) = result.records
+    assert record.error is None and record.decoder == "spec:ngram" and record.metrics["drafts"] >= 0
+    assert result.summary["identity"]["decoder"]["gamma"] == 2
+    with pytest.raises(ConfigError, match="either a decode strategy or draft"):
+        run_bench(config, tmp_path / "other", model_loader=loader, strategy=TargetOnlyStrategy())
