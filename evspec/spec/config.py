@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SpecRunConfig:
-    """One ``evspec spec`` run. ``draft``: a model name, ``ngram`` or ``oracle:ALPHA``. The identity
+    """One ``evspec spec`` run. ``draft``: a model name, ``ngram``, ``oracle:ALPHA`` or ``adapter:RUN``. The identity
     fields change what a record means; ``max_samples``, ``warmup`` and ``allow_outside_root`` may
     change when a run is resumed."""
 
@@ -24,7 +24,8 @@ class SpecRunConfig:
                          identity=True, always=True)
     draft: str = option(
         "demo-eventgpt",
-        "Draft: a model name (its own modality input), 'ngram' (prompt lookup) or 'oracle:ALPHA' (synthetic).",
+        "Draft: a model name (its own modality input), 'ngram' (prompt lookup), 'oracle:ALPHA' (synthetic) or "
+        "'adapter:RUN' (a head trained by evspec align train; RUN its folder or a head folder).",
         identity=True, always=True)
     dataset: str | None = option(None, "Dataset folder or JSON. Default: a synthetic set in OUT/data.", short="-d",
                                  identity=True)
@@ -94,6 +95,10 @@ class SpecRunConfig:
         """The registry names this run loads: the target, and the draft model (or the oracle's)."""
         if self.oracle_alpha is not None:
             return [self.target, self.oracle_draft_model]
+        if self.draft_kind == "adapter":  # the model its head reads, as RUN records it
+            from evspec.align.proposer import adapter_model_names
+
+            return [self.target, *adapter_model_names(self.draft)]
         return [self.target] if self.draft == "ngram" else [self.target, self.draft]
 
     @property
@@ -114,4 +119,6 @@ class SpecRunConfig:
     def draft_kind(self) -> str:
         if self.draft == "ngram":
             return "ngram"
+        if self.draft.startswith("adapter:"):
+            return "adapter"
         return "oracle" if self.oracle_alpha is not None else "model"

@@ -381,3 +381,68 @@ def test_the_report_shows_simulated_and_live_acceptance_labelled() -> None:
     assert "| live: this run, 3 samples, temperature 0.0 | 0.400 | 2.200 |" in text
     assert "none recorded" in "\n".join(simulated_vs_live({**summary, "simulated_acceptance": None}))
     assert simulated_vs_live({k: v for k, v in summary.items() if k != "simulated_acceptance"}) == []
+
+
+# ----------------------------------------------------------------------------- evspec spec --draft adapter:RUN
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, vlm_dataset: Path) -> Path:
+    """A real ``evspec align train`` run on the tiny pair: a store extracted from the dataset, an
+    L5F head (it reads the draft model, which the run names through its store) trained a few steps."""
+    from evspec.align.extract import ExtractConfig, extract_store
+    from evspec.align.train import AlignTrainConfig, run_align_training
+    from evspec.training.loop import LoopConfig
+
+    root = tmp_path_factory.mktemp("adapter-run")
+    extract_store(ExtractConfig(target="tiny-videollava", draft="tiny-eventgpt", dataset=str(vlm_dataset),
+                                max_new_tokens=12), root / "store", device="cpu")
+    loop = LoopConfig(steps=4, batch_size=1, lr=1e-3, warmup_steps=1, eval_every=4, checkpoint_every=4, log_every=1)
+    config = AlignTrainConfig(store=str(root / "store"), adapter="L5F", loop=loop,
+                              head={"num_heads": 4, "ffn_size": 64}, holdout=0.5)
+    run_align_training(config, root / "run", device="cpu")
+    return root / "run"
+
+
+def test_spec_cli_drafts_with_an_adapter_run(tmp_path: Path, vlm_dataset: Path, trained_run: Path, capsys) -> None:
+    from evspec.cli import main
+
+    out = tmp_path / "spec"
+    args = ["spec", "--target", "tiny-videollava", "--draft", f"adapter:{trained_run}", "--dataset", str(vlm_dataset),
+            "--gamma", "3", "--max-new-tokens", "8", "--warmup", "0", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["error"] is None and r["lossless"] is True for r in rows)
+    assert sum(r["counts"]["drafted_tokens"] for r in rows) > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["adapter"]["adapter"] == "L5F" and summary["adapter"]["draft_model"] == "tiny-eventgpt"
+    simulated = summary["simulated_acceptance"]
+    assert simulated["gamma"] == 3 and 0 <= simulated["acceptance_rate"] <= 1
+    report = (out / "report.md").read_text()
+    assert "## Acceptance: simulated (offline) vs live" in report
+    assert "| simulated (offline): held-out store rows, step 4 |" in report and "| live: this run, 2 samples" in report
+
+
+def test_spec_cli_refuses_a_run_that_is_not_a_head_in_one_line(tmp_path: Path, vlm_dataset: Path, capsys) -> None:
+    from evspec.cli import main
+
+    (tmp_path / "notarun").mkdir()
+    args = ["spec", "--target", "tiny-videollava", "--draft", f"adapter:{tmp_path / 'notarun'}", "--dataset",
+            str(vlm_dataset), "--out", str(tmp_path / "spec")]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "notarun" in err and "not a head" in err
+    assert not (tmp_path / "spec" / "records.jsonl").exists()
+
+
+def test_bench_cli_decodes_with_an_adapter_run(tmp_path: Path, vlm_dataset: Path, trained_run: Path, capsys) -> None:
+    """``evspec bench --draft adapter:RUN`` goes through the same proposer builder."""
+    from evspec.cli import main
+
+    out = tmp_path / "bench"
+    args = ["bench", "--model", "tiny-videollava", "--draft", f"adapter:{trained_run}", "--dataset", str(vlm_dataset),
+            "--gamma", "2", "--max-new-tokens", "6", "--warmup", "0", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(not r.get("error") for r in rows)
+    assert all(r["decoder"] == f"spec:adapter:{trained_run}" for r in rows), rows[0].get("decoder")
