@@ -22,7 +22,7 @@ import torch
 
 from evspec.align.heads import HeadCache, HeadInputs
 from evspec.align.simulate import SimulatedAcceptance, simulate_batch
-from evspec.align.train import AlignTrainConfig, prepare_align_task, run_align_training
+from evspec.align.train import AlignTrainConfig, prepare_align_task
 from evspec.cli import main
 from evspec.errors import ConfigError
 from evspec.training.loop import LoopConfig, train
