@@ -105,6 +105,31 @@ def test_a_feature_reading_head_runs_with_parallel_prefill(tmp_path: Path, bare_
             assert out.token_ids == base.token_ids and out.counts.drafted_tokens > 0
 
 
+@pytest.mark.parametrize("adapter", ["B1", "L5F", "TokenAdapter"])
+def test_heads_are_lossless_on_the_static_path(tmp_path: Path, bare_pair, adapter: str) -> None:
+    """Target and draft on StaticDecoder (taps as extra outputs of the compiled step)."""
+    from evspec.runtime.static import StaticDecoder
+
+    target, draft = bare_pair
+    target_factory = StaticDecoder(target, max_length=64)
+    proposer = AdapterProposer.from_folder(head_folder(tmp_path, adapter, target, draft, seed=2), target, draft=draft,
+                                           state_factory=StaticDecoder(draft, max_length=64))
+    for gamma in (2, 5):
+        prompt = prompt_for(80 + gamma, vocab=66)
+        base = target_only(target, prompt_ids=prompt, eos_token_ids=[EOS], max_new_tokens=MAX_NEW,
+                           state_factory=target_factory)
+        out = speculative_generate(target, proposer, prompt_ids=prompt, eos_token_ids=[EOS], max_new_tokens=MAX_NEW,
+                                   gamma=gamma, state_factory=target_factory)
+        assert out.token_ids == base.token_ids and out.counts.drafted_tokens > 0
+
+
+def test_vs_needs_a_vlm_target(tmp_path: Path, bare_pair) -> None:
+    target, _ = bare_pair
+    proposer = AdapterProposer.from_folder(head_folder(tmp_path, "VS", target, None, seed=0, visual_size=16), target)
+    with pytest.raises(ConfigError, match="target's visual tokens"):
+        speculative_generate(target, proposer, prompt_ids=prompt_for(1, vocab=66), eos_token_ids=[EOS], max_new_tokens=6)
+
+
 class TruthfulB1(B1Head):
     """A B1 whose estimate of f_t is the target's true feature: the target run teacher-forced on
     the prompt and the head's tokens (kept in the cache's ``keys`` as ids, so ``truncate`` and the
