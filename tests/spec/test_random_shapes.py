@@ -99,3 +99,33 @@ def test_a_sample_that_compiles_is_measured_again(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(run, "run_spec_sample", lambda *a: runs.append(1) or {"id": "s", "error": None})
     record = run.run_measured_sample(None, None, None, None, None)  # type: ignore[arg-type]
     assert len(runs) == 2 and record["compile_retries"] == 1 and record["compiled_during_run"] is False
+
+
+def test_the_gpu_script_builds_what_the_command_line_loads() -> None:
+    """benchmarks/gpu_spec.py takes its shapes, decisive weights and decoder from the library, so
+    the script and `evspec spec --target random-7b-videollava` cannot drift apart."""
+    import importlib.util
+
+    from evspec.run.shared import state_factory_for
+    from evspec.runtime.static import StaticDecoder
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_spec.py"
+    spec = importlib.util.spec_from_file_location("gpu_spec", path)
+    assert spec is not None and spec.loader is not None
+    gpu_spec = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_spec)
+    assert gpu_spec.VICUNA_7B.items() <= tiny.VICUNA_7B.items()
+    assert gpu_spec.DRAFT_200M.items() <= tiny.SMALL_DRAFT_LLAMA.items()
+    assert gpu_spec.VOCAB == tiny.VOCAB_7B
+
+    def small_lm():  # the script's builder at a small shape, the same seed twice
+        return gpu_spec.build_lm(dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                                      num_key_value_heads=4), 300, 4096, torch.device("cpu"), torch.float32, seed=0)
+
+    ours, theirs = tiny.make_decisive(small_lm(), tiny.DECISIVE_SHIFT["random-7b-videollava"]), gpu_spec.make_decisive(small_lm())
+    for a, b in zip(ours.body.parameters(), theirs.body.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(ours.lm_head.weight, theirs.lm_head.weight)
+    factory = gpu_spec.Factories("static", torch.device("cpu"))(theirs, 4096)
+    assert isinstance(factory, StaticDecoder) and isinstance(state_factory_for("static", ours), StaticDecoder)
+    assert factory.max_length == state_factory_for("static", ours).max_length == 4096
