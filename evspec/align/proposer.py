@@ -167,6 +167,7 @@ class _DraftTrack(DraftModelProposer):
     its last prompt position). Rows past the cache's length are stale and overwritten on refeed."""
 
     _rows: torch.Tensor | None = None
+    _device_map: torch.Tensor | None = None  # target id -> draft id, on the draft's device
 
     def start(self, ctx: DraftContext) -> None:
         super().start(ctx)
@@ -187,6 +188,19 @@ class _DraftTrack(DraftModelProposer):
 
     def step(self, target_id: int) -> None:
         self._feed(self._to_draft([target_id]))
+
+    def step_on_device(self, target_id: torch.Tensor) -> torch.Tensor:
+        """Feed a target id held on the device [1] (no host sync); returns the draft id fed, which
+        the caller records with :meth:`record_fed` once it reads the round's ids back."""
+        if self._device_map is None:
+            mapped = self.bridge.target_to_draft  # type: ignore[union-attr]
+            self._device_map = torch.where(mapped >= 0, mapped, self.bridge.draft_fallback).to(self.lm.device)  # type: ignore[union-attr]
+        draft_id = self._device_map[target_id.to(self.lm.device)]
+        self._feed(draft_id)
+        return draft_id
+
+    def record_fed(self, draft_ids: list[int]) -> None:
+        self._fed.extend(draft_ids)
 
     def rows(self, start: int, end: int) -> torch.Tensor:
         """[end - start, Hd]: the hidden states at head positions start .. end - 1 (all held)."""
@@ -377,14 +391,47 @@ class AdapterProposer(Proposer):
         return out
 
     # ---- drafting
-    def _pick(self, logits: torch.Tensor) -> tuple[int, torch.Tensor | None]:
-        """One draft from the head's logits [V]: argmax (greedy) or a draw from its distribution."""
-        if self._sampling.greedy:
-            return int(logits.argmax(-1)), None
+    def _pick(self, logits: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """One sampled draft from the head's logits [V] and the distribution it was drawn from."""
         probs = probabilities(logits, self._sampling)
         return int(torch.multinomial(probs.cpu(), 1, generator=self._generator)), probs
 
+    def _draft_inputs(self, hidden: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The draft's hidden state [1, Hd] at the position just fed and its logits, as the head reads them."""
+        if hidden is None:
+            return None, None
+        return hidden, self.track.logits(hidden) if "draft_logits" in self.head.reads else None  # type: ignore[union-attr]
+
+    def _chain_greedy(self, out: HeadOutput, gamma: int) -> Proposal:
+        """gamma argmax steps with the tokens kept on the device: one host sync per round (as
+        DraftModelProposer's greedy drafting); drafts after an end-of-answer token are cut afterwards."""
+        assert self._cache is not None
+        cache = self._cache
+        tokens = [out.logits[0, -1].argmax(-1, keepdim=True)]
+        fed: list[torch.Tensor] = []
+        for _ in range(gamma - 1):
+            hidden = None
+            if self.track is not None:
+                fed.append(self.track.step_on_device(tokens[-1]))
+                hidden = self.track.draft_hidden[-1:]  # type: ignore[index]
+            hidden, logits = self._draft_inputs(hidden)
+            previous = out.features[:, -1] if self.reads_features else None
+            out, cache = self.head.draft_step(cache, tokens[-1], previous_feature=previous, draft_hidden=hidden,
+                                              draft_logits=logits)
+            tokens.append(out.logits[0, -1].argmax(-1, keepdim=True))
+        drafted = torch.cat(tokens).tolist()
+        if self.track is not None and fed:
+            self.track.record_fed(torch.cat(fed).tolist())
+        for j, token in enumerate(drafted):
+            if token in self._eos:
+                return Proposal(drafted[: j + 1])
+        return Proposal(drafted)
+
     def _chain(self, out: HeadOutput, gamma: int) -> Proposal:
+        return self._chain_greedy(out, gamma) if self._sampling.greedy else self._chain_sampled(out, gamma)
+
+    def _chain_sampled(self, out: HeadOutput, gamma: int) -> Proposal:
+        """gamma draws, each from the head's distribution (returned as q); a host generator draws."""
         assert self._cache is not None
         cache = self._cache
         drafted: list[int] = []
@@ -392,19 +439,18 @@ class AdapterProposer(Proposer):
         while True:
             token, probs = self._pick(out.logits[0, -1])
             drafted.append(token)
-            if probs is not None:
-                rows.append(probs)
+            rows.append(probs)
             if len(drafted) == gamma or token in self._eos:
                 break
-            hidden = logits = None
+            hidden = None
             if self.track is not None:
                 self.track.step(token)
                 hidden = self.track.draft_hidden[-1:]
-                logits = self.track.logits(hidden) if "draft_logits" in self.head.reads else None
+            hidden, logits = self._draft_inputs(hidden)
             previous = out.features[:, -1] if self.reads_features else None
             out, cache = self.head.draft_step(cache, torch.tensor([token], device=self.device),
                                               previous_feature=previous, draft_hidden=hidden, draft_logits=logits)
-        return Proposal(drafted, torch.stack(rows) if rows else None)
+        return Proposal(drafted, torch.stack(rows))
 
 
 def _pair(draft: VisionLanguageModel | LanguageModel | None, target: VisionLanguageModel | LanguageModel,
