@@ -46,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "DraftModelProposer": "evspec.spec.proposers",
     "NgramProposer": "evspec.spec.proposers",
     "OracleProposer": "evspec.spec.proposers",
+    "AdapterProposer": "evspec.align.proposer",
     "SpecRunConfig": "evspec.spec.run",
     "run_spec": "evspec.spec.run",
     # training and judging answers
