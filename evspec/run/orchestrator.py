@@ -1,4 +1,4 @@
-"""The one run loop of the run commands (``evspec bench``, ``evspec spec``, and what comes next).
+"""The one run loop of the run commands (``evspec bench``, ``evspec spec``, ``evspec eval``).
 
 A command prepares its run (option checks, device and dtype, the identity) and hands the
 orchestrator a :class:`RunPlan` and a :class:`SampleJob`; :func:`run_samples` then does what every
@@ -6,7 +6,9 @@ run does, in this order:
 
 1. refuse a run folder of another identity, or with ``force`` delete its results
    (:func:`evspec.run.rundir.check_or_reset`);
-2. load the samples (building the built-in synthetic set when no dataset is given);
+2. load the samples (building the built-in synthetic set when no dataset is given) and hand them
+   to the job once (:meth:`SampleJob.prepare`: the eval checks a hand-made answer file against
+   every question here);
 3. write ``config.json`` (identity, config, environment, command);
 4. resume: a (sample, group) pair with a record without ``error`` in ``records.jsonl`` is not run
    again (a failed one is; the newest record of a pair wins);
@@ -20,6 +22,9 @@ run does, in this order:
 
 What a record holds, how a sample runs and what the summary says stay the command's
 (:class:`SampleJob`). This module imports neither ``evspec.bench`` nor ``evspec.spec``.
+
+``evspec align extract`` keeps its own loop (:func:`evspec.align.extract.extract_store`): its
+output is safetensors shards written per rank, and it resumes per shard, not per record.
 """
 
 from __future__ import annotations
@@ -124,6 +129,10 @@ class SampleJob(ABC, Generic[M, R]):
     def load(self, group: str) -> Loaded[M]:
         """Load a group's models, timed (on CUDA after a synchronize)."""
 
+    def prepare(self, samples: Sequence[Sample]) -> None:
+        """The run's samples, once, before ``config.json`` is written and any group loads (a job
+        that needs all of them reads them here; raising ends the run). Default: nothing."""
+
     def load_failed(self, group: str, sample: Sample, message: str) -> R | None:
         """The record of a pending sample whose group failed to load; None: the failure ends the run."""
         return None
@@ -161,6 +170,7 @@ def run_samples(plan: RunPlan, job: SampleJob[M, R], reporter: Reporter) -> RunO
     check_or_reset(out_dir, plan.identity, plan.identity.keys(), plan.force, plan.outputs)
     samples = load_samples(plan.dataset, out_dir, split=plan.split, max_samples=plan.max_samples,
                            reporter=reporter, allow_outside_root=plan.allow_outside_root)
+    job.prepare(samples)
     meta = write_run_config(out_dir, identity=plan.identity, config=plan.config, device=str(plan.device),
                             command=plan.command)
 

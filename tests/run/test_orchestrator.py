@@ -154,3 +154,18 @@ def test_another_identity_is_refused_before_any_work(tmp_path: Path) -> None:
     assert job.loads == []
     run_samples(_plan(out, data, identity={"seed": 1}, force=True), job, SilentReporter())  # force starts over
     assert len(_lines(out)) == 2 and job.loads == ["g1", "g2"]
+
+
+def test_the_job_sees_the_samples_once_before_anything_is_written(tmp_path: Path) -> None:
+    class Refusing(CountingJob):
+        def prepare(self, samples: Any) -> None:
+            self.prepared = [s.id for s in samples]
+            raise ConfigError("these samples do not fit")
+
+    data = make_dataset(tmp_path / "data", n=2)
+    out = tmp_path / "run"
+    job = Refusing()
+    with pytest.raises(ConfigError, match="do not fit"):
+        run_samples(_plan(out, data, max_samples=1), job, SilentReporter())
+    assert job.prepared == ["clip0"] and job.loads == []  # the run's samples, before any load
+    assert not (out / "config.json").exists() and not (out / "records.jsonl").exists()
