@@ -55,6 +55,8 @@ _EXPORTS: dict[str, str] = {
     "run_training": "evspec.training.run",
     "evaluate_model": "evspec.training.evaluate",
     "questions_of": "evspec.training.evaluate",
+    "EvalConfig": "evspec.training.eval_run",
+    "run_eval": "evspec.training.eval_run",
     # errors
     "EvspecError": "evspec.errors",
     "InputError": "evspec.errors",

@@ -1,5 +1,6 @@
-"""What the run commands (``evspec bench``, ``evspec spec``) share: the progress bar, the default
-run folder and the command whose options are a run config's fields (``config_command``)."""
+"""What the run commands (``evspec bench``, ``evspec spec``, ``evspec eval``) share: the progress
+bar, the default run folder and the command whose options are a run config's fields
+(``config_command``)."""
 
 from __future__ import annotations
 

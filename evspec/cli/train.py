@@ -12,6 +12,8 @@ from typing import Any
 import typer
 
 from evspec.cli import err_console
+from evspec.cli.common import config_command
+from evspec.training.eval_config import EvalConfig
 
 
 def _device(device: str) -> str:
@@ -104,67 +106,54 @@ def train(
     typer.echo(f"wrote {out} (load it as {family}:{out}); training log in {out}/training")
 
 
+@config_command(EvalConfig)  # one option per field of EvalConfig
 def evaluate(
-    model: str | None = typer.Option(None, "--model", "-m", help="The model (any registry name, e.g. demo-videollava or videollava:PATH)."),
-    answers: Path | None = typer.Option(None, "--answers", help='Judge these answers instead of a model\'s: JSON lines {"id", "prediction"}.'),
-    dataset: Path = typer.Option(..., "--dataset", "-d", help="An evspec clip dataset with answers."),
-    split: str | None = typer.Option(None, "--split", help="Only rows of this split."),
-    max_samples: int | None = typer.Option(None, "--max-samples", "-n", help="First N samples only."),
-    all_questions: bool = typer.Option(False, "--all-questions", help="Every question the synthetic builder wrote per clip, not only the row's."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Most tokens per answer."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-    records: Path | None = typer.Option(None, "--records", help="Write every answer with its scores (JSON lines) here."),
+    config: EvalConfig,
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder. Default: runs/eval-<timestamp>."),
+    force: bool = typer.Option(False, "--force", help="Discard results of another config in --out."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document instead of the table."),
-    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Let dataset rows name files outside the dataset folder."),
+    records: Path | None = typer.Option(
+        None, "--records", help="Also write every answer with its scores (JSON lines, one per question) here."),
 ) -> None:
-    """Greedy answers against `answer` and `event_visible_answer`: exact match and token F1."""
+    """Greedy answers against `answer` and `event_visible_answer`: exact match and token F1.
+
+    Writes OUT/records.jsonl (one line per sample: its judged questions), OUT/summary.json and
+    OUT/report.md. Rerunning with the same --out resumes: finished samples are skipped.
+    """
     from rich.console import Console
     from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from evspec.data.dataset import load_dataset
-    from evspec.errors import ConfigError, InputError
-    from evspec.models.registry import check_model_name, load_model
-    from evspec.training.evaluate import evaluate_model, judge_answer_file, questions_of, summarize
+    from evspec.cli.common import default_out, progress_reporter
+    from evspec.run.config import command_line
+    from evspec.training.eval_run import run_eval, score_rows, who_answered
 
-    if (model is None) == (answers is None):
-        raise ConfigError("give either --model (answer with it) or --answers (judge a file of answers)")
-    if model is not None:
-        check_model_name(model)
-    samples = load_dataset(dataset, split=split, max_samples=max_samples, allow_outside_root=allow_outside_root)
-    questions = questions_of(samples, all_types=all_questions)
-    if not any(q.answer or q.event_visible_answer for q in questions):
-        raise InputError("the dataset has no answers to judge against ('answer' / 'event_visible_answer')", dataset)
-    if answers is not None:
-        judged = judge_answer_file(answers, questions)
-    else:
-        vlm = load_model(model, device=_device(device))
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=err_console, transient=True, auto_refresh=False) as progress:
-            task = progress.add_task(escape(f"answering with {model}"), total=len(questions))
-            judged = evaluate_model(vlm, questions, max_new_tokens=max_new_tokens,
-                                    on_answer=lambda j: progress.update(task, advance=1, refresh=True))
-    summary = summarize(judged)
+    out = out if out is not None else default_out("eval")
+    command = command_line(config, ["evspec", "eval"], ["--out", str(out), *(["--force"] if force else [])])
+    with progress_reporter() as reporter:
+        result = run_eval(config, out, force=force, reporter=reporter, command=command)
+    s = result.summary
     if records is not None:
         records.parent.mkdir(parents=True, exist_ok=True)
-        records.write_text("".join(json.dumps(j.as_record()) + "\n" for j in judged), encoding="utf-8")
-    document = {"model": model, "answers": None if answers is None else str(answers), "dataset": str(dataset), "split": split, "n_questions": len(judged), "summary": summary}
+        records.write_text("".join(json.dumps(j.as_record()) + "\n" for j in result.judged()), encoding="utf-8")
     if json_output:
+        document = {key: s[key] for key in ("model", "answers", "dataset", "split", "n_questions", "summary")}
         typer.echo(json.dumps(document, indent=1))
-        return
-    console = Console(highlight=False, soft_wrap=True)
-    who = f"{model} (greedy)" if model is not None else str(answers)
-    table = Table(title=escape(f"{who} on {len(judged)} questions"))
-    for name in ("reference", "question type", "n", "exact match", "token F1"):
-        table.add_column(name, justify="left" if name in ("reference", "question type") else "right", no_wrap=True)
-    for field, values in summary.items():
-        table.add_row(field, "all", str(values["n"]), f"{values['exact_match']:.3f}", f"{values['f1']:.3f}")
-        for qtype, v in values["by_type"].items():  # question types come from the dataset: escaped
-            table.add_row("", escape(qtype), str(v["n"]), f"{v['exact_match']:.3f}", f"{v['f1']:.3f}")
-    console.print(table)
-    if records is not None:
-        console.print(f"wrote {records}", markup=False)
+    else:
+        console = Console(highlight=False, soft_wrap=True)
+        table = Table(title=escape(f"{who_answered(s)} on {s['n_questions']} questions"))
+        for name in ("reference", "question type", "n", "exact match", "token F1"):
+            table.add_column(name, justify="left" if name in ("reference", "question type") else "right", no_wrap=True)
+        for row in score_rows(s["summary"]):  # question types come from the dataset: escaped
+            table.add_row(*(escape(cell) for cell in row))
+        console.print(table)
+        if records is not None:
+            console.print(f"wrote {records}", markup=False)
+        console.print(f"wrote {out}/records.jsonl, {out}/summary.json and {result.report_path}", markup=False)
+    if s["n_failed"]:
+        err_console.print(f"[red]error:[/] {s['n_failed']} of {s['n_samples']} samples failed; the scores leave them "
+                          f"out (errors in {escape(str(out))}/records.jsonl; rerun with the same --out to retry them)")
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

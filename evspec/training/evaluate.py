@@ -5,7 +5,8 @@ Normalisation (both metrics): lower case, punctuation dropped, whitespace collap
 kept: "a"/"an" are part of what the synthetic answers get right or wrong. Token F1 is SQuAD's:
 the harmonic mean of precision and recall of the answer's word multiset.
 
-``evspec eval`` and the evaluation inside ``evspec train`` both call :func:`evaluate_model`.
+``evspec eval`` (a run of :mod:`evspec.training.eval_run`) and the evaluation inside ``evspec
+train`` both call :func:`evaluate_model`.
 """
 
 from __future__ import annotations

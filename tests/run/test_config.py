@@ -19,10 +19,12 @@ from evspec.cli import app
 from evspec.errors import ConfigError
 from evspec.run.config import command_line, flag_of, from_options, identity_fields, parsed
 from evspec.spec.config import SpecRunConfig
+from evspec.training.eval_config import EvalConfig
 from tests.bench.conftest import StandInModel, make_dataset
 
-COMMANDS = [("bench", BenchConfig), ("spec", SpecRunConfig)]
+COMMANDS = [("bench", BenchConfig), ("spec", SpecRunConfig), ("eval", EvalConfig)]
 OWN_OPTIONS = {"out", "force"}  # the commands' options that are not config fields
+OUTPUT_OPTIONS = {"eval": {"json_output", "records"}}  # options that only choose what is printed or copied
 
 # Every field at a value other than its default (checked below), so a round trip covers every option.
 NON_DEFAULT: dict[str, dict[str, Any]] = {
@@ -53,6 +55,8 @@ def _parse_back(name: str, config_class: type[Any], line: str) -> tuple[Any, dic
     assert args[:2] == ["evspec", name]
     params = _command(name).make_context(name, args[2:]).params
     own = {k: params.pop(k) for k in OWN_OPTIONS}
+    for k in OUTPUT_OPTIONS.get(name, ()):
+        params.pop(k)
     return from_options(config_class, params), own
 
 
@@ -64,10 +68,11 @@ def test_every_field_is_one_option_with_the_same_default_and_back(name: str, con
         assert flag_of(f) in option.opts, (f.name, option.opts)
         assert parsed(f, option.default) == f.default, f.name
         assert option.help == f.metadata["help"]
-    assert set(options) == OWN_OPTIONS  # no option that is not a field, besides --out and --force
+    assert set(options) == OWN_OPTIONS | OUTPUT_OPTIONS.get(name, set())  # no option that is not a field, besides
+    # --out and --force (and the eval's --json and --records)
 
 
-@pytest.mark.parametrize(("name", "config_class"), COMMANDS)
+@pytest.mark.parametrize(("name", "config_class"), COMMANDS[:2])
 def test_the_recorded_command_line_reproduces_the_config(name: str, config_class: type[Any]) -> None:
     default = config_class()
     changed = config_class(**NON_DEFAULT[name])
@@ -84,6 +89,23 @@ def test_the_recorded_command_line_reproduces_the_config(name: str, config_class
                     "spec": "evspec spec --target demo-videollava --draft demo-eventgpt"}[name]
 
 
+def test_the_recorded_eval_command_line_reproduces_the_config() -> None:
+    """EvalConfig's model and answers exclude each other: every other field is changed with each."""
+    others = dict(dataset="my data", split="test", max_samples=3, all_questions=True, max_new_tokens=8,
+                  device="cpu", dtype="bfloat16", event_canvas="sensor", allow_outside_root=True)
+    by_model, by_file = EvalConfig(model="tiny-llava", **others), EvalConfig(answers="my answers.jsonl", **others)
+    for config in (by_model, by_file):
+        assert [f.name for f in fields(EvalConfig) if getattr(config, f.name) == f.default] == [
+            "answers" if config is by_model else "model"]
+    for config in (by_model, by_file, EvalConfig(model="tiny-llava"), replace(by_file, max_samples=None)):
+        for force in (False, True):
+            line = command_line(config, ["evspec", "eval"], ["--out", "runs/x y", *(["--force"] if force else [])])
+            again, own = _parse_back("eval", EvalConfig, line)
+            assert again == config
+            assert own == {"out": Path("runs/x y"), "force": force}
+    assert command_line(EvalConfig(model="tiny-llava"), ["evspec", "eval"]) == "evspec eval --model tiny-llava"
+
+
 def test_identity_is_the_fields_marked_identity() -> None:
     from evspec.bench.runner import IDENTITY_FIELDS as BENCH_IDENTITY
     from evspec.spec.run import IDENTITY_FIELDS as SPEC_IDENTITY
@@ -95,6 +117,11 @@ def test_identity_is_the_fields_marked_identity() -> None:
         for free in ("max_samples", "warmup", "allow_outside_root"):
             assert free not in derived
     assert {"target", "draft", "oracle_draft", "gamma", "seed", "cache"} <= set(SPEC_IDENTITY)
+    from evspec.training.eval_run import IDENTITY_FIELDS as EVAL_IDENTITY
+
+    assert set(EVAL_IDENTITY) - set(identity_fields(EvalConfig)) == {"answers_sha256"}  # a changed answer file
+    assert {"model", "answers", "all_questions", "max_new_tokens"} <= set(EVAL_IDENTITY)
+    assert not {"max_samples", "allow_outside_root"} & set(EVAL_IDENTITY)
 
 
 @pytest.fixture

@@ -88,7 +88,7 @@ def test_eval_scores_a_hand_made_answer_file(dataset: Path, tmp_path: Path, caps
         rows.append({"id": s.id, "prediction": prediction})
     answers = tmp_path / "answers.jsonl"
     answers.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert main(["eval", "--dataset", str(dataset), "--answers", str(answers), "--json"]) == 0
+    assert main(["eval", "--dataset", str(dataset), "--answers", str(answers), "--json", "--out", str(tmp_path / "run")]) == 0
     summary = json.loads(capsys.readouterr().out)["summary"]
     n = len(samples)
     full_matches = 1 + (samples[1].answer == samples[1].event_visible_answer)
@@ -106,11 +106,12 @@ def test_eval_refuses_answer_files_that_do_not_fit(dataset: Path, tmp_path: Path
 
     samples = load_dataset(dataset)
     answers = tmp_path / "a.jsonl"
+    out = ["--out", str(tmp_path / "run")]  # eval writes a run folder (records, summary, report)
     answers.write_text(json.dumps({"id": samples[0].id, "prediction": "x"}) + "\n")
-    assert main(["eval", "--dataset", str(dataset), "--answers", str(answers)]) == 1  # the others unanswered
+    assert main(["eval", "--dataset", str(dataset), "--answers", str(answers), *out]) == 1  # the others unanswered
     answers.write_text(json.dumps({"id": "nosuch", "prediction": "x"}) + "\n")
-    assert main(["eval", "--dataset", str(dataset), "--answers", str(answers)]) == 1
-    assert main(["eval", "--dataset", str(dataset)]) == 1  # neither a model nor answers
+    assert main(["eval", "--dataset", str(dataset), "--answers", str(answers), *out]) == 1
+    assert main(["eval", "--dataset", str(dataset), *out]) == 1  # neither a model nor answers
 
 
 def test_summary_per_question_type() -> None:
