@@ -178,3 +178,18 @@ def test_eval_of_an_answer_file_writes_a_run_folder_whose_command_reruns_it(
     answers.write_text(answers.read_text().replace("nothing", "something"))
     assert main(args) == 1
     assert "answers_sha256" in capsys.readouterr().err
+
+
+def test_eval_of_a_registry_model_through_the_cli(dataset: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    args = ["eval", "-m", "tiny-videollava", "-d", str(dataset), "-n", "2", "--max-new-tokens", "3", "--device", "cpu",
+            "--out", str(out), "--json"]
+    assert main(args) == 0
+    document = json.loads(capsys.readouterr().out)  # stdout is the one document, as before
+    assert set(document) == {"model", "answers", "dataset", "split", "n_questions", "summary"}
+    assert document["model"] == "tiny-videollava" and document["n_questions"] == 2
+    assert [len(r["questions"]) for r in _lines(out)] == [1, 1]  # the row's own question per sample
+    assert main([*args[:-1], "-n", "3"]) == 0  # more samples into the same run: one more record
+    assert "tiny-videollava (greedy) on 3 questions" in capsys.readouterr().out
+    assert len(_lines(out)) == 3
