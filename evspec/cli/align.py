@@ -112,7 +112,9 @@ def extract(
                            store_dtype=store_dtype, shard_rows=shard_rows, target_visual=target_visual,
                            event_canvas=event_canvas, allow_outside_root=allow_outside_root)
     with distributed(device) as (rank, world_size, rank_device):
-        bar = progress_reporter() if rank == 0 else nullcontext(None)
+        # Piped, each extracted sample prints one line at once, as the run commands' samples do.
+        bar = progress_reporter(lambda row: f"sample={row.sample_id}\tpositions={len(row.target_ids)}") \
+            if rank == 0 else nullcontext(None)
         with bar as reporter:
             summary = extract_store(config, out, device=rank_device, rank=rank, world_size=world_size, force=force,
                                     reporter=reporter, command=_command_line(config, out, device, force))

@@ -258,6 +258,7 @@ def test_cli_resumes_refuses_another_config_and_starts_over_with_force(
     assert main(_cli_args(dataset, out, "--max-new-tokens", "3", "--force")) == 0
     printed = capsys.readouterr().out
     assert "extracted 3 samples" in printed and "samples/s" in printed
+    assert printed.count("sample=") == 3  # piped: one line per extracted sample, as it finishes
     store = AlignStore(out)
     assert store.identity["max_new_tokens"] == 3 and max(len(store[i].target_ids) for i in range(3)) <= 4
     assert store.index["command"].startswith("evspec align extract --target tiny-videollava")
