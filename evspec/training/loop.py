@@ -306,116 +306,48 @@ def _autocast(device: torch.device) -> Any:
 def train(task: Task, config: LoopConfig, out_dir: Path, device: torch.device,
           progress: TrainProgress | None = None) -> TrainResult:
     """Train ``task`` (resuming from ``out_dir/state.pt`` if there), evaluate, export. Under
-    torchrun, every rank calls this with the same arguments (the module docstring says the rest)."""
+    torchrun, every rank calls this with the same arguments (the module docstring says the rest);
+    a plain process is rank 0 of 1, for which every collective below is skipped and the loss is
+    the task's own (so one process computes exactly what it computed before data parallelism)."""
+    import torch.distributed as dist
+
     progress = progress or SilentProgress()
     began = time.perf_counter()
     parallel = start_distributed(device)
+    several = parallel.world_size > 1
     per_rank = check_batch_split(config.batch_size, parallel.world_size)
-    if not parallel.is_main:
+    main = parallel.is_main
+    if not main:
         progress = SilentProgress()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    module = task.module()
-    optimizer = _optimizer(module, config)
-    state_path = out_dir / STATE_NAME
-    start = load_state(state_path, module, optimizer) if state_path.is_file() else 0
-    if start == 0:
-        torch.manual_seed(config.seed)
-    if parallel.world_size > 1:
-        return _train_parallel(task, config, out_dir, device, progress, parallel, module, optimizer, start, per_rank, began)
-    log = MetricsLog(out_dir / METRICS_NAME, keep_until=start)
-    n = task.n_examples()
-    progress.start(config.steps, start)
-    window: dict[str, float] = {}
-    window_start = time.perf_counter()
-    final_eval: dict[str, Any] = {}
-    for step in range(start, config.steps):
-        module.train()
-        lr = learning_rate(config, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with _autocast(device):
-            loss, counts = task.loss(batch_indices(n, config.batch_size, config.seed, step))
-        if not torch.isfinite(loss):
-            raise ConfigError(f"the loss became {loss.item()} at step {step + 1}; lower lr", parameters=["lr"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip))
-        optimizer.step()
-        window["loss_sum"] = window.get("loss_sum", 0.0) + float(loss.detach())
-        window["batches"] = window.get("batches", 0.0) + 1
-        for key, value in counts.items():
-            window[key] = window.get(key, 0.0) + value
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            batches = window.pop("batches")
-            row = {"step": done, "loss": window.pop("loss_sum") / batches, "lr": lr, "grad_norm": grad_norm,
-                   "seconds": time.perf_counter() - window_start, **window}
-            log.append(row)
-            progress.advance(done, row)
-            window, window_start = {}, time.perf_counter()
-        else:
-            progress.advance(done, {"loss": float(loss.detach())})
-        if done % config.eval_every == 0 or done == config.steps:
-            progress.status(f"evaluating at step {done}")
-            module.eval()
-            with torch.no_grad(), _autocast(device):
-                final_eval = task.evaluate(done)
-            log.append({"step": done, "eval": final_eval})
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            save_state(state_path, module, optimizer, done)
-    module.eval()
-    if start >= config.steps:  # everything was done before: evaluate again for the result
-        with torch.no_grad(), _autocast(device):
-            final_eval = task.evaluate(config.steps)
-    progress.status("writing the checkpoint")
-    task.export()
-    _plot(task, log.rows, out_dir)
-    return TrainResult(out_dir, config.steps, start, final_eval, time.perf_counter() - began)
-
-
-def _plot(task: Task, rows: Sequence[dict[str, Any]], out_dir: Path) -> None:
-    plot_metrics(rows, out_dir)
-    task_plot = getattr(task, "plot", None)
-    if task_plot is not None:
-        task_plot(rows, out_dir)
-
-
-def _train_parallel(task: Task, config: LoopConfig, out_dir: Path, device: torch.device, progress: TrainProgress,
-                    parallel: Distributed, module: nn.Module, optimizer: torch.optim.Optimizer, start: int,
-                    per_rank: int, began: float) -> TrainResult:
-    """The loop of :func:`train` for one rank of several (kept apart so one process runs exactly
-    the code it ran before data parallelism existed)."""
-    import torch.distributed as dist
-
     try:
-        main = parallel.is_main
+        out_dir.mkdir(parents=True, exist_ok=True)
+        module = task.module()
+        optimizer = _optimizer(module, config)
         state_path = out_dir / STATE_NAME
+        start = load_state(state_path, module, optimizer) if state_path.is_file() else 0
+        if start == 0:
+            torch.manual_seed(config.seed)
         log = MetricsLog(out_dir / METRICS_NAME, keep_until=start) if main else None
         n = task.n_examples()
-        wrapped = _data_parallel(task, module, device)
-        weight_key = getattr(task, "loss_weight_key", None)
+        loss_of = _data_parallel(task, module, device) if several else task.loss
+        weight_key = getattr(task, "loss_weight_key", None) if several else None
+        mine = slice(parallel.rank * per_rank, (parallel.rank + 1) * per_rank)
         progress.start(config.steps, start)
         window: dict[str, float] = {}
         window_start = time.perf_counter()
         final_eval: dict[str, Any] = {}
-        mine = slice(parallel.rank * per_rank, (parallel.rank + 1) * per_rank)
         for step in range(start, config.steps):
             module.train()
             lr = learning_rate(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with _autocast(device):
-                loss, counts = wrapped(batch_indices(n, config.batch_size, config.seed, step)[mine])
-            weight = float(counts[weight_key]) if weight_key else 1.0
-            total_weight, weighted_loss = _all_reduce_sum([weight, float(loss.detach()) * weight], device)
-            global_loss = weighted_loss / total_weight if total_weight > 0 else 0.0
+                loss, counts = loss_of(batch_indices(n, config.batch_size, config.seed, step)[mine])
+            global_loss, scale = _global_loss(loss, counts, weight_key, parallel.world_size, device)
             if not math.isfinite(global_loss):
                 raise ConfigError(f"the loss became {global_loss} at step {step + 1}; lower lr", parameters=["lr"])
             optimizer.zero_grad(set_to_none=True)
-            # DDP averages gradients over ranks: scaled by this rank's share of the weight, the
-            # average is the gradient of the global batch's weighted mean loss
-            scale = parallel.world_size * weight / total_weight if total_weight > 0 else 0.0
-            (loss * scale).backward()
+            (loss * scale if several else loss).backward()
             grad_norm = float(nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip))
             optimizer.step()
             window["loss_sum"] = window.get("loss_sum", 0.0) + global_loss
@@ -424,10 +356,14 @@ def _train_parallel(task: Task, config: LoopConfig, out_dir: Path, device: torch
                 window[key] = window.get(key, 0.0) + value
             done = step + 1
             if done % config.log_every == 0 or done == config.steps:
-                keys = sorted(k for k in window if k not in ("loss_sum", "batches"))
-                summed = dict(zip(keys, _all_reduce_sum([window[k] for k in keys], device)))
-                row = {"step": done, "loss": window["loss_sum"] / window["batches"], "lr": lr, "grad_norm": grad_norm,
-                       "seconds": time.perf_counter() - window_start, **summed, "world_size": parallel.world_size}
+                batches, loss_sum = window.pop("batches"), window.pop("loss_sum")
+                if several:  # every rank's counts, summed
+                    keys = sorted(window)
+                    window = dict(zip(keys, _all_reduce_sum([window[k] for k in keys], device)))
+                row = {"step": done, "loss": loss_sum / batches, "lr": lr, "grad_norm": grad_norm,
+                       "seconds": time.perf_counter() - window_start, **window}
+                if several:
+                    row["world_size"] = parallel.world_size
                 if log is not None:
                     log.append(row)
                 progress.advance(done, row)
@@ -439,22 +375,45 @@ def _train_parallel(task: Task, config: LoopConfig, out_dir: Path, device: torch
                 module.eval()
                 with torch.no_grad(), _autocast(device):
                     final_eval = task.evaluate(done)
-                log.append({"step": done, "eval": final_eval})
+                log.append({"step": done, "eval": final_eval})  # type: ignore[union-attr]
             if main and (done % config.checkpoint_every == 0 or done == config.steps):
                 save_state(state_path, module, optimizer, done)
         module.eval()
         if main:
-            if start >= config.steps:
+            if start >= config.steps:  # everything was done before: evaluate again for the result
                 with torch.no_grad(), _autocast(device):
                     final_eval = task.evaluate(config.steps)
             progress.status("writing the checkpoint")
             task.export()
-            _plot(task, log.rows, out_dir)
-        dist.barrier()  # every rank returns once rank 0's files are written
+            _plot(task, log.rows, out_dir)  # type: ignore[union-attr]
+        if several:
+            dist.barrier()  # every rank returns once rank 0's files are written
         return TrainResult(out_dir, config.steps, start, final_eval, time.perf_counter() - began)
     finally:
         if parallel.started_here:
             dist.destroy_process_group()
+
+
+def _global_loss(loss: torch.Tensor, counts: dict[str, float], weight_key: str | None, world_size: int,
+                 device: torch.device) -> tuple[float, float]:
+    """The global batch's loss, and the factor this rank's loss is scaled by before backward.
+    DDP averages gradients over ranks: scaled by this rank's share of the weight (its count of
+    ``weight_key``, e.g. answer tokens), the average is the gradient of the global batch's weighted
+    mean loss. One process: its own loss, unscaled."""
+    if world_size == 1:
+        return float(loss.detach()), 1.0
+    weight = float(counts[weight_key]) if weight_key else 1.0
+    total_weight, weighted_loss = _all_reduce_sum([weight, float(loss.detach()) * weight], device)
+    if total_weight <= 0:
+        return 0.0, 0.0
+    return weighted_loss / total_weight, world_size * weight / total_weight
+
+
+def _plot(task: Task, rows: Sequence[dict[str, Any]], out_dir: Path) -> None:
+    plot_metrics(rows, out_dir)
+    task_plot = getattr(task, "plot", None)
+    if task_plot is not None:
+        task_plot(rows, out_dir)
 
 
 def plot_metrics(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
