@@ -20,7 +20,6 @@ and rows shuffled from ``(seed, epoch)`` only, at most one shard open and ``buff
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -34,6 +33,7 @@ import torch
 
 from evspec.data.events import atomic_path
 from evspec.errors import ConfigError, InputError
+from evspec.run.rundir import file_sha256
 
 FORMAT = "evspec-align-store"
 FORMAT_VERSION = 1
@@ -136,14 +136,6 @@ def shard_name(rank: int, number: int) -> str:
 
 def part_name(rank: int) -> str:
     return f"index.rank{rank:03d}.json"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_shard(folder: Path, rank: int, number: int, world_size: int, rows: Sequence[AlignRow],

@@ -18,6 +18,7 @@ What each command puts in a record is its own business; how the folder is kept i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -40,6 +41,15 @@ SUMMARY_NAME = "summary.json"
 REPORT_NAME = "report.md"
 
 T = TypeVar("T")
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MB blocks (shipped weights, store shards)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- records.jsonl

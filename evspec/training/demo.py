@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from evspec.run.rundir import file_sha256
+
 DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
 MANIFEST_NAME = "MANIFEST.json"
 # name -> (family, size)
@@ -38,14 +40,6 @@ DEMO_MODELS = {
 }
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_files(folder: Path) -> list[Path]:
     """A trained checkpoint's files, without its training run (``training/``)."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and "training" not in p.relative_to(folder).parts
@@ -53,7 +47,7 @@ def model_files(folder: Path) -> list[Path]:
 
 
 def manifest_entries(root: Path) -> dict[str, dict[str, Any]]:
-    return {str(p.relative_to(root)): {"sha256": sha256(p), "bytes": p.stat().st_size}
+    return {str(p.relative_to(root)): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
             for name in DEMO_MODELS for p in model_files(root / name)}
 
 
