@@ -17,15 +17,18 @@ make runs differ in the last bits, so weights are reproducible up to that, not b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +79,10 @@ def _train_command(args: argparse.Namespace, name: str, dataset: Path, out: Path
     family, size = DEMO_MODELS[name]
     size = args.target_size if family == "videollava" else args.draft_size
     steps = args.target_steps if family == "videollava" else args.draft_steps
+    lr = args.lr if family == "videollava" or args.draft_lr is None else args.draft_lr
     command = [
         sys.executable, "-m", "evspec", "train", "--family", family, "--size", size, "--dataset", str(dataset),
-        "--out", str(out), "--steps", str(steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+        "--out", str(out), "--steps", str(steps), "--batch-size", str(args.batch_size), "--lr", str(lr),
         "--warmup-steps", str(args.warmup_steps), "--seed", str(args.seed), "--eval-every", str(args.eval_every),
         "--eval-questions", "64", "--checkpoint-every", str(args.checkpoint_every), "--workers",
         str(max(1, args.workers // 2)), "--save-dtype", "float16", "--device", args.device,
@@ -88,6 +92,28 @@ def _train_command(args: argparse.Namespace, name: str, dataset: Path, out: Path
         # stretches each chunk to its own extent, so shapes and speeds change from frame to frame.
         command += ["--event-canvas", "sensor"]
     return command
+
+
+@contextlib.contextmanager
+def _terminating_on_sigterm(children: list[subprocess.Popen]) -> Iterator[None]:
+    """A SIGTERM (``timeout``, a job scheduler) stops the trainings too, instead of leaving them
+    running without their parent; each resumes from its last checkpoint when the command reruns."""
+
+    def stop(signum: int, frame: object) -> None:
+        # No wait() here: the interrupted wait() holds the Popen's lock; the caller waits below.
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except SystemExit:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
@@ -104,7 +130,8 @@ def build(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     commands = {name: _train_command(args, name, work / "train", runs[name]) for name in DEMO_MODELS}
     # Both at once: two small models leave a GPU mostly idle; each run resumes if killed.
     procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
-    failed = [name for name, proc in procs.items() if proc.wait() != 0]
+    with _terminating_on_sigterm(list(procs.values())):
+        failed = [name for name, proc in procs.items() if proc.wait() != 0]
     if failed:
         raise SystemExit(f"training failed for {', '.join(failed)}")
     out = Path(args.out)
@@ -145,19 +172,20 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evspec.training.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, help="Where the dataset and the training runs go.")
     p.add_argument("--out", default=str(DEMO_DIR), help="Where the shipped folders and the manifest go.")
-    p.add_argument("--clips", type=int, default=5000)
+    p.add_argument("--clips", type=int, default=6000)
     p.add_argument("--dataset-seed", type=int, default=1, help="Synthetic dataset seed (evaluate on others).")
     p.add_argument("--test-fraction", type=float, default=0.02, help="Test rows evaluated during training.")
     p.add_argument("--target-size", default="demo-target", help="Model size of the target (tiny: a quick test).")
     p.add_argument("--draft-size", default="demo-draft", help="Model size of the draft.")
-    p.add_argument("--target-steps", type=int, default=4000)
+    p.add_argument("--target-steps", type=int, default=3000)
     p.add_argument("--draft-steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=384)
+    p.add_argument("--lr", type=float, default=1.5e-3, help="Peak learning rate of the target (and the draft).")
+    p.add_argument("--draft-lr", type=float, default=None, help="Peak learning rate of the draft (default: --lr).")
     p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=1000)
-    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--device", default="cuda")
     return p
