@@ -1,0 +1,38 @@
+"""benchmarks/gpu_head_cost.py: its accounting (what a drafted token costs, the projection) on tiny CPU shapes."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def script():
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_head_cost.py"
+    spec = importlib.util.spec_from_file_location("gpu_head_cost", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_which_drafters_step_the_event_model(script) -> None:
+    assert script.reads_event_model("event-model")
+    assert {n for n in script.ADAPTERS if script.reads_event_model(n)} == {"TokenAdapter", "L1", "L2", "L3", "L4", "L5", "L5F"}
+
+
+def test_costs_and_projection_add_up(script, tmp_path) -> None:
+    results = script.main(["--quick", "--repeats", "1", "--context", "8", "--adapters", "L1,B1,EC",
+                           "--mal", "B1=3.0,L1=2.5", "--out", str(tmp_path / "heads.json")])
+    rows, verify, step = results["drafters"], results["verify_pass_ms"], results["target_step_ms"]
+    assert set(rows) == {"event-model", "L1", "B1", "EC"}
+    assert rows["L1"]["draft_ms_per_token"] == pytest.approx(rows["L1"]["head_ms"] + results["event_model_step_ms"])
+    assert rows["B1"]["draft_ms_per_token"] == pytest.approx(rows["B1"]["head_ms"])
+    assert "start_ms" in rows["EC"] and "start_ms" not in rows["B1"]
+    for row in rows.values():
+        assert row["c"] == pytest.approx(row["draft_ms_per_token"] / verify)
+    assert rows["B1"]["projected_speedup"] == pytest.approx(3.0 * step / (5 * rows["B1"]["draft_ms_per_token"] + verify))
+    assert "projected_speedup" not in rows["EC"]
+    assert rows["B1"]["params"] > 0 and (tmp_path / "heads.json").is_file()
