@@ -180,7 +180,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target-steps", type=int, default=3000)
     p.add_argument("--draft-steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=384)
-    p.add_argument("--lr", type=float, default=1.5e-3, help="Peak learning rate of the target (and the draft).")
+    p.add_argument("--lr", type=float, default=1e-3, help="Peak learning rate of the target (and the draft).")
     p.add_argument("--draft-lr", type=float, default=None, help="Peak learning rate of the draft (default: --lr).")
     p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)

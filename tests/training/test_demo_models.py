@@ -32,6 +32,26 @@ def test_the_shipped_files_are_the_manifests() -> None:
     assert manifest["command"].startswith("python -m evspec.training.demo")
 
 
+def test_the_manifests_command_still_makes_the_shipped_trainings() -> None:
+    """Rerun today, the manifest's command asks for the trainings that made the shipped weights:
+    same options (a changed default of demo.py would show here) and sizes of the shipped shapes."""
+    import shlex
+
+    from evspec.models.tiny import model_size
+    from evspec.training.demo import _train_command, parser
+
+    manifest = json.loads((DEMO_DIR / MANIFEST_NAME).read_text())
+    args = parser().parse_args(shlex.split(manifest["command"])[3:])
+    for name in DEMO_MODELS:
+        work = Path(args.workdir)
+        command = _train_command(args, name, work / "train", work / name)
+        assert shlex.join(command[2:]) == manifest["trainings"][name]["command"]
+        size = model_size(command[command.index("--size") + 1])
+        shipped = json.loads((DEMO_DIR / name / "config.json").read_text())
+        text = shipped.get("text_config", shipped)
+        assert (text["num_hidden_layers"], text["hidden_size"]) == (size.llama["num_hidden_layers"], size.llama["hidden_size"])
+
+
 def test_a_changed_file_no_longer_matches(tmp_path: Path) -> None:
     import shutil
 
