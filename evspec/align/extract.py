@@ -174,10 +174,13 @@ def extract_sample(
     store_dtype: torch.dtype | None = None,
     device: torch.device | str | None = "cpu",
     target_visual: bool = True,
+    answer: tuple[Sequence[int], bool] | None = None,
 ) -> AlignRow:
     """One sample's row (:class:`~evspec.align.store.AlignRow`): the target's greedy answer and both
     models' hidden states on it. ``store_dtype``/``device``: where the tensors go (None: as computed,
-    e.g. for training online on the models' device). The tensors are ordinary (not inference-mode)."""
+    e.g. for training online on the models' device). The tensors are ordinary (not inference-mode).
+    ``answer``: the target's greedy answer ids and whether it stopped on EOS, when already known
+    (training online decodes each sample once); otherwise it is decoded here."""
     from evspec.runtime.decode import decode, prefill
 
     low, mid = resolve_layers(layers, n_layers(target))
@@ -188,15 +191,17 @@ def extract_sample(
         room = target.language_model.context_length - n_prompt  # the teacher-forced pass feeds the last token too
         if room < 1:
             raise ConfigError(f"sample {sample.id}: the target's prompt of {n_prompt} tokens fills its context")
-        answer = decode(prefill(target.language_model, target_prompt), max_new_tokens=min(max_new_tokens, room),
-                        eos_token_ids=target.eos_token_ids)
-        ids = answer.token_ids
+        if answer is None:
+            greedy = decode(prefill(target.language_model, target_prompt), max_new_tokens=min(max_new_tokens, room),
+                            eos_token_ids=target.eos_token_ids)
+            answer = (greedy.token_ids, greedy.stopped_on_eos)
+        ids, stopped_on_eos = list(answer[0]), answer[1]
         states = teacher_forced(target, target_prompt, ids)
         rows = slice(n_prompt - 1, n_prompt + len(ids))
 
         draft_prepared, draft_features, draft_prompt = _visual(draft, sample)
         n_draft = draft_prompt.shape[1]
-        draft_ids = draft_answer_ids(bridge, target, draft, ids, answer.stopped_on_eos)
+        draft_ids = draft_answer_ids(bridge, target, draft, ids, stopped_on_eos)
         draft_ids = draft_ids[: max(draft.language_model.context_length - n_draft, 0)]
         draft_hidden = teacher_forced(draft, draft_prompt, draft_ids)[-1][0, n_draft - 1:]
         first_ids = last_prompt_id(target, target_prepared, target_prompt), last_prompt_id(draft, draft_prepared, draft_prompt)

@@ -20,6 +20,7 @@ and rows shuffled from ``(seed, epoch)`` only, at most one shard open and ``buff
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -443,6 +444,16 @@ class AlignStore:
         if wrong:
             detail = "; ".join(f"{k} is {self.identity.get(k)!r}, not {v!r}" for k, v in wrong.items())
             raise ConfigError(f"{self.path} was extracted with another config ({detail})", parameters=list(wrong))
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over the shards' sha256s: which rows a training run read."""
+        return hashlib.sha256("".join(s.sha256 for s in self.shards).encode()).hexdigest()
+
+    def field_width(self, name: str) -> int | None:
+        """The last dimension of a stored field (its width), from the index; None if not stored."""
+        shape = self.index.get("fields", {}).get(name, {}).get("shape")
+        return int(shape[-1]) if isinstance(shape, list) and shape and isinstance(shape[-1], int) else None
 
     # ---- rows
     def __len__(self) -> int:

@@ -51,11 +51,14 @@ from evspec.align.heads import (
     save_head,
     trainable_parameters,
 )
+from evspec.align.extract import ExtractConfig
+from evspec.align.online import OnlineRows
 from evspec.align.simulate import LABEL, SimulatedAcceptance, simulate_batch
 from evspec.align.store import AlignStore
 from evspec.errors import ConfigError
 from evspec.training.loop import LoopConfig, TrainProgress, TrainResult
 
+RowSource = AlignStore | OnlineRows  # where a run's rows come from: a store, or computed as asked
 HEAD_FOLDER = "head"
 KIND = "evspec-align-train"
 RUN_OUTPUTS = ("state.pt", "metrics.jsonl", "loss.png", "eval.png", "align.png")
@@ -68,7 +71,7 @@ SIZE_FIELDS = ("bottleneck", "wide_bottleneck", "stacked_blocks", "token_rank", 
 class AlignTrainConfig:
     """Everything that decides an alignment training run (its identity for resume)."""
 
-    store: str
+    store: str  # an alignment store's folder ("" when training online)
     adapter: str
     loop: LoopConfig = field(default_factory=LoopConfig)
     head: dict[str, Any] = field(default_factory=dict)  # HeadConfig sizes (SIZE_FIELDS) over its defaults
@@ -77,6 +80,7 @@ class AlignTrainConfig:
     max_gamma: int = 8  # simulated acceptance at gamma 1..max_gamma
     eval_rows: int = 256  # most held-out rows per evaluation
     eval_batch_size: int = 16
+    online: dict[str, Any] | None = None  # ExtractConfig fields: rows computed in the loop, no store (online.py)
 
     def __post_init__(self) -> None:
         if self.adapter not in ADAPTERS:
@@ -91,9 +95,17 @@ class AlignTrainConfig:
         for name in ("max_gamma", "eval_rows", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}", parameters=[name])
+        if bool(self.store) == (self.online is not None):
+            raise ConfigError("give a store or online extraction settings (not both, not neither)",
+                              parameters=["store", "online"])
+        if self.online is not None:
+            ExtractConfig(**self.online)  # its own checks, here rather than after loading anything
 
     def identity(self) -> dict[str, Any]:
-        return json.loads(json.dumps({**asdict(self), "kind": KIND}))
+        config = asdict(self)
+        if config["online"] is None:  # runs made before --online keep their identity
+            del config["online"]
+        return json.loads(json.dumps({**config, "kind": KIND}))
 
 
 # ----------------------------------------------------------------------------- the split
@@ -129,7 +141,7 @@ class AlignTask:
 
     loss_weight_key = "positions"  # the head's loss is a mean over counted positions
 
-    def __init__(self, config: AlignTrainConfig, store: AlignStore, head: Head, train_rows: list[int],
+    def __init__(self, config: AlignTrainConfig, store: RowSource, head: Head, train_rows: list[int],
                  eval_rows: list[int], out: Path, device: torch.device, draft_lm_head: nn.Linear | None = None) -> None:
         self.config = config
         self.store = store
@@ -258,28 +270,23 @@ def weights_sha256(*modules: nn.Module | None) -> str:
     return digest.hexdigest()
 
 
-def _field_width(store: AlignStore, name: str) -> int | None:
-    shape = store.index.get("fields", {}).get(name, {}).get("shape")
-    return int(shape[-1]) if isinstance(shape, list) and shape and isinstance(shape[-1], int) else None
-
-
-def head_config(config: AlignTrainConfig, store: AlignStore, target_embedding: nn.Embedding, target_lm_head: nn.Linear,
+def head_config(config: AlignTrainConfig, store: RowSource, target_embedding: nn.Embedding, target_lm_head: nn.Linear,
                 draft_lm_head: nn.Linear | None) -> HeadConfig:
     """The head's sizes: the target's width and vocabulary, the draft's and the visual features'
     widths from the store's fields, the rest from ``config.head`` over HeadConfig's defaults."""
     cls = ADAPTERS[config.adapter]
     hidden = int(target_lm_head.in_features)
-    stored = _field_width(store, "target_hidden")
+    stored = store.field_width("target_hidden")
     if stored != hidden:
         raise ConfigError(f"{store.path}: its target features are {stored} wide but {store.identity.get('target')} "
                           f"is {hidden} wide now: the store was made by another target", parameters=["store"])
     sizes: dict[str, Any] = {"hidden_size": hidden, "vocab_size": int(target_lm_head.out_features)}
     if {"draft_hidden", "draft_logits"} & cls.reads:
-        sizes["draft_hidden_size"] = _field_width(store, "draft_hidden") or 0
+        sizes["draft_hidden_size"] = store.field_width("draft_hidden") or 0
     if draft_lm_head is not None:
         sizes["draft_vocab_size"] = int(draft_lm_head.out_features)
     if cls.visual_field is not None:
-        width = _field_width(store, cls.visual_field)
+        width = store.field_width(cls.visual_field)
         if width is None:
             raise ConfigError(f"{store.path} holds no {cls.visual_field}, which {config.adapter} is conditioned on "
                               "(extract the store with it)", parameters=["store", "adapter"])
@@ -319,7 +326,7 @@ def prepare_align_task(config: AlignTrainConfig, out: Path, device: torch.device
     TokenAdapter), a freshly initialised head (seeded by ``config.loop.seed``) -> (task, run identity)."""
     from evspec.models.registry import load_model
 
-    store = AlignStore(config.store)
+    store: RowSource = AlignStore(config.store) if config.online is None else OnlineRows(ExtractConfig(**config.online), device)
     train_rows, eval_rows = holdout_split(len(store), config.holdout, config.holdout_seed)
     target = load_model(str(store.identity["target"]), device=device, dtype="float32")
     embedding, lm_head = target.language_model.embed_tokens, target.language_model.lm_head
@@ -329,7 +336,7 @@ def prepare_align_task(config: AlignTrainConfig, out: Path, device: torch.device
         draft_lm_head = draft.language_model.lm_head
     sizes = head_config(config, store, embedding, lm_head, draft_lm_head)
     identity = {**config.identity(), "store_identity": store.identity,
-                "store_shards_sha256": hashlib.sha256("".join(s.sha256 for s in store.shards).encode()).hexdigest(),
+                "store_shards_sha256": store.fingerprint,
                 "target": store.identity.get("target"),
                 "target_weights_sha256": weights_sha256(embedding, lm_head, draft_lm_head), "head_config": asdict(sizes)}
     torch.manual_seed(config.loop.seed)  # the head's initial weights
@@ -356,7 +363,8 @@ def run_align_training(config: AlignTrainConfig, out: str | Path, *, device: str
     out = Path(out)
     dev = resolve_device(device)
     loop.check_batch_split(config.loop.batch_size, loop.world_size_from_env())
-    config = replace(config, store=str(Path(config.store).resolve()))
+    if config.store:
+        config = replace(config, store=str(Path(config.store).resolve()))
     check_folder(out)
     parallel = loop.start_distributed(dev)
     try:

@@ -13,6 +13,7 @@ import os
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,15 @@ def extract(
 def _train_command_line(config: Any, out: Path, device: str, force: bool) -> str:
     """The command that reproduces the training run (every option that decides it)."""
     loop = config.loop
-    args = ["evspec", "align", "train", "--store", config.store, "--adapter", config.adapter, "--out", str(out),
+    if config.online is None:
+        source = ["--store", config.store]
+    else:
+        online = config.online
+        source = ["--online", "--target", online["target"], "--draft", online["draft"], "--dataset", online["dataset"],
+                  "--max-new-tokens", str(online["max_new_tokens"])]
+        source += ["--split", online["split"]] if online["split"] else []
+        source += ["--max-samples", str(online["max_samples"])] if online["max_samples"] else []
+    args = ["evspec", "align", "train", *source, "--adapter", config.adapter, "--out", str(out),
             "--steps", str(loop.steps), "--batch-size", str(loop.batch_size), "--lr", str(loop.lr),
             "--warmup-steps", str(loop.warmup_steps), "--seed", str(loop.seed), "--eval-every", str(loop.eval_every),
             "--checkpoint-every", str(loop.checkpoint_every), "--log-every", str(loop.log_every),
@@ -144,9 +153,32 @@ def _train_command_line(config: Any, out: Path, device: str, force: bool) -> str
     return shlex.join(args + (["--force"] if force else []))
 
 
-def _steps_for(steps: int | None, epochs: float | None, store: Path, holdout: float, holdout_seed: int,
-               batch_size: int) -> int:
-    """--steps as given, or --epochs over the store's training rows at the global batch."""
+def _online_config(online: bool, store: Path | None, target: str | None, draft: str | None, dataset: Path | None,
+                   split: str | None, max_samples: int | None, max_new_tokens: int) -> Any:
+    """The ExtractConfig an --online run computes its rows with (None for a store's run)."""
+    from evspec.align.extract import ExtractConfig
+    from evspec.errors import ConfigError
+
+    given = [name for name, value in (("target", target), ("draft", draft), ("dataset", dataset)) if value is not None]
+    if not online:
+        if store is None:
+            raise ConfigError("give --store, or --online with --target, --draft and --dataset", parameters=["store"])
+        if given:
+            raise ConfigError(f"--{given[0]} is for --online runs; a store names its own models and data",
+                              parameters=[given[0]])
+        return None
+    if store is not None:
+        raise ConfigError("give --store or --online, not both", parameters=["store", "online"])
+    missing = [name for name in ("target", "draft", "dataset") if name not in given]
+    if missing:
+        raise ConfigError(f"--online needs --{missing[0]}", parameters=[missing[0]])
+    return ExtractConfig(target=str(target), draft=str(draft), dataset=str(Path(str(dataset)).resolve()), split=split,
+                         max_samples=max_samples, max_new_tokens=max_new_tokens)
+
+
+def _steps_for(steps: int | None, epochs: float | None, store: Path | None, online: Any, holdout: float,
+               holdout_seed: int, batch_size: int) -> int:
+    """--steps as given, or --epochs over the training rows (the store's, or the samples') at the global batch."""
     import math
 
     from evspec.errors import ConfigError
@@ -160,14 +192,25 @@ def _steps_for(steps: int | None, epochs: float | None, store: Path, holdout: fl
     from evspec.align.store import AlignStore
     from evspec.align.train import holdout_split
 
-    train_rows, _ = holdout_split(len(AlignStore(store)), holdout, holdout_seed)
+    from evspec.align.extract import load_samples
+
+    n = len(AlignStore(store)) if online is None else len(load_samples(online))
+    train_rows, _ = holdout_split(n, holdout, holdout_seed)
     return max(1, math.ceil(epochs * len(train_rows) / batch_size))
 
 
 @app.command("train")
 def train(
-    store: Path = typer.Option(..., "--store", "-s", help="An alignment store (evspec align extract)."),
+    store: Path | None = typer.Option(None, "--store", "-s", help="An alignment store (evspec align extract); or --online."),
     adapter: str = typer.Option(..., "--adapter", "-a", help="TokenAdapter, L1, L2, L3, L4, L5, B1, L5F, EC or VS."),
+    online: bool = typer.Option(False, "--online", help="No store: compute each batch's rows in the loop with --target, "
+                                "--draft and --dataset, as `align extract` would (for stores that would not fit on disk)."),
+    target: str | None = typer.Option(None, "--target", "-t", help="--online: the target (as for align extract)."),
+    draft: str | None = typer.Option(None, "--draft", help="--online: the draft (as for align extract)."),
+    dataset: Path | None = typer.Option(None, "--dataset", "-d", help="--online: an evspec clip dataset folder or JSON."),
+    split: str | None = typer.Option(None, "--split", help="--online: only rows of this split."),
+    max_samples: int | None = typer.Option(None, "--max-samples", "-n", help="--online: first N samples only."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="--online: most tokens of each target answer."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (the head lands in OUT/head); rerun to resume."),
     steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (or --epochs)."),
     epochs: float | None = typer.Option(None, "--epochs", help="Passes over the training rows (or --steps)."),
@@ -204,14 +247,16 @@ def train(
     from evspec.cli.train import _TrainBar
     from evspec.training.loop import LoopConfig, check_batch_split, world_size_from_env
 
+    online_config = _online_config(online, store, target, draft, dataset, split, max_samples, max_new_tokens)
     sizes = {"num_heads": num_heads, "ffn_size": ffn_size, "bottleneck": bottleneck, "wide_bottleneck": wide_bottleneck,
              "stacked_blocks": stacked_blocks, "token_rank": token_rank, "visual_queries": visual_queries}
-    total = _steps_for(steps, epochs, store, holdout, holdout_seed, batch_size)
+    total = _steps_for(steps, epochs, store, online_config, holdout, holdout_seed, batch_size)
     loop = LoopConfig(steps=total, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, seed=seed,
                       eval_every=eval_every, checkpoint_every=checkpoint_every, log_every=log_every)
-    config = AlignTrainConfig(store=str(store.resolve()), adapter=adapter, loop=loop, holdout=holdout,
+    config = AlignTrainConfig(store=str(store.resolve()) if store else "", adapter=adapter, loop=loop, holdout=holdout,
                               holdout_seed=holdout_seed, max_gamma=max_gamma, eval_rows=eval_rows,
-                              head={k: v for k, v in sizes.items() if v is not None})
+                              head={k: v for k, v in sizes.items() if v is not None},
+                              online=asdict(online_config) if online_config else None)
     command = _train_command_line(config, out, device, force)
     check_batch_split(batch_size, world_size_from_env())  # before any process group is started
     with distributed(device) as (rank, world_size, rank_device):

@@ -276,3 +276,59 @@ def test_bad_input_is_one_clear_error(store: Path, tmp_path: Path, capsys, monke
     monkeypatch.delenv("WORLD_SIZE")
     assert main(args(tmp_path / "z", "B1", store, "--epochs", "1")) == 1
     assert "exactly one of" in _error_line(capsys)
+
+
+# ----------------------------------------------------------------------------- --online
+
+
+def test_online_rows_are_the_stores_rows(store: Path) -> None:
+    """Computed in the loop, a row is the row the extraction stored, bit for bit, also the second
+    time (when the target's answer is not decoded again)."""
+    from evspec.align.extract import ExtractConfig
+    from evspec.align.online import OnlineRows
+    from evspec.align.store import AlignStore
+
+    stored = AlignStore(store)
+    online = OnlineRows(ExtractConfig(target="tiny-videollava", draft="tiny-eventgpt", dataset=stored.identity["dataset"],
+                                      max_new_tokens=12))
+    assert len(online) == len(stored) == 3
+    for _ in range(2):
+        for a, b in zip(online.rows([2, 0, 1]), stored.rows([2, 0, 1])):
+            assert (a.sample_id, a.index) == (b.sample_id, b.index)
+            for name, tensor in b.tensors().items():
+                assert torch.equal(getattr(a, name), tensor), name
+    assert online.field_width("target_hidden") == stored.field_width("target_hidden")
+    assert online.field_width("draft_visual") == stored.field_width("draft_visual")
+
+
+def test_online_training_follows_the_store_run(store: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from evspec.align.store import AlignStore
+
+    dataset = AlignStore(store).identity["dataset"]
+    common = ["--adapter", "EC", "--steps", "4", "--batch-size", "2", "--lr", "3e-3", "--warmup-steps", "1",
+              "--eval-every", "4", "--log-every", "1", "--holdout", str(HOLDOUT), "--device", "cpu", "--num-heads", "4",
+              "--ffn-size", "128", "--visual-queries", "2"]
+    assert main(["align", "train", "--store", str(store), "--out", str(tmp_path / "stored"), *common]) == 0
+    online = ["align", "train", "--online", "--target", "tiny-videollava", "--draft", "tiny-eventgpt", "--dataset", dataset,
+              "--max-new-tokens", "12", "--out", str(tmp_path / "online"), *common]
+    assert main(online) == 0
+    capsys.readouterr()
+    def untimed(run: Path) -> list[dict]:  # the same rows give the same losses and evaluations; times differ
+        return [{k: v for k, v in r.items() if "second" not in k} for r in _metrics(run)]
+
+    assert untimed(tmp_path / "online") == untimed(tmp_path / "stored")
+    assert any("eval" in r for r in untimed(tmp_path / "online"))
+    run = json.loads((tmp_path / "online" / "config.json").read_text())
+    assert run["identity"]["online"]["target"] == "tiny-videollava" and run["identity"]["store"] == ""
+    assert run["command"].startswith("evspec align train --online --target tiny-videollava")
+    assert not list((tmp_path / "online").glob("*.safetensors")) and (tmp_path / "online" / "head").is_dir()
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    (["--online", "--draft", "tiny-eventgpt", "--dataset", "d"], "--online needs --target"),
+    (["--target", "tiny-videollava"], "give --store, or --online"),
+    (["--online", "--store", "s", "--target", "t", "--draft", "d", "--dataset", "d"], "not both"),
+])
+def test_online_options_are_checked(extra: list[str], says: str, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    assert main(["align", "train", "--adapter", "B1", "--out", str(tmp_path / "run"), "--steps", "1", *extra]) == 1
+    assert says in _error_line(capsys)
