@@ -9,6 +9,8 @@ at a time), so memory holds one batch of rows, never a shard's worth or the stor
 reopening a shard's header when a batch spans shards (cheap: safetensors maps, it does not read).
 The store's streaming epochs (:meth:`~evspec.align.store.AlignStore.stream`) would give up the
 loop's exact, index-addressed order (resume, equal data across world sizes) for nothing here.
+With ``online`` (``--online``) there is no store: :class:`~evspec.align.online.OnlineRows`
+computes the rows a batch asks for with the extraction's own code, the same rows a store holds.
 
 Hold-out. A seeded split of the store's samples (``holdout`` of them, at least one; its own
 ``holdout_seed``, so runs of different training seeds are judged on the same rows) is never

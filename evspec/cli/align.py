@@ -235,7 +235,7 @@ def train(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (under torchrun: each rank's own GPU)."),
     force: bool = typer.Option(False, "--force", help="Discard a run of another adapter or config in --out."),
 ) -> None:
-    """Train one adapter or draft head on an alignment store (the one training loop; torchrun: DDP).
+    """Train one adapter or draft head on an alignment store, or --online (the one training loop; torchrun: DDP).
 
     Writes OUT/config.json, OUT/state.pt, OUT/metrics.jsonl (training rows and held-out evaluations:
     losses, cosine, top-1 agreement, SIMULATED acceptance at gamma 1..8), plots and OUT/head.
