@@ -390,6 +390,4 @@ def run_align_training(config: AlignTrainConfig, out: str | Path, *, device: str
         return loop.train(task, config.loop, out, dev, progress)
     finally:
         if parallel.started_here:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+            loop.end_distributed()

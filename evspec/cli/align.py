@@ -75,7 +75,9 @@ def distributed(device: str) -> Iterator[tuple[int, int, str]]:
     try:
         yield dist.get_rank(), dist.get_world_size(), device
     finally:
-        dist.destroy_process_group()
+        from evspec.training.loop import end_distributed
+
+        end_distributed()
 
 
 @app.command("extract")

@@ -153,6 +153,19 @@ def check_batch_split(batch_size: int, world_size: int) -> int:
     return batch_size // world_size
 
 
+def end_distributed() -> None:
+    """Leave the process group. The DDP wrapper sits in reference cycles (its reducer's hooks), so
+    only the cyclic collector frees it; left to interpreter exit, that can happen after the group is
+    gone, and gloo's threads then abort the process ("terminate called without an active
+    exception": seen once in CI, a rank of a finished run). Collect first, then destroy."""
+    import gc
+
+    import torch.distributed as dist
+
+    gc.collect()
+    dist.destroy_process_group()
+
+
 def start_distributed(device: torch.device) -> Distributed:
     """Join the torchrun process group (starting it from the environment when nobody has: gloo on
     the CPU, NCCL on CUDA); rank 0 of 1 outside torchrun."""
@@ -390,8 +403,9 @@ def train(task: Task, config: LoopConfig, out_dir: Path, device: torch.device,
             dist.barrier()  # every rank returns once rank 0's files are written
         return TrainResult(out_dir, config.steps, start, final_eval, time.perf_counter() - began)
     finally:
+        loss_of = None  # the DDP wrapper: unreferenced before end_distributed collects it
         if parallel.started_here:
-            dist.destroy_process_group()
+            end_distributed()
 
 
 def _global_loss(loss: torch.Tensor, counts: dict[str, float], weight_key: str | None, world_size: int,

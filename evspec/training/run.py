@@ -24,6 +24,7 @@ from evspec.training.loop import (
     TrainProgress,
     TrainResult,
     check_batch_split,
+    end_distributed,
     start_distributed,
     train,
     world_size_from_env,
@@ -116,9 +117,7 @@ def run_training(config: VLMTrainConfig, out: str | Path, *, device: str = "cpu"
         return train(task, config.loop, run_dir, dev, progress)
     finally:
         if parallel.started_here:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+            end_distributed()
 
 
 def _barrier(world_size: int) -> Callable[[], None]:
