@@ -32,6 +32,7 @@ from evspec.align.store import (
     claim_store,
     merge_index,
     read_parts,
+    sample_ranks,
 )
 from evspec.errors import ConfigError, InputError
 
@@ -347,7 +348,7 @@ def extract_store(
     command: str | None = None,
     models: tuple[VisionLanguageModel, VisionLanguageModel] | None = None,
 ) -> ExtractSummary:
-    """Extract every sample of the dataset (this rank's: index % world_size == rank) into ``out``.
+    """Extract every sample of the dataset (this rank's share: :func:`~evspec.align.store.sample_ranks`) into ``out``.
 
     Resumable: samples in finished shards are kept, those of an unfinished shard redone. Under
     several processes (torch.distributed initialised) rank 0 checks the folder first, every rank
@@ -385,7 +386,7 @@ def extract_store(
     barrier()
 
     done = {sample_id for part in read_parts(out) for s in part.shards for sample_id in s.sample_ids}
-    mine = [i for i in range(len(samples)) if i % world_size == rank]
+    mine = [i for i, owner in enumerate(sample_ranks(len(samples), world_size)) if owner == rank]
     todo = [i for i in mine if samples[i].id not in done]
     model_load_s = 0.0
     if todo:  # a finished store is only merged again: no models loaded

@@ -18,6 +18,7 @@ from evspec.align.store import (
     claim_store,
     merge_index,
     read_parts,
+    sample_ranks,
 )
 from evspec.errors import ConfigError, InputError
 
@@ -44,7 +45,7 @@ def make_store(folder: Path, n: int = 10, shard_rows: int = 3, world_size: int =
     config = {"n_samples": n}
     for rank in range(world_size):
         writer = RankWriter(folder, rank, world_size, IDENTITY, config, shard_rows)
-        for i in range(rank, n, world_size):
+        for i in [i for i, owner in enumerate(sample_ranks(n, world_size)) if owner == rank]:
             writer.add(fake_row(i), i)
         writer.flush()
     merge_index(folder, n_samples=n)
@@ -172,10 +173,10 @@ def test_foreign_incomplete_and_inconsistent_stores_are_refused(tmp_path: Path, 
     assert merge_index(partial)["complete"] is False
     with pytest.raises(InputError, match="incomplete"):
         AlignStore(partial)
-    # a part claiming a sample its rank was never given (index % world_size != rank)
+    # a part claiming a sample its rank was never given (sample_ranks gave it to rank 1)
     part = json.loads((partial / "index.rank000.json").read_text())
     part["shards"][0]["world_size"] = 2
-    part["shards"][0]["sample_indices"] = [1]
+    part["shards"][0]["sample_indices"] = [sample_ranks(5, 2).index(1)]
     (partial / "index.rank000.json").write_text(json.dumps(part))
     with pytest.raises(InputError, match="inconsistent"):
         merge_index(partial)
@@ -199,3 +200,19 @@ def test_claim_drops_torn_and_unlisted_shards_and_refuses_other_configs(store: P
     assert error.value.parameters == ("force",)
     claim_store(store, {**IDENTITY, "layers": [0, 1]}, force=True)
     assert list(store.iterdir()) == []
+
+
+def test_ranks_share_samples_evenly_across_the_question_rotation() -> None:
+    """Synthetic rows rotate four question types (two short answers, two long) with the index:
+    each rank gets about as many of each as the others, every sample exactly one rank."""
+    for world_size in (2, 3, 4):
+        ranks = sample_ranks(1200, world_size)
+        assert ranks == sample_ranks(1200, world_size)  # the same in every process
+        counts = [[sum(1 for i, r in enumerate(ranks) if r == rank and i % 4 == kind) for kind in range(4)]
+                  for rank in range(world_size)]
+        assert sum(map(sum, counts)) == 1200
+        for per_rank in counts:
+            assert abs(sum(per_rank) - 1200 / world_size) <= 1
+            for count in per_rank:  # i % world_size would give 0 or 2x for some pairs
+                assert abs(count - 300 / world_size) < 0.25 * 300 / world_size
+    assert sample_ranks(5, 1) == [0] * 5
