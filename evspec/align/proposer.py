@@ -153,9 +153,14 @@ def simulated_acceptance(run: AdapterRun, gamma: int) -> dict[str, Any] | None:
             last = {"step": row.get("step"), **simulated}
     if last is None:
         return None
-    return {"label": "simulated (offline)", "note": last.get("label"), "source": str(run.metrics), "step": last["step"],
-            "gamma": gamma, "acceptance_rate": last["acceptance_rate"][str(gamma)],
-            "mean_acceptance_length": (last.get("mean_acceptance_length") or {}).get(str(gamma))}
+    result = {"label": "simulated (offline)", "note": last.get("label"), "source": str(run.metrics), "step": last["step"],
+              "gamma": gamma, "acceptance_rate": last["acceptance_rate"][str(gamma)],
+              "mean_acceptance_length": (last.get("mean_acceptance_length") or {}).get(str(gamma))}
+    replay = last.get("replay")
+    if isinstance(replay, dict) and (replay.get("acceptance_rate") or {}).get(str(gamma)) is not None:
+        result["replay"] = {"note": replay.get("label"), "acceptance_rate": replay["acceptance_rate"][str(gamma)],
+                            "mean_acceptance_length": (replay.get("mean_acceptance_length") or {}).get(str(gamma))}
+    return result
 
 
 # ----------------------------------------------------------------------------- the draft alongside

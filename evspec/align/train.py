@@ -129,7 +129,7 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
 # ----------------------------------------------------------------------------- the task
 
 
-def _to(batch: HeadBatch, device: torch.device) -> HeadBatch:
+def batch_on(batch: HeadBatch, device: torch.device) -> HeadBatch:
     """On the device, the store's 16-bit features as float32 (the head's weights are float32;
     on CUDA the loop's bf16 autocast picks the matmul precision)."""
     def moved(x: torch.Tensor) -> torch.Tensor:
@@ -163,7 +163,7 @@ class AlignTask:
     def batch(self, rows: Sequence[int]) -> HeadBatch:
         """Store rows -> a padded batch on the device."""
         read = self.store.rows(list(rows))
-        return _to(collate_rows(read, self.head, draft_lm_head=self.draft_lm_head), self.device)
+        return batch_on(collate_rows(read, self.head, draft_lm_head=self.draft_lm_head), self.device)
 
     def loss(self, batch: Sequence[int]) -> tuple[torch.Tensor, dict[str, float]]:
         head_batch = self.batch([self.train_rows[i] for i in batch])

@@ -282,8 +282,16 @@ def train(
         console.print(f"held-out ({final['rows']} rows, {final['positions']} positions): loss {final['loss']:.4f}, "
                       f"cosine {final['cosine']:.3f}, top-1 agreement {final['top1_agree']:.3f}; SIMULATED (offline) "
                       f"at gamma {gamma}: acceptance rate {simulated['acceptance_rate'][gamma]:.3f}, mean acceptance "
-                      f"length {simulated['mean_acceptance_length'][gamma]:.2f}", markup=False)
+                      f"length {simulated['mean_acceptance_length'][gamma]:.2f}{_replay_text(simulated, gamma)}", markup=False)
     console.print(f"wrote {out}/head; metrics in {out}/metrics.jsonl, plots {out}/align.png", markup=False)
+
+
+def _replay_text(simulated: dict[str, Any], gamma: str) -> str:
+    replay = simulated.get("replay") or {}
+    rate, length = (replay.get("acceptance_rate") or {}).get(gamma), (replay.get("mean_acceptance_length") or {}).get(gamma)
+    if rate is None or length is None:
+        return ""
+    return f"; replaying the live loop's rounds: {rate:.3f}, {length:.2f}"
 
 
 def register(root: typer.Typer) -> None:

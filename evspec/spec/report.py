@@ -216,6 +216,10 @@ def simulated_vs_live(summary: dict[str, Any]) -> list[str]:
     else:
         lines.append(f"| simulated (offline): held-out store rows, step {simulated.get('step')} | "
                      f"{_fmt(simulated.get('acceptance_rate'))} | {_fmt(simulated.get('mean_acceptance_length'))} |")
+        replay = simulated.get("replay")
+        if isinstance(replay, dict):
+            lines.append(f"| simulated (offline), replaying the live loop's rounds: the same rows | "
+                         f"{_fmt(replay.get('acceptance_rate'))} | {_fmt(replay.get('mean_acceptance_length'))} |")
     lines += [f"| live: this run, {summary['n_samples']} samples, temperature {config['temperature']} | "
               f"{_fmt(c['acceptance_rate'])} | {_fmt(c['mean_acceptance_length'])} |", ""]
     if simulated is not None:

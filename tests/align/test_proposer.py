@@ -388,6 +388,12 @@ def test_a_run_folder_names_its_head_draft_and_simulated_acceptance(tmp_path: Pa
         "label": "simulated (offline)", "note": simulated["label"], "source": str(run / "metrics.jsonl"), "step": 10,
         "gamma": 3, "acceptance_rate": 0.25, "mean_acceptance_length": 1.75}
     assert simulated_acceptance(read, 4) is None  # not simulated at that gamma
+    # a run of today's simulation also carries the replay of the live loop's rounds
+    replayed = {**simulated, "replay": {"label": "replay", "acceptance_rate": {"3": 0.2}, "mean_acceptance_length": {"3": 1.6}}}
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 12, "eval": {"simulated": replayed}}) + "\n")
+    assert simulated_acceptance(read, 3)["replay"] == {"note": "replay", "acceptance_rate": 0.2, "mean_acceptance_length": 1.6}
+    assert "replay" not in simulated_acceptance(read, 1)  # no replay at that gamma
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{torn")
     assert adapter_summary(f"adapter:{run}", 3)["simulated_acceptance"]["acceptance_rate"] == 0.25
     # a bare head folder: B1 reads no draft; L5F needs draft_model in its config.json
     assert adapter_model_names(f"adapter:{head_folder(tmp_path / 'b1', 'B1', target, None, seed=0)}") == []
@@ -405,6 +411,9 @@ def test_the_report_shows_simulated_and_live_acceptance_labelled() -> None:
     text = "\n".join(simulated_vs_live(summary))
     assert "| simulated (offline): held-out store rows, step 30 | 0.450 | 2.500 |" in text
     assert "| live: this run, 3 samples, temperature 0.0 | 0.400 | 2.200 |" in text
+    replayed = {**summary["simulated_acceptance"], "replay": {"acceptance_rate": 0.41, "mean_acceptance_length": 2.3}}
+    text = "\n".join(simulated_vs_live({**summary, "simulated_acceptance": replayed}))
+    assert "| simulated (offline), replaying the live loop's rounds: the same rows | 0.410 | 2.300 |" in text
     assert "none recorded" in "\n".join(simulated_vs_live({**summary, "simulated_acceptance": None}))
     assert simulated_vs_live({k: v for k, v in summary.items() if k != "simulated_acceptance"}) == []
 

@@ -81,13 +81,23 @@ def test_acceptance_sums_by_hand() -> None:
     merged = result.merge(result)
     assert merged.rounds == 6 and merged.acceptance_rate(5) == result.acceptance_rate(5)
     assert "simulated (offline)" in merged.as_dict()["label"]
+    # the replay walks a row of 6 positions round by round: a round at p with k accepted ends at p + k + 1
+    replay = SimulatedAcceptance(max_gamma=5)
+    replay.add_replay({0: 3, 1: 0, 2: 1, 3: 0, 4: 1}, length=6)
+    assert (replay.replay_rounds[4], replay.replay_accepted[4], replay.replay_drafted[4]) == (2, 4, 6)  # rounds at 0, 4
+    assert (replay.replay_rounds[0], replay.replay_accepted[0], replay.replay_drafted[0]) == (3, 3, 3)  # at 0, 2, 4
+    assert replay.replay_acceptance_rate(5) == pytest.approx(4 / 6) and replay.replay_mean_acceptance_length(5) == 3.0
+    assert "replay" in replay.as_dict()["replay"]["label"] and replay.merge(replay).replay_rounds[4] == 4
+    missed = SimulatedAcceptance(max_gamma=5)  # chains that miss are drafted whole, even near the end
+    missed.add_replay({0: 0, 1: 0}, length=3)
+    assert (missed.replay_rounds[4], missed.replay_accepted[4], missed.replay_drafted[4]) == (2, 0, 10)
     with pytest.raises(ConfigError, match="max_gamma"):
         SimulatedAcceptance(max_gamma=0)
 
 
-def brute_force_accepted(head, batch, max_gamma: int) -> list[int]:  # noqa: ANN001
+def brute_force_accepted(head, batch, max_gamma: int) -> list[tuple[int, int, int]]:  # noqa: ANN001
     """Each chain on its own: a fresh cache from the row's prefix alone (no shared full pass, no
-    truncation, batch of one), greedy drafts checked against the target's tokens."""
+    truncation, batch of one), greedy drafts checked against the target's tokens. (row, start, accepted)."""
     accepted = []
     inputs = batch.inputs()
     counted = head.counted(batch)
@@ -115,8 +125,22 @@ def brute_force_accepted(head, batch, max_gamma: int) -> list[int]:  # noqa: ANN
                 out, cache = head.draft_step(cache, token, previous_feature=out.features[:, -1],
                                              draft_hidden=None if batch.draft_hidden is None else batch.draft_hidden[b : b + 1, n + k],
                                              draft_logits=None if batch.draft_logits is None else batch.draft_logits[b : b + 1, n + k])
-            accepted.append(a)
+            accepted.append((b, n, a))
     return accepted
+
+
+def brute_force_replay(chains: list[tuple[int, int, int]], lengths: list[int], gamma: int) -> tuple[int, int, int]:
+    """(rounds, accepted, drafted) of greedy decoding's rounds, walked from the chains by hand."""
+    rounds = accepted = drafted = 0
+    for row, length in enumerate(lengths):
+        starts = {n: a for b, n, a in chains if b == row}
+        position = min(starts)
+        while position < length - 1:
+            k = min(starts[position], gamma)
+            room = length - 1 - position
+            rounds, accepted, drafted = rounds + 1, accepted + k, drafted + (room if k >= room else gamma)
+            position += k + 1
+    return rounds, accepted, drafted
 
 
 @pytest.mark.parametrize("adapter", ["B1", "L5", "EC", "VS", "TokenAdapter"])
@@ -126,12 +150,16 @@ def test_simulated_acceptance_equals_chains_drafted_one_by_one(store: Path, tmp_
     train(task, replace(LOOP, steps=15, eval_every=100), tmp_path, torch.device("cpu"))
     batch = task.batch(range(len(task.store)))
     with torch.no_grad():
-        expected = brute_force_accepted(task.head.eval(), batch, 8)
+        chains = brute_force_accepted(task.head.eval(), batch, 8)
         simulated = simulate_batch(task.head, batch, 8)
+    expected = [a for _, _, a in chains]
     assert sum(expected) > 0  # some drafts accepted: the comparison means something
     assert simulated.rounds == len(expected)
+    lengths = (batch.loss_mask.sum(1) + 1).tolist()
     for gamma in range(1, 9):
         assert simulated.accepted[gamma - 1] == sum(min(a, gamma) for a in expected), gamma
+        replay = (simulated.replay_rounds[gamma - 1], simulated.replay_accepted[gamma - 1], simulated.replay_drafted[gamma - 1])
+        assert replay == brute_force_replay(chains, lengths, gamma), gamma
 
 
 # ----------------------------------------------------------------------------- training
@@ -173,7 +201,8 @@ def test_cli_trains_writes_the_run_and_resumes_after_a_kill(store: Path, tmp_pat
     run_config = json.loads((whole / "config.json").read_text())
     assert run_config["identity"]["adapter"] == "L5F" and run_config["command"].startswith("evspec align train --store")
     evals = [r["eval"] for r in _metrics(whole) if "eval" in r]
-    assert [sorted(e["simulated"]) for e in evals] == [["acceptance_rate", "label", "mean_acceptance_length", "rounds"]] * 2
+    assert [sorted(e["simulated"]) for e in evals] == [["acceptance_rate", "label", "mean_acceptance_length", "replay", "rounds"]] * 2
+    assert "replaying the live loop's rounds" in printed
 
     killed = tmp_path / "killed"
     original = loop.save_state
