@@ -318,7 +318,7 @@ def field_shapes(target: VisionLanguageModel, draft: VisionLanguageModel, store_
     return {k: {"dtype": d, "shape": s} for k, (d, s) in shapes.items()}
 
 
-def _models(config: ExtractConfig, device: torch.device, dtype: torch.dtype,
+def load_pair(config: ExtractConfig, device: torch.device, dtype: torch.dtype,
             models: tuple[VisionLanguageModel, VisionLanguageModel] | None) -> tuple[VisionLanguageModel, VisionLanguageModel]:
     """The (target, draft) pair: loaded by name, or the ones given, checked against the config."""
     from evspec.models.registry import load_model
@@ -392,7 +392,7 @@ def extract_store(
     if todo:  # a finished store is only merged again: no models loaded
         reporter.status(f"loading {config.target} and {config.draft}")
         started = time.perf_counter()
-        target, draft = _models(config, torch_device, dtype, models)
+        target, draft = load_pair(config, torch_device, dtype, models)
         model_load_s = time.perf_counter() - started
         layers = resolve_layers(config.layers, n_layers(target))
         bridge = pair_bridge(draft, target)

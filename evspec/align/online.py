@@ -20,13 +20,13 @@ import torch
 
 from evspec.align.extract import (
     ExtractConfig,
-    _models,
     extract_sample,
     field_shapes,
+    load_pair,
     load_samples,
+    n_layers,
     pair_bridge,
     resolve_layers,
-    n_layers,
     samples_fingerprint,
 )
 from evspec.align.store import STORE_DTYPES, AlignRow
@@ -49,7 +49,7 @@ class OnlineRows:
         self.path = Path(self.config.dataset)
         self.identity: dict[str, Any] = {**self.config.identity(dtype), "samples_sha256": samples_fingerprint(self.samples),
                                          "online": True}
-        self.target, self.draft = _models(self.config, self.device, dtype, None)
+        self.target, self.draft = load_pair(self.config, self.device, dtype, None)
         self.layers = resolve_layers(self.config.layers, n_layers(self.target))
         self.bridge = pair_bridge(self.draft, self.target)
         self.fields = field_shapes(self.target, self.draft, self.config.store_dtype, self.config.target_visual)
