@@ -148,8 +148,10 @@ def simulate_batch(head: Head, batch: HeadBatch, max_gamma: int = 8) -> Simulate
         accepted = _chain(head, batch, full, full_cache.truncate(n + 1), n, lengths, max_gamma)
         room = (lengths - 1 - n).clamp(min=0)
         result.add_chains(accepted[active], room[active])
-        for row in torch.nonzero(active).flatten().tolist():
-            accepted_from[row][n] = int(accepted[row])
+        values, rows = accepted.tolist(), active.tolist()  # one device read each, not one per row
+        for row, counted_here in enumerate(rows):
+            if counted_here:
+                accepted_from[row][n] = values[row]
     for row, starts in enumerate(accepted_from):
         result.add_replay(starts, int(lengths[row]))
     return result
