@@ -116,6 +116,13 @@ class Sample:
     event_visible_answer: str | None = None
     question_type: str | None = None
 
+    @property
+    def sensor_size(self) -> tuple[int, int] | None:
+        """(width, height) of the event sensor where the row's scene records it (synthetic data
+        does), else None: the event reader's default (DSEC's 640x480)."""
+        size = (self.scene or {}).get("sensor_size")
+        return (int(size[0]), int(size[1])) if isinstance(size, list | tuple) and len(size) == 2 else None
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -273,12 +280,6 @@ def save_dataset_json(records: list[ClipRecord], path: str | Path) -> None:
         tmp.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _sensor_size(sample: Sample) -> tuple[int, int] | None:
-    """The scene dict's ``sensor_size`` (synthetic data records it), else the reader's default."""
-    size = (sample.scene or {}).get("sensor_size")
-    return (int(size[0]), int(size[1])) if isinstance(size, list | tuple) and len(size) == 2 else None
-
-
 def _check_file(path: Path, kind: str, n_frames: int, sensor_size: tuple[int, int] | None) -> str | None:
     """None when the file opens and decodes, else the reason."""
     if not path.exists():
@@ -326,7 +327,7 @@ def check_dataset(
             refs.append((sample.video_path, "video"))
         for path, kind in refs:
             if path not in seen:
-                seen[path] = _check_file(path, kind, n_video_frames, _sensor_size(sample))
+                seen[path] = _check_file(path, kind, n_video_frames, sample.sensor_size)
             if seen[path] is not None:
                 problems.append(Problem(sample.id, path, seen[path]))
         if progress is not None:

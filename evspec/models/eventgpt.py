@@ -305,7 +305,9 @@ class EventGPT(VisionLanguageModel):
             from evspec.data.events import read_events
             from evspec.data.render import render_eventgpt_input
 
-            stream = read_events(sample.event_path)
+            # On the sensor canvas the frame is the sensor: a 160x120 clip drawn on DSEC's default
+            # 640x480 would fill a corner of it.
+            stream = read_events(sample.event_path, sensor_size=sample.sensor_size)
             if self.trained_on_upstream_windows:
                 warn_if_long_window(stream.duration_us, sample.event_path)
             return VisualInput("event_frames", render_eventgpt_input(stream, self.n_frames, self.event_canvas))

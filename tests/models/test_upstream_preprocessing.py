@@ -244,3 +244,25 @@ def test_the_cli_shows_the_window_warning_as_one_line(tiny_cache, capsys: pytest
     err = [line for line in capsys.readouterr().err.splitlines() if "upstream EventGPT refuses" in line]
     assert err and all(line.startswith("warning: ") and "ms; upstream EventGPT refuses windows of 100 ms" in line
                        for line in err)
+
+
+def test_the_sensor_canvas_is_the_sensor_the_dataset_row_records(tiny_cache, tmp_path: Path) -> None:
+    """A 160x120 synthetic clip is drawn on a 160x120 canvas, not on the .npy reader's default
+    640x480 (DSEC's), where its events would fill a corner; without a recorded size the default stays."""
+    import dataclasses
+
+    from evspec.data.dataset import load_dataset
+    from evspec.data.synth.builder import SynthConfig, build_dataset
+    from evspec.models.registry import load_model
+
+    build_dataset(tmp_path / "d", SynthConfig(clips=1, size=(160, 120), seed=3))
+    sample = load_dataset(tmp_path / "d")[0]
+    assert sample.sensor_size == (160, 120)
+    model = load_model("tiny-eventgpt", event_canvas="sensor")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EventWindowWarning)  # the synthetic clips last 1 s
+        frames = model.load(sample).frames
+        assert {f.shape for f in frames} == {(120, 160, 3)}
+        unrecorded = dataclasses.replace(sample, scene=None)
+        assert unrecorded.sensor_size is None
+        assert {f.shape for f in model.load(unrecorded).frames} == {(480, 640, 3)}
