@@ -118,16 +118,21 @@ def _terminating_on_sigterm(children: list[subprocess.Popen]) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def dataset_config(args: argparse.Namespace):  # -> SynthConfig
+    from evspec.data.synth.builder import SynthConfig
+
+    return SynthConfig(clips=args.clips, seed=args.dataset_seed, test_fraction=args.test_fraction, size=args.frame_size)
+
+
 def build(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    from evspec.data.synth.builder import build_dataset
     from evspec.run.rundir import environment
-    from evspec.data.synth.builder import SynthConfig, build_dataset
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    dataset_config = SynthConfig(clips=args.clips, seed=args.dataset_seed, test_fraction=args.test_fraction,
-                                 size=args.frame_size)
+    synth_config = dataset_config(args)
     began = time.time()
-    build_dataset(work / "train", dataset_config, workers=args.workers)
+    build_dataset(work / "train", synth_config, workers=args.workers)
     synth_s = time.time() - began
     runs = {name: work / name for name in DEMO_MODELS}
     commands = {name: _train_command(args, name, work / "train", runs[name]) for name in DEMO_MODELS}
@@ -160,7 +165,7 @@ def build(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     manifest = {
         "command": shlex.join(["python", "-m", "evspec.training.demo", *argv]),
         "files": manifest_entries(out),
-        "dataset": {"synth_config": dataset_config.model_dump(mode="json"), "seconds": synth_s},
+        "dataset": {"synth_config": synth_config.model_dump(mode="json"), "seconds": synth_s},
         "trainings": trainings,
         "evspec": {**_git_commit(), "source_sha256": source_sha256()},
         "machine": environment(args.device),
