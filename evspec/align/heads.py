@@ -726,17 +726,18 @@ def trainable_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad and id(p) not in frozen)
 
 
-def save_head(module: Head, folder: str | Path) -> Path:
-    """Write ``model.safetensors`` (the head's own weights only) and ``config.json`` (name, sizes,
-    parameter count) into ``folder``, each atomically; config.json last, so its presence marks a
-    complete head."""
+def save_head(module: Head, folder: str | Path, weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``model.safetensors`` (the head's own weights only: ``module.state_dict()``, or
+    ``weights`` where a sharded training gathered them) and ``config.json`` (name, sizes, parameter
+    count) into ``folder``, each atomically; config.json last, so its presence marks a complete head."""
     from safetensors.torch import save_file
 
     from evspec.data.events import atomic_path
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.detach().contiguous().cpu() for key, value in module.state_dict().items()}
+    state = module.state_dict() if weights is None else weights
+    tensors = {key: value.detach().contiguous().cpu() for key, value in state.items()}
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata={"format": HEAD_FORMAT, "adapter": module.name})
     document = {"format": HEAD_FORMAT, "format_version": HEAD_FORMAT_VERSION, "adapter": module.name,

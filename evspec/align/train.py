@@ -177,8 +177,8 @@ class AlignTask:
         rows, size = self.eval_rows[: self.config.eval_rows], self.config.eval_batch_size
         return [rows[i : i + size] for i in range(0, len(rows), size)]
 
-    def export(self) -> None:
-        save_head(self.head, self.out / HEAD_FOLDER)
+    def export(self, weights: dict[str, torch.Tensor] | None = None) -> None:
+        save_head(self.head, self.out / HEAD_FOLDER, weights)
 
     def plot(self, rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
         return plot_align(rows, out_dir, self.head.name)

@@ -150,6 +150,7 @@ def _train_command_line(config: Any, out: Path, device: str, force: bool) -> str
             "--checkpoint-every", str(loop.checkpoint_every), "--log-every", str(loop.log_every),
             "--holdout", str(config.holdout), "--holdout-seed", str(config.holdout_seed),
             "--max-gamma", str(config.max_gamma), "--eval-rows", str(config.eval_rows), "--device", device]
+    args += ["--fsdp"] if loop.fsdp else []
     for name, value in sorted(config.head.items()):
         args += [f"--{name.replace('_', '-')}", str(value)]
     return shlex.join(args + (["--force"] if force else []))
@@ -235,9 +236,11 @@ def train(
     token_rank: int | None = typer.Option(None, "--token-rank", help="TokenAdapter's soft-token width (256)."),
     visual_queries: int | None = typer.Option(None, "--visual-queries", help="EC/VS: learned queries the visual features are compressed into (4)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (under torchrun: each rank's own GPU)."),
+    fsdp: bool = typer.Option(False, "--fsdp", help="Under torchrun: shard the head, its gradients and optimizer state "
+                              "across processes (FSDP2) instead of replicating them (DDP), for a head one device cannot hold."),
     force: bool = typer.Option(False, "--force", help="Discard a run of another adapter or config in --out."),
 ) -> None:
-    """Train one adapter or draft head on an alignment store, or --online (the one training loop; torchrun: DDP).
+    """Train one adapter or draft head on an alignment store, or --online (the one training loop; torchrun: DDP or --fsdp).
 
     Writes OUT/config.json, OUT/state.pt, OUT/metrics.jsonl (training rows and held-out evaluations:
     losses, cosine, top-1 agreement, SIMULATED acceptance at gamma 1..8), plots and OUT/head.
@@ -254,7 +257,7 @@ def train(
              "stacked_blocks": stacked_blocks, "token_rank": token_rank, "visual_queries": visual_queries}
     total = _steps_for(steps, epochs, store, online_config, holdout, holdout_seed, batch_size)
     loop = LoopConfig(steps=total, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, seed=seed,
-                      eval_every=eval_every, checkpoint_every=checkpoint_every, log_every=log_every)
+                      eval_every=eval_every, checkpoint_every=checkpoint_every, log_every=log_every, fsdp=fsdp)
     config = AlignTrainConfig(store=str(store.resolve()) if store else "", adapter=adapter, loop=loop, holdout=holdout,
                               holdout_seed=holdout_seed, max_gamma=max_gamma, eval_rows=eval_rows,
                               head={k: v for k, v in sizes.items() if v is not None},

@@ -22,6 +22,12 @@ evaluation, the final export); the loop owns the rest:
   the gradient of the global batch's mean, as in one process; the logged loss and counts are summed
   over ranks. Rank 0 alone evaluates, writes ``state.pt``, ``metrics.jsonl``, plots and the export
   (the other ranks wait for it at their next collective). One process runs the code it ran before.
+- ``fsdp=True`` (under torchrun): the same data parallelism, but the task's module is sharded with
+  FSDP2's ``fully_shard`` instead of replicated by DDP, so each rank holds 1/N of the weights, the
+  gradients and AdamW's state (for a module that would not fit one device). The module's forward
+  gathers the weights; around an evaluation every rank gathers them too (``unshard``) while rank 0
+  evaluates; ``state.pt`` and the export get full, unsharded tensors (gathered on every rank, written
+  by rank 0), so a sharded run resumes under any world size and exports what one process would.
 
 Progress goes to a :class:`TrainProgress` (the CLI's bar); library code prints nothing.
 """
@@ -31,8 +37,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -60,6 +66,7 @@ class LoopConfig:
     eval_every: int = 500
     checkpoint_every: int = 200
     log_every: int = 10
+    fsdp: bool = False  # under torchrun: shard the module (FSDP2) instead of replicating it (DDP)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "log_every"):
@@ -92,7 +99,10 @@ class Task(Protocol):
         """Metrics on held-out data (run without gradients, module in eval mode)."""
 
     def export(self) -> None:
-        """Write the trained model where the task's output goes."""
+        """Write the trained model where the task's output goes.
+
+        A task trained with ``fsdp`` takes ``export(weights)``: its module's full state dict (the
+        module's own parameters are shards then)."""
 
 
 class TrainProgress(Protocol):
@@ -201,6 +211,64 @@ def _data_parallel(task: Task, module: nn.Module, device: torch.device) -> nn.Mo
     # tower's last layer when features come from the one before)
     return DistributedDataParallel(_LossModule(task, module), device_ids=[device.index] if device.type == "cuda" else None,
                                    find_unused_parameters=True)
+
+
+def _fully_shard(task: Task, module: nn.Module, device: torch.device) -> nn.Module:
+    """FSDP2 over the task's loss (the same wrapper DDP gets): the forward, which is the task's
+    whole loss, runs on gathered weights; the module's own parameters become this rank's shards."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    return fully_shard(_LossModule(task, module), mesh=mesh)
+
+
+_PREFIX = "inner."  # the task's module inside _LossModule
+
+
+def _full_state(sharded: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every rank calls this (it gathers); rank 0 gets the full model and optimizer state dicts
+    (keyed by parameter names, on the CPU), the other ranks empty ones."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(sharded, options=options), get_optimizer_state_dict(sharded, optimizer, options=options)
+
+
+def _own_names(state: dict[str, Any]) -> dict[str, Any]:
+    return {key.removeprefix(_PREFIX): value for key, value in state.items()}
+
+
+def save_sharded_state(path: Path, sharded: nn.Module, optimizer: torch.optim.Optimizer, step: int, main: bool) -> None:
+    """``save_state`` for an FSDP run: full tensors, so any world size can resume from them."""
+    model, optim = _full_state(sharded, optimizer)
+    if main:
+        from evspec.data.events import atomic_path
+
+        with atomic_path(path) as tmp:
+            torch.save({"step": step, "model": model, "optimizer": optim, "rng": _rng_state(), "fsdp": True}, tmp)
+
+
+def load_sharded_state(path: Path, sharded: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """``load_state`` for an FSDP run: every rank reads the full state and keeps its shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        options = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(sharded, state["model"], options=options)
+        set_optimizer_state_dict(sharded, optimizer, state["optimizer"], options=options)
+        _set_rng_state(state["rng"])
+        return int(state["step"])
+    except Exception as error:  # a torn or foreign file: say which, never half-resume
+        raise ConfigError(f"{path}: cannot resume from this training state ({type(error).__name__}: {error}); "
+                          "use force=True to start over", parameters=["force"]) from error
+
+
+def _grad_norm(norm: torch.Tensor) -> float:
+    full = getattr(norm, "full_tensor", None)  # a DTensor under FSDP (every rank calls this)
+    return float(full() if full is not None else norm)
 
 
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
@@ -335,14 +403,20 @@ def train(task: Task, config: LoopConfig, out_dir: Path, device: torch.device,
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         module = task.module()
-        optimizer = _optimizer(module, config)
+        sharded = _fully_shard(task, module, device) if several and config.fsdp else None
+        optimizer = _optimizer(module, config)  # over the shards, when sharded
         state_path = out_dir / STATE_NAME
-        start = load_state(state_path, module, optimizer) if state_path.is_file() else 0
+        if not state_path.is_file():
+            start = 0
+        elif sharded is not None:
+            start = load_sharded_state(state_path, sharded, optimizer)
+        else:
+            start = load_state(state_path, module, optimizer)
         if start == 0:
             torch.manual_seed(config.seed)
         log = MetricsLog(out_dir / METRICS_NAME, keep_until=start) if main else None
         n = task.n_examples()
-        loss_of = _data_parallel(task, module, device) if several else task.loss
+        loss_of = sharded if sharded is not None else _data_parallel(task, module, device) if several else task.loss
         weight_key = getattr(task, "loss_weight_key", None) if several else None
         mine = slice(parallel.rank * per_rank, (parallel.rank + 1) * per_rank)
         progress.start(config.steps, start)
@@ -361,7 +435,7 @@ def train(task: Task, config: LoopConfig, out_dir: Path, device: torch.device,
                 raise ConfigError(f"the loss became {global_loss} at step {step + 1}; lower lr", parameters=["lr"])
             optimizer.zero_grad(set_to_none=True)
             (loss * scale if several else loss).backward()
-            grad_norm = float(nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip))
+            grad_norm = _grad_norm(nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip))
             optimizer.step()
             window["loss_sum"] = window.get("loss_sum", 0.0) + global_loss
             window["batches"] = window.get("batches", 0.0) + 1
@@ -383,29 +457,57 @@ def train(task: Task, config: LoopConfig, out_dir: Path, device: torch.device,
                 window, window_start = {}, time.perf_counter()
             else:
                 progress.advance(done, {"loss": global_loss})
-            if main and (done % config.eval_every == 0 or done == config.steps):
-                progress.status(f"evaluating at step {done}")
-                module.eval()
-                with torch.no_grad(), _autocast(device):
-                    final_eval = task.evaluate(done)
-                log.append({"step": done, "eval": final_eval})  # type: ignore[union-attr]
-            if main and (done % config.checkpoint_every == 0 or done == config.steps):
-                save_state(state_path, module, optimizer, done)
+            if done % config.eval_every == 0 or done == config.steps:
+                with _gathered(sharded):
+                    if main:
+                        progress.status(f"evaluating at step {done}")
+                        module.eval()
+                        with torch.no_grad(), _autocast(device):
+                            final_eval = task.evaluate(done)
+                        log.append({"step": done, "eval": final_eval})  # type: ignore[union-attr]
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                if sharded is not None:
+                    save_sharded_state(state_path, sharded, optimizer, done, main)
+                elif main:
+                    save_state(state_path, module, optimizer, done)
         module.eval()
-        if main:
-            if start >= config.steps:  # everything was done before: evaluate again for the result
-                with torch.no_grad(), _autocast(device):
-                    final_eval = task.evaluate(config.steps)
-            progress.status("writing the checkpoint")
-            task.export()
-            _plot(task, log.rows, out_dir)  # type: ignore[union-attr]
+        weights = _full_state(sharded, optimizer)[0] if sharded is not None else None
+        with _gathered(sharded):
+            if main:
+                if start >= config.steps:  # everything was done before: evaluate again for the result
+                    with torch.no_grad(), _autocast(device):
+                        final_eval = task.evaluate(config.steps)
+                progress.status("writing the checkpoint")
+                if weights is None:
+                    task.export()
+                else:
+                    task.export(_own_names(weights))  # type: ignore[call-arg]
+                _plot(task, log.rows, out_dir)  # type: ignore[union-attr]
         if several:
             dist.barrier()  # every rank returns once rank 0's files are written
         return TrainResult(out_dir, config.steps, start, final_eval, time.perf_counter() - began)
     finally:
-        loss_of = None  # the DDP wrapper: unreferenced before end_distributed collects it
+        loss_of = sharded = None  # the DDP / FSDP wrapper: unreferenced before end_distributed collects it
         if parallel.started_here:
             end_distributed()
+
+
+@contextmanager
+def _gathered(sharded: nn.Module | None) -> Iterator[None]:
+    """Around work rank 0 does with the module outside its forward (evaluation, export): every rank
+    gathers the sharded weights (a collective), rank 0 works, all wait, all drop the gathered copy.
+    Nothing without FSDP."""
+    if sharded is None:
+        yield
+        return
+    import torch.distributed as dist
+
+    sharded.unshard()  # type: ignore[operator]
+    try:
+        yield
+    finally:
+        dist.barrier()
+        sharded.reshard()  # type: ignore[operator]
 
 
 def _global_loss(loss: torch.Tensor, counts: dict[str, float], weight_key: str | None, world_size: int,

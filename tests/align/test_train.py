@@ -224,10 +224,13 @@ def test_cli_trains_writes_the_run_and_resumes_after_a_kill(store: Path, tmp_pat
     assert [r for r in _metrics(whole) if "loss" in r][-1]["loss"] == [r for r in _metrics(killed) if "loss" in r][-1]["loss"]
 
 
-def test_two_gloo_processes_follow_the_loss_curve_of_one(store: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_gloo_processes_follow_the_loss_curve_of_one(store: Path, tmp_path: Path, sharding: str) -> None:
     """torchrun --nproc_per_node 2 on the CPU (gloo), global batch 2 (one row per rank), against one
     process with batch 2: the same losses within 1e-5 relative (float summation order differs: the
-    gradients are averaged across ranks after each rank's backward)."""
+    gradients are averaged across ranks after each rank's backward), replicated (DDP) or sharded
+    (--fsdp: each rank holds half of each weight). A sharded run's state.pt holds whole tensors:
+    rerun, it loads them back into its shards and exports the same head again."""
     common = ["align", "train", "--store", str(store), "--adapter", "B1", "--steps", "8", "--batch-size", "2",
               "--lr", "3e-3", "--warmup-steps", "1", "--eval-every", "4", "--checkpoint-every", "4", "--log-every", "1",
               "--holdout", str(HOLDOUT), "--device", "cpu", "--num-heads", "4", "--ffn-size", "128"]
@@ -235,10 +238,20 @@ def test_two_gloo_processes_follow_the_loss_curve_of_one(store: Path, tmp_path: 
     assert main([*common, "--out", str(one)]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "evspec", *common, "--out", str(two)]
+               "-m", "evspec", *common, "--out", str(two), *(["--fsdp"] if sharding == "fsdp" else [])]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("trained B1") == 1 and "on 2 processes" in done.stdout  # rank 0 reports
+    if sharding == "fsdp":
+        state = torch.load(two / "state.pt", weights_only=True)
+        whole = {k.removeprefix("inner."): tuple(v.shape) for k, v in state["model"].items()}
+        assert state["fsdp"] and whole == {k: tuple(v.shape) for k, v in _head_weights(one).items()}  # not halves
+        exported = _head_weights(two)
+        again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "resumed at step 8" in again.stdout
+        for name, tensor in exported.items():
+            assert torch.equal(_head_weights(two)[name], tensor), name
     curve = {r["step"]: r for r in _metrics(one) if "loss" in r}
     parallel = {r["step"]: r for r in _metrics(two) if "loss" in r}
     assert sorted(curve) == sorted(parallel) == list(range(1, 9))
