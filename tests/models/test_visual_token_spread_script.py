@@ -3,20 +3,12 @@ model whose visual pathway is cut (its projector zeroed, so every clip gives the
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
-
-def _script():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "visual_token_spread.py"
-    spec = importlib.util.spec_from_file_location("visual_token_spread", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmark_scripts import load_benchmark
 
 
 def test_a_cut_visual_pathway_has_no_spread(tiny_cache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -24,7 +16,7 @@ def test_a_cut_visual_pathway_has_no_spread(tiny_cache, tmp_path: Path, monkeypa
     from evspec.models import registry
 
     build_dataset(tmp_path / "d", SynthConfig(clips=4, size=(160, 120), seed=2))
-    script = _script()
+    script = load_benchmark("visual_token_spread")
     seeing = script.main(["--models", "tiny-eventgpt", "--dataset", str(tmp_path / "d"), "-n", "4"])["tiny-eventgpt"]
     assert seeing["tokens"] == [5 + 17, 64] and seeing["ratio"] > 0.01
 

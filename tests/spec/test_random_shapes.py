@@ -106,16 +106,11 @@ def test_a_sample_that_compiles_is_measured_again(monkeypatch: pytest.MonkeyPatc
 def test_the_gpu_script_builds_what_the_command_line_loads() -> None:
     """benchmarks/gpu_spec.py takes its shapes, decisive weights and decoder from the library, so
     the script and `evspec spec --target random-7b-videollava` cannot drift apart."""
-    import importlib.util
-
     from evspec.run.shared import state_factory_for
     from evspec.runtime.static import StaticDecoder
+    from tests.benchmark_scripts import load_benchmark
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_spec.py"
-    spec = importlib.util.spec_from_file_location("gpu_spec", path)
-    assert spec is not None and spec.loader is not None
-    gpu_spec = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_spec)
+    gpu_spec = load_benchmark("gpu_spec")
     assert gpu_spec.VICUNA_7B.items() <= tiny.VICUNA_7B.items()
     assert gpu_spec.DRAFT_200M.items() <= tiny.SMALL_DRAFT_LLAMA.items()
     assert gpu_spec.VOCAB == tiny.VOCAB_7B
