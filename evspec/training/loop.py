@@ -227,43 +227,13 @@ def _fully_shard(task: Task, module: nn.Module, device: torch.device) -> nn.Modu
 _PREFIX = "inner."  # the task's module inside _LossModule
 
 
-def _full_state(sharded: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Every rank calls this (it gathers); rank 0 gets the full model and optimizer state dicts
-    (keyed by parameter names, on the CPU), the other ranks empty ones."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+def _full_model_state(sharded: nn.Module) -> dict[str, Any]:
+    """Every rank calls this (it gathers); rank 0 gets the whole model state dict on the CPU, keyed
+    by the task's module's own names, the other ranks an empty one."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(sharded, options=options), get_optimizer_state_dict(sharded, optimizer, options=options)
-
-
-def _own_names(state: dict[str, Any]) -> dict[str, Any]:
+    state = get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return {key.removeprefix(_PREFIX): value for key, value in state.items()}
-
-
-def save_sharded_state(path: Path, sharded: nn.Module, optimizer: torch.optim.Optimizer, step: int, main: bool) -> None:
-    """``save_state`` for an FSDP run: full tensors, so any world size can resume from them."""
-    model, optim = _full_state(sharded, optimizer)
-    if main:
-        from evspec.data.events import atomic_path
-
-        with atomic_path(path) as tmp:
-            torch.save({"step": step, "model": model, "optimizer": optim, "rng": _rng_state(), "fsdp": True}, tmp)
-
-
-def load_sharded_state(path: Path, sharded: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """``load_state`` for an FSDP run: every rank reads the full state and keeps its shards."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        options = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(sharded, state["model"], options=options)
-        set_optimizer_state_dict(sharded, optimizer, state["optimizer"], options=options)
-        _set_rng_state(state["rng"])
-        return int(state["step"])
-    except Exception as error:  # a torn or foreign file: say which, never half-resume
-        raise ConfigError(f"{path}: cannot resume from this training state ({type(error).__name__}: {error}); "
-                          "use force=True to start over", parameters=["force"]) from error
 
 
 def _grad_norm(norm: torch.Tensor) -> float:
@@ -325,21 +295,39 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
-    """Atomically: a kill during the write leaves the previous state whole."""
+def save_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, step: int,
+               sharded: nn.Module | None = None, write: bool = True) -> None:
+    """Atomically: a kill during the write leaves the previous state whole. Under FSDP (``sharded``)
+    every rank calls it (the whole tensors are gathered, so any world size can resume) and the one
+    with ``write`` writes."""
     from evspec.data.events import atomic_path
 
-    with atomic_path(path) as tmp:
-        torch.save({"step": step, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                    "rng": _rng_state()}, tmp)
+    if sharded is None:
+        model, optim = module.state_dict(), optimizer.state_dict()
+    else:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        model = _full_model_state(sharded)
+        optim = get_optimizer_state_dict(sharded, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if write:
+        with atomic_path(path) as tmp:
+            torch.save({"step": step, "model": model, "optimizer": optim, "rng": _rng_state(), "sharded": sharded is not None}, tmp)
 
 
-def load_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Restore a ``state.pt`` (``weights_only``: tensors and plain containers, no code) -> its step."""
+def load_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, sharded: nn.Module | None = None) -> int:
+    """Restore a ``state.pt`` (``weights_only``: tensors and plain containers, no code) -> its step.
+    Under FSDP every rank reads the whole state and keeps its shards."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        module.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if sharded is None:
+            module.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        else:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+            options = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(sharded, {_PREFIX + key: value for key, value in state["model"].items()}, options=options)
+            set_optimizer_state_dict(sharded, optimizer, state["optimizer"], options=options)
         _set_rng_state(state["rng"])
         return int(state["step"])
     except Exception as error:  # a torn or foreign file: say which, never half-resume
@@ -406,12 +394,7 @@ def train(task: Task, config: LoopConfig, out_dir: Path, device: torch.device,
         sharded = _fully_shard(task, module, device) if several and config.fsdp else None
         optimizer = _optimizer(module, config)  # over the shards, when sharded
         state_path = out_dir / STATE_NAME
-        if not state_path.is_file():
-            start = 0
-        elif sharded is not None:
-            start = load_sharded_state(state_path, sharded, optimizer)
-        else:
-            start = load_state(state_path, module, optimizer)
+        start = load_state(state_path, module, optimizer, sharded) if state_path.is_file() else 0
         if start == 0:
             torch.manual_seed(config.seed)
         log = MetricsLog(out_dir / METRICS_NAME, keep_until=start) if main else None
@@ -465,13 +448,10 @@ def train(task: Task, config: LoopConfig, out_dir: Path, device: torch.device,
                         with torch.no_grad(), _autocast(device):
                             final_eval = task.evaluate(done)
                         log.append({"step": done, "eval": final_eval})  # type: ignore[union-attr]
-            if done % config.checkpoint_every == 0 or done == config.steps:
-                if sharded is not None:
-                    save_sharded_state(state_path, sharded, optimizer, done, main)
-                elif main:
-                    save_state(state_path, module, optimizer, done)
+            if (main or sharded is not None) and (done % config.checkpoint_every == 0 or done == config.steps):
+                save_state(state_path, module, optimizer, done, sharded, write=main)
         module.eval()
-        weights = _full_state(sharded, optimizer)[0] if sharded is not None else None
+        weights = _full_model_state(sharded) if sharded is not None else None
         with _gathered(sharded):
             if main:
                 if start >= config.steps:  # everything was done before: evaluate again for the result
@@ -481,7 +461,7 @@ def train(task: Task, config: LoopConfig, out_dir: Path, device: torch.device,
                 if weights is None:
                     task.export()
                 else:
-                    task.export(_own_names(weights))  # type: ignore[call-arg]
+                    task.export(weights)  # type: ignore[call-arg]
                 _plot(task, log.rows, out_dir)  # type: ignore[union-attr]
         if several:
             dist.barrier()  # every rank returns once rank 0's files are written
