@@ -5,7 +5,7 @@ For each model, the first N samples go through the model's own ``load`` -> ``pre
 model: the tokens' root mean square, and their standard deviation across samples (per token
 position and channel, then averaged), and the ratio of the two. A ratio near 0 means every clip
 gives the language model the same visual tokens: its answers cannot depend on what the clip shows
-(the demo EventGPT shipped before 580df10: 0.0001; the one after: 0.6).
+(the demo EventGPT shipped before 580df10: 0.00005; the one after: 0.64).
 
     python benchmarks/visual_token_spread.py --models demo-eventgpt,eventgpt:OLD --dataset data/heldout -n 32
 """
