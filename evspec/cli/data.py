@@ -36,15 +36,6 @@ class RenderStyle(str, Enum):
     voxel = "voxel"
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'640x480' -> (640, 480)."""
-    try:
-        width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"size must look like WIDTHxHEIGHT (e.g. 640x480), got {text!r}") from None
-    return width, height
-
-
 def synth_config(**options: object):
     """A SynthConfig from CLI options, with pydantic's complaints turned into one line."""
     from evspec.data.synth.builder import SynthConfig
@@ -74,7 +65,7 @@ def synth(
     workers: int = typer.Option(1, "--workers", help="Processes building clips (the dataset is the same for any number)."),
 ) -> None:
     """Build a synthetic paired event + video dataset with questions and ground-truth answers."""
-    from evspec.data.synth.builder import build_dataset
+    from evspec.data.synth.builder import build_dataset, parse_size
 
     config = synth_config(
         clips=clips, seed=seed, size=parse_size(size), fps=fps, duration_s=duration,
@@ -126,6 +117,7 @@ def render(
         save_png,
         voxel_to_image,
     )
+    from evspec.data.synth.builder import parse_size
 
     if frames < 1:
         raise ConfigError(f"--frames must be >= 1, got {frames}")

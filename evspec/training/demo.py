@@ -32,9 +32,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evspec.run.rundir import file_sha256
+
+if TYPE_CHECKING:
+    from evspec.data.synth.builder import SynthConfig
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
 MANIFEST_NAME = "MANIFEST.json"
@@ -118,7 +121,7 @@ def _terminating_on_sigterm(children: list[subprocess.Popen]) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def dataset_config(args: argparse.Namespace):  # -> SynthConfig
+def dataset_config(args: argparse.Namespace) -> SynthConfig:
     from evspec.data.synth.builder import SynthConfig
 
     return SynthConfig(clips=args.clips, seed=args.dataset_seed, test_fraction=args.test_fraction, size=args.frame_size)
@@ -177,10 +180,13 @@ def build(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
 
 def _frame_size(text: str) -> tuple[int, int]:
-    width, _, height = text.lower().partition("x")
-    if not (width.isdigit() and height.isdigit()):
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT (e.g. 160x120), got {text!r}")
-    return int(width), int(height)
+    from evspec.data.synth.builder import parse_size
+    from evspec.errors import ConfigError
+
+    try:
+        return parse_size(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parser() -> argparse.ArgumentParser:

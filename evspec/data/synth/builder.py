@@ -54,6 +54,15 @@ STEPS = ("frames", "mp4", "esim", "npy", "images", "qa")
 StepTimer = Callable[[str], AbstractContextManager[Any]]
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """'640x480' -> (640, 480): a frame or sensor size as the command line writes it."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"size must look like WIDTHxHEIGHT (e.g. 640x480), got {text!r}") from None
+    return width, height
+
+
 class SynthConfig(BaseModel):
     """Everything that decides the dataset's content; stored as ``synth_config.json``."""
 
