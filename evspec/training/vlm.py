@@ -68,6 +68,9 @@ class VLMTrainConfig:
             raise ConfigError(f"save_dtype must be float32, float16 or bfloat16, got {self.save_dtype!r}")
         if self.eval_questions < 0 or self.max_new_tokens < 1:
             raise ConfigError("eval_questions must be >= 0 and max_new_tokens >= 1")
+        if self.loop.fsdp:  # its export saves the family's layout from the module, not gathered shards
+            raise ConfigError("fsdp is for alignment heads (evspec align train --fsdp); a VLM trains with DDP",
+                              parameters=["fsdp"])
 
     @property
     def answer_field(self) -> str:

@@ -65,6 +65,16 @@ def test_learning_rate_warms_up_then_decays_to_a_tenth() -> None:
         LoopConfig(lr=float("nan"))
 
 
+def test_a_vlm_refuses_fsdp() -> None:
+    """FSDP serves alignment heads; a VLM's export writes its family's layout from the module itself."""
+    from evspec.training.vlm import VLMTrainConfig
+
+    with pytest.raises(ConfigError, match="fsdp is for alignment heads") as error:
+        VLMTrainConfig(family="videollava", dataset="d", size="tiny", loop=LoopConfig(fsdp=True))
+    assert list(error.value.parameters) == ["fsdp"]
+    VLMTrainConfig(family="videollava", dataset="d", size="tiny", loop=LoopConfig())
+
+
 # ----------------------------------------------------------------------------- judging answers
 
 
