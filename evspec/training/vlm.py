@@ -69,7 +69,7 @@ class VLMTrainConfig:
         if self.eval_questions < 0 or self.max_new_tokens < 1:
             raise ConfigError("eval_questions must be >= 0 and max_new_tokens >= 1")
         if self.loop.fsdp:  # its export saves the family's layout from the module, not gathered shards
-            raise ConfigError("fsdp is for alignment heads (evspec align train --fsdp); a VLM trains with DDP",
+            raise ConfigError("fsdp is for alignment heads (evspec align train); a VLM trains with DDP",
                               parameters=["fsdp"])
 
     @property
