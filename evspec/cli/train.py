@@ -53,6 +53,7 @@ def _command_line(config: Any, out: Path, device: str, workers: int) -> str:
         "--warmup-steps", str(loop.warmup_steps), "--seed", str(loop.seed), "--eval-every", str(loop.eval_every),
         "--eval-questions", str(config.eval_questions), "--checkpoint-every", str(loop.checkpoint_every),
         "--workers", str(workers), "--event-canvas", config.event_canvas, "--save-dtype", config.save_dtype,
+        "--pixel-cache-dtype", config.pixel_cache_dtype, *(["--mirror"] if config.mirror else []),
         "--device", device, *(["--allow-outside-root"] if config.allow_outside_root else []),
     ])
 
@@ -73,6 +74,10 @@ def train(
     workers: int = typer.Option(1, "--workers", help="Processes that read and preprocess the clips."),
     event_canvas: str = typer.Option("upstream", "--event-canvas", help="EventGPT frames: upstream (per-chunk canvas) or sensor."),
     save_dtype: str = typer.Option("float32", "--save-dtype", help="Weights' dtype in the written checkpoint."),
+    mirror: bool = typer.Option(False, "--mirror", help="Also learn every clip mirrored left to right, 'left' and "
+                                "'right' swapped in its answers (exact for evspec's synthetic answers)."),
+    pixel_cache_dtype: str = typer.Option("float32", "--pixel-cache-dtype", help="dtype of the preprocessed clips kept "
+                                          "on the device (float16 halves their memory)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     force: bool = typer.Option(False, "--force", help="Discard a run of another config in --out."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Let dataset rows name files outside the dataset folder."),
@@ -90,7 +95,8 @@ def train(
                       eval_every=eval_every, checkpoint_every=checkpoint_every)
     config = VLMTrainConfig(family=family, dataset=str(dataset.resolve()), size=size, loop=loop,
                             eval_questions=eval_questions, event_canvas=event_canvas, init_seed=seed,
-                            save_dtype=save_dtype, allow_outside_root=allow_outside_root)
+                            save_dtype=save_dtype, mirror=mirror, pixel_cache_dtype=pixel_cache_dtype,
+                            allow_outside_root=allow_outside_root)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True, auto_refresh=False) as progress:
         bar = _TrainBar(progress)

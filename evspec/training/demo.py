@@ -91,6 +91,7 @@ def _train_command(args: argparse.Namespace, name: str, dataset: Path, out: Path
         "--warmup-steps", str(args.warmup_steps), "--seed", str(args.seed), "--eval-every", str(args.eval_every),
         "--eval-questions", "64", "--checkpoint-every", str(args.checkpoint_every), "--workers",
         str(max(1, args.workers // 2)), "--save-dtype", "float16", "--device", args.device,
+        "--pixel-cache-dtype", args.pixel_cache_dtype, *(["--mirror"] if args.mirror else []),
     ]
     if family == "eventgpt":
         # The demo draft sees its events on one sensor-sized canvas: upstream's per-chunk canvas
@@ -193,7 +194,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evspec.training.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, help="Where the dataset and the training runs go.")
     p.add_argument("--out", default=str(DEMO_DIR), help="Where the shipped folders and the manifest go.")
-    p.add_argument("--clips", type=int, default=10000)
+    p.add_argument("--clips", type=int, default=30000)
     p.add_argument("--frame-size", type=_frame_size, default=(160, 120), metavar="WxH",
                    help="The synthetic clips' frame and sensor size.")
     p.add_argument("--dataset-seed", type=int, default=1, help="Synthetic dataset seed (evaluate on others).")
@@ -201,15 +202,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target-size", default="demo-target", help="Model size of the target (tiny: a quick test).")
     p.add_argument("--draft-size", default="demo-draft", help="Model size of the draft.")
     p.add_argument("--target-steps", type=int, default=3000)
-    p.add_argument("--draft-steps", type=int, default=3000)
+    p.add_argument("--draft-steps", type=int, default=4500)
     p.add_argument("--batch-size", type=int, default=384)
-    p.add_argument("--lr", type=float, default=1e-3, help="Peak learning rate of the target (and the draft).")
-    p.add_argument("--draft-lr", type=float, default=None, help="Peak learning rate of the draft (default: --lr).")
+    p.add_argument("--lr", type=float, default=1.5e-3, help="Peak learning rate of the target (and the draft).")
+    p.add_argument("--draft-lr", type=float, default=1e-3, help="Peak learning rate of the draft (default: --lr).")
     p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=500)
-    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
+                   help="Also learn every clip mirrored left to right (twice the distinct inputs).")
+    p.add_argument("--pixel-cache-dtype", default="float16", choices=("float32", "float16", "bfloat16"),
+                   help="dtype of the preprocessed clips kept on the device (30,000 clips: 24 GB in float16).")
     p.add_argument("--device", default="cuda")
     return p
 

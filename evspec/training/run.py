@@ -52,16 +52,17 @@ def _start_over(out: Path) -> None:
             child.unlink()
 
 
-def estimated_bytes(n_params: int, n_pixels: int) -> int:
-    """Weights, gradients and AdamW's two moments in fp32, plus the clips' pixels in fp32; the
+def estimated_bytes(n_params: int, pixel_bytes: int) -> int:
+    """Weights, gradients and AdamW's two moments in fp32, plus the clips' pixels as cached; the
     activations of a small model's batch are comfortably inside a 2x margin on top."""
-    return 2 * (16 * n_params + 4 * n_pixels)
+    return 2 * (16 * n_params + pixel_bytes)
 
 
 def check_memory(config: VLMTrainConfig, device: torch.device, n_clips: int) -> None:
     """Refuse a size the device cannot hold, before building anything, with the estimate."""
     from evspec.memory import format_bytes, require_memory
     from evspec.models.tiny import model_size
+    from evspec.training.vlm import DTYPES
 
     size = model_size(config.size)
     llama, clip = size.llama, size.clip
@@ -69,7 +70,7 @@ def check_memory(config: VLMTrainConfig, device: torch.device, n_clips: int) -> 
     n_params = layers * (4 * d * d + 3 * d * f) + 2 * 1024 * d
     frames = {"videollava": 8, "eventgpt": 5, "llava": 1}[config.family]
     n_pixels = n_clips * frames * 3 * clip["image_size"] ** 2
-    need = estimated_bytes(n_params, n_pixels)
+    need = estimated_bytes(n_params, n_pixels * DTYPES[config.pixel_cache_dtype].itemsize)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         if need > free:

@@ -10,8 +10,11 @@ What each family learns: Video-LLaVA and LLaVA the full ``answer``; EventGPT the
 ``event_visible_answer`` (what its sensor can see). Every question the synthetic builder wrote for
 a clip's scene is a training example, so one clip teaches all four question types.
 
-Each clip's pixels are read and preprocessed once (in worker processes) and kept on the device;
-the answers are tokenised once. The trained model is written over ``--out`` in the family's layout
+Each clip's pixels are read and preprocessed once (in worker processes) and kept on the device
+(in ``pixel_cache_dtype``: float16 halves what tens of thousands of clips take); the answers are
+tokenised once. With ``mirror``, every question is also learnt on its clip mirrored left to right,
+with "left" and "right" swapped in its answer (exact for the synthetic builder's answers, see
+:func:`evspec.data.synth.questions.mirrored_answer`): twice the distinct inputs for no extra clips. The trained model is written over ``--out`` in the family's layout
 (weights, ``config.json``, tokenizer, processor), model files moved into place with
 ``config.json`` last; the run's own files (``training/``: ``config.json`` with everything that
 made it, ``state.pt``, ``metrics.jsonl``, plots) sit beside them.
@@ -33,11 +36,13 @@ import torch
 from torch import nn
 
 from evspec.data.dataset import Sample, load_dataset
+from evspec.data.synth.questions import mirrored_answer
 from evspec.errors import ConfigError, InputError
 from evspec.models.base import Prepared, VisionLanguageModel
 from evspec.training.evaluate import Question, evaluate_model, questions_of, summarize
 from evspec.training.loop import LoopConfig
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FAMILY_ANSWERS = {"videollava": "answer", "llava": "answer", "eventgpt": "event_visible_answer"}
 RUN_FOLDER = "training"
 IGNORE = -100
@@ -56,6 +61,8 @@ class VLMTrainConfig:
     event_canvas: str = "upstream"
     init_seed: int = 0
     save_dtype: str = "float32"
+    mirror: bool = False  # also learn each clip mirrored left to right (synthetic answers only)
+    pixel_cache_dtype: str = "float32"  # the preprocessed clips kept on the device
     allow_outside_root: bool = False  # dataset rows may name files outside the dataset folder
 
     def __post_init__(self) -> None:
@@ -64,8 +71,10 @@ class VLMTrainConfig:
         if self.family not in FAMILY_ANSWERS:
             raise ConfigError(f"unknown family {self.family!r}: use one of {', '.join(FAMILY_ANSWERS)}")
         model_size(self.size)
-        if self.save_dtype not in ("float32", "float16", "bfloat16"):
-            raise ConfigError(f"save_dtype must be float32, float16 or bfloat16, got {self.save_dtype!r}")
+        for name in ("save_dtype", "pixel_cache_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ConfigError(f"{name} must be float32, float16 or bfloat16, got {getattr(self, name)!r}",
+                                  parameters=[name])
         if self.eval_questions < 0 or self.max_new_tokens < 1:
             raise ConfigError("eval_questions must be >= 0 and max_new_tokens >= 1")
         if self.loop.fsdp:  # its export saves the family's layout from the module, not gathered shards
@@ -85,6 +94,7 @@ class Example:
     clip: int  # index into the clips' pixel cache
     prompt_ids: torch.Tensor  # [L] with the family's placeholder(s), on the CPU
     answer_ids: torch.Tensor  # [A] answer tokens + EOS, on the CPU
+    mirrored: bool = False  # the clip's pixels mirrored left to right (its answer already is)
 
 
 def training_questions(samples: Sequence[Sample], answer_field: str) -> list[Question]:
@@ -100,29 +110,35 @@ def training_questions(samples: Sequence[Sample], answer_field: str) -> list[Que
 _WORKER_MODEL: VisionLanguageModel | None = None
 
 
-def _init_worker(folder: str, family: str, event_canvas: str) -> None:
-    global _WORKER_MODEL
+_WORKER_DTYPE = torch.float32
+
+
+def _init_worker(folder: str, family: str, event_canvas: str, dtype: str) -> None:
+    global _WORKER_MODEL, _WORKER_DTYPE
     torch.set_num_threads(1)
     _WORKER_MODEL = _load(folder, family, "cpu", event_canvas)
+    _WORKER_DTYPE = DTYPES[dtype]
 
 
 def _pixels_in_worker(sample: Sample) -> torch.Tensor:
     assert _WORKER_MODEL is not None
-    return _pixels(_WORKER_MODEL, sample)
+    return _pixels(_WORKER_MODEL, sample, _WORKER_DTYPE)
 
 
-def _pixels(model: VisionLanguageModel, sample: Sample) -> torch.Tensor:
-    return model.preprocess(model.load(sample), sample.query).pixel_values.cpu()
+def _pixels(model: VisionLanguageModel, sample: Sample, dtype: torch.dtype) -> torch.Tensor:
+    # cast in the worker: the parent then never holds a float32 copy of every clip
+    return model.preprocess(model.load(sample), sample.query).pixel_values.cpu().to(dtype)
 
 
 def preprocess_clips(model: VisionLanguageModel, folder: Path, samples: Sequence[Sample], workers: int,
-                     event_canvas: str, progress: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
-    """Each clip's pixel tensor, through the model's own ``load`` + ``preprocess``; in ``workers``
-    processes (each with its own copy of the checkpoint's processor) when ``workers > 1``."""
+                     event_canvas: str, progress: Callable[[int, int], None] | None = None,
+                     dtype: str = "float32") -> list[torch.Tensor]:
+    """Each clip's pixel tensor in ``dtype``, through the model's own ``load`` + ``preprocess``; in
+    ``workers`` processes (each with its own copy of the checkpoint's processor) when ``workers > 1``."""
     out: list[torch.Tensor] = []
     if workers <= 1:
         for i, sample in enumerate(samples):
-            out.append(_pixels(model, sample))
+            out.append(_pixels(model, sample, DTYPES[dtype]))
             if progress:
                 progress(i + 1, len(samples))
         return out
@@ -130,7 +146,7 @@ def preprocess_clips(model: VisionLanguageModel, folder: Path, samples: Sequence
 
     context = multiprocessing.get_context("spawn")  # no forked torch threads or CUDA state
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(str(folder), model.family, event_canvas)) as pool:
+                             initargs=(str(folder), model.family, event_canvas, dtype)) as pool:
         for i, pixels in enumerate(pool.map(_pixels_in_worker, samples, chunksize=8)):
             out.append(pixels)
             if progress:
@@ -173,7 +189,7 @@ class VLMTask:
         examples = [self.examples[i] for i in batch]
         # The answer follows the prompt in one sequence, spliced like any prompt at inference.
         # Ids stay on the CPU until the splice: per-row work here is host arithmetic, not GPU launches.
-        prepared = [Prepared(torch.cat([e.prompt_ids, e.answer_ids]).unsqueeze(0), self.pixels[e.clip]) for e in examples]
+        prepared = [Prepared(torch.cat([e.prompt_ids, e.answer_ids]).unsqueeze(0), self._pixels(e)) for e in examples]
         embeds, lengths = model.splice_batch(prepared, model.encode_batch(prepared), pad_id=self.pad_id)
         targets = torch.full(embeds.shape[:2], IGNORE, dtype=torch.long)
         for row, (e, length) in enumerate(zip(examples, lengths.tolist())):
@@ -188,6 +204,10 @@ class VLMTask:
         loss = nn.functional.cross_entropy(logits, gold)
         correct = (logits.argmax(-1) == gold).sum()
         return loss, {"answer_tokens": float(gold.numel()), "correct_tokens": float(correct)}
+
+    def _pixels(self, example: Example) -> torch.Tensor:
+        pixels = self.pixels[example.clip].to(self.model.dtype)
+        return pixels.flip(-1) if example.mirrored else pixels  # every family's pixels end in width
 
     def evaluate(self, step: int) -> dict[str, Any]:
         if not self.eval_questions:
@@ -214,7 +234,7 @@ def save_trained(model: VisionLanguageModel, out: Path, config: VLMTrainConfig) 
     then moved in file by file with ``config.json`` last, so a folder with a config is complete."""
     from evspec.models.loading import quiet_transformers
 
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[config.save_dtype]
+    dtype = DTYPES[config.save_dtype]
     module = model.trainable_module
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
@@ -305,14 +325,16 @@ def prepare_task(config: VLMTrainConfig, out: Path, device: torch.device, *, wor
     tokenizer, eos = model.tokenizer, model.eos_token_ids[0]
     prompts: dict[str, torch.Tensor] = {}
     examples = []
-    for q in questions:
-        if q.query not in prompts:
-            prompts[q.query] = prompt_ids(model, q.query)
-        prompt = prompts[q.query]
-        answer = tokenizer(q.reference(config.answer_field), add_special_tokens=False).input_ids + [eos]
-        examples.append(Example(clip_of[q.sample.id], prompt, torch.tensor(answer)))
+    for mirrored in (False, True) if config.mirror else (False,):
+        for q in questions:
+            if q.query not in prompts:
+                prompts[q.query] = prompt_ids(model, q.query)
+            answer = q.reference(config.answer_field)
+            answer_ids = tokenizer(mirrored_answer(answer) if mirrored else answer, add_special_tokens=False).input_ids
+            examples.append(Example(clip_of[q.sample.id], prompts[q.query], torch.tensor(answer_ids + [eos]), mirrored))
     pixels = preprocess_clips(model, init, train_samples, workers, config.event_canvas,
-                              (lambda i, n: progress("reading clips", i, n)) if progress else None)
+                              (lambda i, n: progress("reading clips", i, n)) if progress else None,
+                              dtype=config.pixel_cache_dtype)
     pixels = [p.to(device) for p in pixels]
     eval_questions = questions_of(test_samples, all_types=True)[: config.eval_questions]
     return VLMTask(config, model, pixels, examples, eval_questions, out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evspec.data.synth.questions import QUESTION_TYPES, QUESTIONS, all_qa, make_qa
+from evspec.data.synth.questions import QUESTION_TYPES, QUESTIONS, all_qa, make_qa, mirrored_answer
 from evspec.data.synth.scenes import (
     COLOURS,
     BackgroundSpec,
@@ -94,3 +94,40 @@ def test_event_answers_never_name_colours() -> None:
 def test_unknown_question_type() -> None:
     with pytest.raises(ConfigError, match="unknown question type 'colour'"):
         make_qa(scene(TRIANGLE), "colour")
+
+
+_MIRROR = {"right": "left", "up-right": "up-left", "up": "up", "up-left": "up-right", "left": "right",
+           "down-left": "down-right", "down": "down", "down-right": "down-left", None: None}
+
+
+def _mirrored_scene(spec: SceneSpec) -> SceneSpec:
+    """The scene seen in a mirror: x -> width - x, horizontal motion reversed (shapes are
+    symmetric about their vertical axis, so they look the same)."""
+    import dataclasses
+
+    width = spec.size[0]
+    objects = tuple(dataclasses.replace(o, x=width - o.x, direction=_MIRROR[o.direction]) for o in spec.objects)
+    camera = dataclasses.replace(spec.camera, direction=_MIRROR[spec.camera.direction])
+    return dataclasses.replace(spec, objects=objects, camera=camera)
+
+
+def test_a_mirrored_answer_is_the_mirrored_scenes_answer() -> None:
+    """``evspec train --mirror`` learns a flipped clip with ``mirrored_answer``: it must be exactly
+    what the templates say of the mirrored scene, for every question and both answers."""
+    rng = np.random.default_rng(5)
+    swapped = 0
+    for _ in range(300):
+        spec = sample_scene(rng, (160, 120), pan_probability=0.5)
+        mirrored = _mirrored_scene(spec)
+        for qtype in QUESTION_TYPES:
+            qa, mirror_qa = make_qa(spec, qtype), make_qa(mirrored, qtype)
+            assert mirrored_answer(qa.answer) == mirror_qa.answer
+            assert mirrored_answer(qa.event_visible_answer) == mirror_qa.event_visible_answer
+            swapped += qa.answer != mirror_qa.answer
+    assert swapped > 200  # the mirror changed many answers: the check is not vacuous
+
+
+def test_mirrored_answer_swaps_whole_words_only() -> None:
+    assert mirrored_answer("The red star moves up and to the left, the ring to the right.") == \
+        "The red star moves up and to the right, the ring to the left."
+    assert mirrored_answer("leftover rights") == "leftover rights"

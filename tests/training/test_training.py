@@ -169,6 +169,35 @@ def test_eventgpt_trains_on_event_visible_answers_in_upstream_layout(dataset: Pa
     assert load_model(f"eventgpt:{out}", event_canvas="upstream").event_canvas == "upstream"
 
 
+@pytest.mark.filterwarnings("ignore::evspec.models.eventgpt.EventWindowWarning")  # the synthetic 1 s windows
+def test_mirror_learns_every_question_again_on_its_clip_flipped(dataset: Path, tmp_path: Path) -> None:
+    from evspec.data.synth.questions import mirrored_answer
+    from evspec.training.vlm import VLMTrainConfig, prepare_task
+
+    config = VLMTrainConfig(family="eventgpt", dataset=str(dataset), size="tiny", eval_questions=0, mirror=True,
+                            pixel_cache_dtype="float16", event_canvas="sensor")
+    (tmp_path / "m" / "training").mkdir(parents=True)
+    task = prepare_task(config, tmp_path / "m", torch.device("cpu"))
+    half = len(task.examples) // 2
+    plain, mirrored = task.examples[:half], task.examples[half:]
+    assert not any(e.mirrored for e in plain) and all(e.mirrored for e in mirrored)
+    tokenizer = task.model.tokenizer
+    changed = 0
+    for a, b in zip(plain, mirrored):
+        assert a.clip == b.clip and torch.equal(a.prompt_ids, b.prompt_ids)
+        text = tokenizer.decode(a.answer_ids[:-1])
+        assert tokenizer.decode(b.answer_ids[:-1]) == mirrored_answer(text)
+        changed += not torch.equal(a.answer_ids, b.answer_ids)
+        assert torch.equal(task._pixels(b), task._pixels(a).flip(-1))
+    assert changed > 0
+    assert task.pixels[0].dtype == torch.float16 and task._pixels(plain[0]).dtype == task.model.dtype
+    out = tmp_path / "cli"
+    assert main(_train_args(dataset, out, steps=2) + ["--mirror", "--pixel-cache-dtype", "float16"]) == 0
+    run = json.loads((out / "training" / "config.json").read_text())
+    assert run["identity"]["mirror"] is True and "--mirror --pixel-cache-dtype" not in run["command"]
+    assert "--pixel-cache-dtype float16 --mirror" in run["command"]
+
+
 class _Killed(Exception):
     pass
 

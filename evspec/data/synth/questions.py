@@ -12,6 +12,7 @@ The gap between the two is what later measurements of event-drafted answers look
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 from evspec.data.synth.scenes import SHAPES, ObjectSpec, SceneSpec
@@ -130,6 +131,16 @@ def make_qa(spec: SceneSpec, qtype: str) -> QA:
     truth = _answers(spec, qtype, colour=True, objects=_in_shape_order(spec.objects))
     seen = _answers(spec, qtype, colour=False, objects=_visible(spec))
     return QA(qtype, QUESTIONS[qtype], truth, seen)
+
+
+_MIRRORED_WORDS = {"left": "right", "right": "left"}
+
+
+def mirrored_answer(text: str) -> str:
+    """The answer for the same clip mirrored left to right. The templates above name horizontal
+    direction only through the words "left" and "right", and order objects by shape, never by
+    position; so swapping those two words is the whole mirror (tested against a mirrored scene)."""
+    return re.sub(r"\b(left|right)\b", lambda m: _MIRRORED_WORDS[m.group(1)], text)
 
 
 def all_qa(spec: SceneSpec) -> dict[str, dict[str, str]]:
