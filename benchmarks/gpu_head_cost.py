@@ -25,6 +25,7 @@ the target's decode step, t_draft the drafter's cost per token and T_verify the 
 Random weights: costs do not depend on them; acceptance here would be meaningless, so none is run.
 
     python benchmarks/gpu_head_cost.py --mal B1=3.75,VS=3.53 --out $OUT/heads.json
+    python benchmarks/gpu_head_cost.py --costs heads.json --mal B1=3.9 --out heads-new.json   # re-project, no GPU
 """
 
 from __future__ import annotations
@@ -166,8 +167,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "event-model): the projection's acceptance")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--costs", default=None, help="a JSON this script wrote: project from its measured costs at "
+                        "--mal, measuring nothing (costs do not depend on acceptance)")
     parser.add_argument("--out", default=None, help="write every number as JSON here")
     args = parser.parse_args(argv)
+    if args.costs:
+        results = json.loads(Path(args.costs).read_text(encoding="utf-8"))
+        print(f"costs measured on {results['device']} ({results['dtype']}, torch {results['versions']['torch']}, "
+              f"gamma {results['gamma']}), read from {args.costs}")
+        return _project(results, parse_mal(args.mal), args.out)
     device = torch.device("cpu" if args.quick or not torch.cuda.is_available() else "cuda")
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     shape, vocab, prompts = (TINY, 512, QUICK_PROMPTS) if args.quick else (VICUNA_7B, VOCAB, FULL_PROMPTS)
@@ -200,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     embedding, lm_head = lm.embed_tokens, lm.lm_head
     del factory
     rows: dict[str, dict[str, Any]] = {EVENT_MODEL: {"params": None, "head_ms": 0.0}}
+    results["drafters"] = rows
     config = head_config(hidden, vocab, n_heads, ffn, hidden)
     for name in filter(None, args.adapters.split(",")):
         cost = head_step_cost(name, config, embedding, lm_head, args.context,
@@ -209,15 +218,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows[name] = cost
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    return _project(results, mal, args.out)
+
+
+def _project(results: dict[str, Any], mal: dict[str, float], out: str | None) -> dict[str, Any]:
+    """Each drafter's cost per token, c and (where ``mal`` names it) the projected speedup; printed,
+    stored in ``results`` and written to ``out``."""
+    rows, gamma = results["drafters"], results["gamma"]
+    target_step, verify, event_step = results["target_step_ms"], results["verify_pass_ms"], results["event_model_step_ms"]
     print(f"\n{'drafter':<13} {'params':>9} {'head eager':>11} {'head graph':>11} {'+ event model':>14} {'c':>7} "
           f"{'MAL':>5} {'projected':>10}")
     for name, row in rows.items():
         per_token = row["head_ms"] + (event_step if reads_event_model(name) else 0.0)
         row["draft_ms_per_token"] = per_token
         row["c"] = per_token / verify
+        row.pop("mal", None), row.pop("projected_speedup", None)  # a re-projection keeps no earlier acceptance
         if name in mal:
             row["mal"] = mal[name]
-            row["projected_speedup"] = mal[name] * target_step / (args.gamma * per_token + verify)
+            row["projected_speedup"] = mal[name] * target_step / (gamma * per_token + verify)
         params = "-" if row["params"] is None else f"{row['params'] / 1e6:.1f}M"
         eager = f"{row['eager_ms']:.3f}" if "eager_ms" in row else "-"
         graph = f"{row['graph_ms']:.3f}" if "graph_ms" in row else "-"
@@ -227,9 +245,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{row.get('mal', float('nan')):>5.2f} {projected:>10}")
     print("\nprojected = MAL x target step / (gamma x draft cost per token + verify pass): a projection from "
           "costs measured here and acceptance measured on the demo pair, not a measured speedup")
-    results["drafters"] = rows
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    if out:
+        Path(out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     return results
 
 

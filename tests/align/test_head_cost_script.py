@@ -30,3 +30,13 @@ def test_costs_and_projection_add_up(script, tmp_path) -> None:
     assert rows["B1"]["projected_speedup"] == pytest.approx(3.0 * step / (5 * rows["B1"]["draft_ms_per_token"] + verify))
     assert "projected_speedup" not in rows["EC"]
     assert rows["B1"]["params"] > 0 and (tmp_path / "heads.json").is_file()
+
+
+def test_a_reprojection_from_stored_costs_measures_nothing_and_uses_the_new_acceptance(script, tmp_path) -> None:
+    measured = script.main(["--quick", "--repeats", "1", "--context", "8", "--adapters", "B1,EC",
+                            "--mal", "B1=3.0,EC=2.0", "--out", str(tmp_path / "heads.json")])
+    again = script.main(["--costs", str(tmp_path / "heads.json"), "--mal", "EC=4.0", "--out", str(tmp_path / "new.json")])
+    rows, verify, step = again["drafters"], again["verify_pass_ms"], again["target_step_ms"]
+    assert verify == measured["verify_pass_ms"] and rows["EC"]["head_ms"] == measured["drafters"]["EC"]["head_ms"]
+    assert rows["EC"]["projected_speedup"] == pytest.approx(4.0 * step / (5 * rows["EC"]["draft_ms_per_token"] + verify))
+    assert "projected_speedup" not in rows["B1"] and "mal" not in rows["B1"]  # B1's old acceptance is not kept
