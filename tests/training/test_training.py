@@ -241,6 +241,8 @@ def test_bad_training_input_is_one_clear_error(dataset: Path, tmp_path: Path, ca
     assert main(["train", "--family", "videollava", "--size", "huge", "--dataset", str(dataset), "--out",
                  str(tmp_path / "b")]) == 1
     assert "unknown model size" in capsys.readouterr().err
+    assert main(_train_args(dataset, tmp_path / "b", pixel_cache_dtype="float8")) == 1
+    assert "error: --pixel-cache-dtype must be float32, float16 or bfloat16, got 'float8'" in capsys.readouterr().err
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
