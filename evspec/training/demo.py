@@ -84,7 +84,7 @@ def _train_command(args: argparse.Namespace, name: str, dataset: Path, out: Path
     family, size = DEMO_MODELS[name]
     size = args.target_size if family == "videollava" else args.draft_size
     steps = args.target_steps if family == "videollava" else args.draft_steps
-    lr = args.lr if family == "videollava" or args.draft_lr is None else args.draft_lr
+    lr = args.lr if family == "videollava" else args.draft_lr
     command = [
         sys.executable, "-m", "evspec", "train", "--family", family, "--size", size, "--dataset", str(dataset),
         "--out", str(out), "--steps", str(steps), "--batch-size", str(args.batch_size), "--lr", str(lr),
@@ -208,8 +208,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target-steps", type=int, default=3000)
     p.add_argument("--draft-steps", type=int, default=3500)
     p.add_argument("--batch-size", type=int, default=384)
-    p.add_argument("--lr", type=float, default=1.5e-3, help="Peak learning rate of the target (and the draft).")
-    p.add_argument("--draft-lr", type=float, default=1e-3, help="Peak learning rate of the draft (default: --lr).")
+    p.add_argument("--lr", type=float, default=1.5e-3, help="Peak learning rate of the target.")
+    p.add_argument("--draft-lr", type=float, default=1e-3, help="Peak learning rate of the draft.")
     p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=1000)

@@ -14,10 +14,12 @@ Each clip's pixels are read and preprocessed once (in worker processes) and kept
 (in ``pixel_cache_dtype``: float16 halves what tens of thousands of clips take); the answers are
 tokenised once. With ``mirror``, every question is also learnt on its clip mirrored left to right,
 with "left" and "right" swapped in its answer (exact for the synthetic builder's answers, see
-:func:`evspec.data.synth.questions.mirrored_answer`): twice the distinct inputs for no extra clips. The trained model is written over ``--out`` in the family's layout
-(weights, ``config.json``, tokenizer, processor), model files moved into place with
-``config.json`` last; the run's own files (``training/``: ``config.json`` with everything that
-made it, ``state.pt``, ``metrics.jsonl``, plots) sit beside them.
+:func:`evspec.data.synth.questions.mirrored_answer`): twice the distinct inputs for no extra clips.
+
+The trained model is written over ``--out`` in the family's layout (weights, ``config.json``,
+tokenizer, processor), model files moved into place with ``config.json`` last; the run's own files
+(``training/``: ``config.json`` with everything that made it, ``state.pt``, ``metrics.jsonl``,
+plots) sit beside them.
 """
 
 from __future__ import annotations
@@ -108,8 +110,6 @@ def training_questions(samples: Sequence[Sample], answer_field: str) -> list[Que
 
 
 _WORKER_MODEL: VisionLanguageModel | None = None
-
-
 _WORKER_DTYPE = torch.float32
 
 
