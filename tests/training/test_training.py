@@ -251,6 +251,8 @@ def test_bad_training_input_is_one_clear_error(dataset: Path, tmp_path: Path, ca
     assert (other / "notes.txt").read_text() == "mine"
     run = tmp_path / "run"
     assert main(_train_args(dataset, run, steps=2)) == 0
+    assert main(_train_args(dataset, run, steps=2) + ["--mirror"]) == 1  # other examples: not a resume
+    assert "mirror: was False, now True" in capsys.readouterr().err
     assert main(_train_args(dataset, run, steps=4)) == 1  # another config
     err = capsys.readouterr().err
     assert "another config" in err and "or --force to discard it" in err
