@@ -54,6 +54,7 @@ def _command_line(config: Any, out: Path, device: str, workers: int) -> str:
         "--eval-questions", str(config.eval_questions), "--checkpoint-every", str(loop.checkpoint_every),
         "--workers", str(workers), "--event-canvas", config.event_canvas, "--save-dtype", config.save_dtype,
         "--pixel-cache-dtype", config.pixel_cache_dtype, *(["--mirror"] if config.mirror else []),
+        *(["--reverse"] if config.reverse else []),
         "--device", device, *(["--allow-outside-root"] if config.allow_outside_root else []),
     ])
 
@@ -76,6 +77,8 @@ def train(
     save_dtype: str = typer.Option("float32", "--save-dtype", help="Weights' dtype in the written checkpoint."),
     mirror: bool = typer.Option(False, "--mirror", help="Also learn every clip mirrored left to right, 'left' and "
                                 "'right' swapped in its answers (exact for evspec's synthetic answers)."),
+    reverse: bool = typer.Option(False, "--reverse", help="Also learn every clip played backwards, each direction "
+                                 "turned around in its answers (video and event models)."),
     pixel_cache_dtype: str = typer.Option("float32", "--pixel-cache-dtype", help="dtype of the preprocessed clips kept "
                                           "on the device (float16 halves their memory)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
@@ -95,7 +98,7 @@ def train(
                       eval_every=eval_every, checkpoint_every=checkpoint_every)
     config = VLMTrainConfig(family=family, dataset=str(dataset.resolve()), size=size, loop=loop,
                             eval_questions=eval_questions, event_canvas=event_canvas, init_seed=seed,
-                            save_dtype=save_dtype, mirror=mirror, pixel_cache_dtype=pixel_cache_dtype,
+                            save_dtype=save_dtype, mirror=mirror, reverse=reverse, pixel_cache_dtype=pixel_cache_dtype,
                             allow_outside_root=allow_outside_root)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True, auto_refresh=False) as progress:

@@ -97,6 +97,8 @@ def _train_command(args: argparse.Namespace, name: str, dataset: Path, out: Path
         command += ["--pixel-cache-dtype", args.pixel_cache_dtype]
     if args.mirror:
         command += ["--mirror"]
+    if args.reverse:
+        command += ["--reverse"]
     if family == "eventgpt":
         # The demo draft sees its events on one sensor-sized canvas: upstream's per-chunk canvas
         # stretches each chunk to its own extent, so shapes and speeds change from frame to frame.
@@ -217,6 +219,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--mirror", action="store_true",
                    help="Also learn every clip mirrored left to right (twice the distinct inputs).")
+    p.add_argument("--reverse", action="store_true",
+                   help="Also learn every clip played backwards (twice the distinct inputs again).")
     p.add_argument("--pixel-cache-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                    help="dtype of the preprocessed clips kept on the device (float16: 30,000 clips take 24 GB "
                         "for the target, 15 GB for the draft).")

@@ -15,6 +15,12 @@ Each clip's pixels are read and preprocessed once (in worker processes) and kept
 tokenised once. With ``mirror``, every question is also learnt on its clip mirrored left to right,
 with "left" and "right" swapped in its answer (exact for the synthetic builder's answers, see
 :func:`evspec.data.synth.questions.mirrored_answer`): twice the distinct inputs for no extra clips.
+With ``reverse``, every question is also learnt on its clip played backwards, each direction
+turned around in its answer (:func:`evspec.data.synth.questions.reversed_answer`): the frames in
+reverse order, and for EventGPT the two polarity colours swapped too (a brightening edge played
+backwards darkens). Close, not exact: Video-LLaVA's 8 frames of a 20-frame clip are not spaced
+symmetrically (reversed, they are up to one frame off), and an event image keeps each pixel's last
+event where the reversed stream would keep its first.
 
 The trained model is written over ``--out`` in the family's layout (weights, ``config.json``,
 tokenizer, processor), model files moved into place with ``config.json`` last; the run's own files
@@ -38,7 +44,7 @@ import torch
 from torch import nn
 
 from evspec.data.dataset import Sample, load_dataset
-from evspec.data.synth.questions import mirrored_answer
+from evspec.data.synth.questions import mirrored_answer, reversed_answer
 from evspec.errors import ConfigError, InputError
 from evspec.models.base import Prepared, VisionLanguageModel
 from evspec.training.evaluate import Question, evaluate_model, questions_of, summarize
@@ -64,6 +70,7 @@ class VLMTrainConfig:
     init_seed: int = 0
     save_dtype: str = "float32"
     mirror: bool = False  # also learn each clip mirrored left to right (synthetic answers only)
+    reverse: bool = False  # also learn each clip played backwards (synthetic answers only)
     pixel_cache_dtype: str = "float32"  # the preprocessed clips kept on the device
     allow_outside_root: bool = False  # dataset rows may name files outside the dataset folder
 
@@ -79,6 +86,9 @@ class VLMTrainConfig:
                                   parameters=[name])
         if self.eval_questions < 0 or self.max_new_tokens < 1:
             raise ConfigError("eval_questions must be >= 0 and max_new_tokens >= 1")
+        if self.reverse and self.family == "llava":
+            raise ConfigError("reverse needs a clip's frames in time order; LLaVA sees one image",
+                              parameters=["reverse"])
         if self.loop.fsdp:  # its export saves the family's layout from the module, not gathered shards
             raise ConfigError("fsdp is for alignment heads (evspec align train); a VLM trains with DDP",
                               parameters=["fsdp"])
@@ -97,6 +107,7 @@ class Example:
     prompt_ids: torch.Tensor  # [L] with the family's placeholder(s), on the CPU
     answer_ids: torch.Tensor  # [A] answer tokens + EOS, on the CPU
     mirrored: bool = False  # the clip's pixels mirrored left to right (its answer already is)
+    reversed: bool = False  # the clip's frames in reverse order (its answer already is)
 
 
 def training_questions(samples: Sequence[Sample], answer_field: str) -> list[Question]:
@@ -207,6 +218,8 @@ class VLMTask:
 
     def _pixels(self, example: Example) -> torch.Tensor:
         pixels = self.pixels[example.clip].to(self.model.dtype)
+        if example.reversed:
+            pixels = played_backwards(self.model, pixels)
         return pixels.flip(-1) if example.mirrored else pixels  # every family's pixels end in width
 
     def evaluate(self, step: int) -> dict[str, Any]:
@@ -325,19 +338,38 @@ def prepare_task(config: VLMTrainConfig, out: Path, device: torch.device, *, wor
     tokenizer, eos = model.tokenizer, model.eos_token_ids[0]
     prompts: dict[str, torch.Tensor] = {}
     examples = []
-    for mirrored in (False, True) if config.mirror else (False,):
-        for q in questions:
-            if q.query not in prompts:
-                prompts[q.query] = prompt_ids(model, q.query)
-            answer = q.reference(config.answer_field)
-            answer_ids = tokenizer(mirrored_answer(answer) if mirrored else answer, add_special_tokens=False).input_ids
-            examples.append(Example(clip_of[q.sample.id], prompts[q.query], torch.tensor(answer_ids + [eos]), mirrored))
+    for reversed_ in (False, True) if config.reverse else (False,):
+        for mirrored in (False, True) if config.mirror else (False,):
+            for q in questions:
+                if q.query not in prompts:
+                    prompts[q.query] = prompt_ids(model, q.query)
+                answer = q.reference(config.answer_field)
+                answer = reversed_answer(answer) if reversed_ else answer
+                answer = mirrored_answer(answer) if mirrored else answer
+                answer_ids = tokenizer(answer, add_special_tokens=False).input_ids
+                examples.append(Example(clip_of[q.sample.id], prompts[q.query], torch.tensor(answer_ids + [eos]),
+                                        mirrored, reversed_))
     pixels = preprocess_clips(model, init, train_samples, workers, config.event_canvas,
                               (lambda i, n: progress("reading clips", i, n)) if progress else None,
                               dtype=config.pixel_cache_dtype)
     pixels = [p.to(device) for p in pixels]
     eval_questions = questions_of(test_samples, all_types=True)[: config.eval_questions]
     return VLMTask(config, model, pixels, examples, eval_questions, out)
+
+
+def played_backwards(model: VisionLanguageModel, pixels: torch.Tensor) -> torch.Tensor:
+    """A clip's preprocessed frames played backwards: the frame axis (the 4th from the end in every
+    family's pixels) reversed; EventGPT's event images also swap their polarity colours (red, p=1,
+    and blue, p=0, on white: the red and blue channels trade places, through the processor's
+    per-channel normalisation)."""
+    pixels = pixels.flip(-4)
+    if model.family != "eventgpt":
+        return pixels
+    processor = model.image_processor  # type: ignore[attr-defined]
+    mean = torch.tensor(processor.image_mean, dtype=torch.float32, device=pixels.device)[:, None, None]
+    std = torch.tensor(processor.image_std, dtype=torch.float32, device=pixels.device)[:, None, None]
+    raw = pixels.float() * std + mean
+    return ((raw[..., [2, 1, 0], :, :] - mean) / std).to(pixels.dtype)
 
 
 def prompt_ids(model: VisionLanguageModel, query: str) -> torch.Tensor:

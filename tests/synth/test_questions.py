@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evspec.data.synth.questions import QUESTION_TYPES, QUESTIONS, all_qa, make_qa, mirrored_answer
+from evspec.data.synth.questions import QUESTION_TYPES, QUESTIONS, all_qa, make_qa, mirrored_answer, reversed_answer
 from evspec.data.synth.scenes import (
     COLOURS,
     BackgroundSpec,
@@ -131,3 +131,45 @@ def test_mirrored_answer_swaps_whole_words_only() -> None:
     assert mirrored_answer("The red star moves up and to the left, the ring to the right.") == \
         "The red star moves up and to the right, the ring to the left."
     assert mirrored_answer("leftover rights") == "leftover rights"
+
+
+_OPPOSITE = {"right": "left", "up-right": "down-left", "up": "down", "up-left": "down-right", "left": "right",
+             "down-left": "up-right", "down": "up", "down-right": "up-left", None: None}
+
+
+def _reversed_scene(spec: SceneSpec) -> SceneSpec:
+    """The scene played backwards: each object starts where it ended and moves the opposite way at
+    the same speed; the camera pans the opposite way."""
+    import dataclasses
+
+    def back(o):
+        vx, vy = o.velocity
+        return dataclasses.replace(o, x=o.x + vx, y=o.y + vy, direction=_OPPOSITE[o.direction])  # 1 s clips
+
+    camera = dataclasses.replace(spec.camera, direction=_OPPOSITE[spec.camera.direction])
+    return dataclasses.replace(spec, objects=tuple(back(o) for o in spec.objects), camera=camera)
+
+
+def test_a_reversed_answer_is_the_reversed_scenes_answer() -> None:
+    """``evspec train --reverse`` learns a clip played backwards with ``reversed_answer``: exactly
+    what the templates say of the reversed scene, for every question and both answers, alone and
+    after the mirror."""
+    rng = np.random.default_rng(6)
+    swapped = 0
+    for _ in range(300):
+        spec = sample_scene(rng, (160, 120), pan_probability=0.5)
+        backwards = _reversed_scene(spec)
+        for qtype in QUESTION_TYPES:
+            qa, back_qa = make_qa(spec, qtype), make_qa(backwards, qtype)
+            assert reversed_answer(qa.answer) == back_qa.answer
+            assert reversed_answer(qa.event_visible_answer) == back_qa.event_visible_answer
+            both = make_qa(_mirrored_scene(backwards), qtype)
+            assert mirrored_answer(reversed_answer(qa.answer)) == both.answer
+            swapped += qa.answer != back_qa.answer
+    assert swapped > 200
+
+
+def test_reversed_answer_swaps_whole_words_only() -> None:
+    assert reversed_answer("The star moves up and to the left, the ring upward. The camera pans downward.") == \
+        "The star moves down and to the right, the ring downward. The camera pans upward."
+    assert reversed_answer("upwards downtown") == "upwards downtown"

@@ -198,6 +198,72 @@ def test_mirror_learns_every_question_again_on_its_clip_flipped(dataset: Path, t
     assert "--pixel-cache-dtype float16 --mirror" in run["command"]
 
 
+@pytest.mark.filterwarnings("ignore::evspec.models.eventgpt.EventWindowWarning")  # the synthetic 1 s windows
+def test_reverse_learns_every_question_again_played_backwards(dataset: Path, tmp_path: Path) -> None:
+    """Each question four times with mirror and reverse; a reversed example's answer has its
+    directions turned around, and its event images are the clip's in reverse order with the
+    polarity colours swapped: what drawing the events with the other palette gives."""
+    import numpy as np
+
+    from evspec.data.events import read_events
+    from evspec.data.render import render_eventgpt_frames
+    from evspec.data.synth.questions import mirrored_answer, reversed_answer
+    from evspec.training.vlm import VLMTrainConfig, prepare_task
+
+    config = VLMTrainConfig(family="eventgpt", dataset=str(dataset), size="tiny", eval_questions=0, mirror=True,
+                            reverse=True, event_canvas="sensor")
+    (tmp_path / "r" / "training").mkdir(parents=True)
+    task = prepare_task(config, tmp_path / "r", torch.device("cpu"))
+    n = len(task.examples) // 4
+    groups = [task.examples[i * n:(i + 1) * n] for i in range(4)]
+    assert [(g[0].mirrored, g[0].reversed) for g in groups] == [(False, False), (True, False), (False, True), (True, True)]
+    tokenizer = task.model.tokenizer
+    turned = 0
+    for plain, back, both in zip(groups[0], groups[2], groups[3]):
+        text = tokenizer.decode(plain.answer_ids[:-1])
+        assert tokenizer.decode(back.answer_ids[:-1]) == reversed_answer(text)
+        assert tokenizer.decode(both.answer_ids[:-1]) == mirrored_answer(reversed_answer(text))
+        turned += not torch.equal(plain.answer_ids, back.answer_ids)
+    assert turned > 0
+    from evspec.data.dataset import load_dataset
+
+    first = [s for s in load_dataset(dataset) if s.split == "train"][0]
+    stream = read_events(first.event_path, sensor_size=first.sensor_size)
+    other_palette = render_eventgpt_frames(stream, task.model.n_frames, size="sensor",
+                                           colors={1: (0, 0, 255), 0: (255, 0, 0)})
+    processor = task.model.image_processor
+    expected = torch.stack([processor(f, return_tensors="pt")["pixel_values"][0] for f in other_palette[::-1]])
+    backwards = task._pixels(groups[2][0])
+    assert groups[2][0].clip == 0 and not torch.equal(backwards, task._pixels(groups[0][0]))
+    assert torch.allclose(backwards, expected, atol=1e-5)
+    assert np.any(np.all(other_palette[0] == (255, 0, 0), axis=-1))  # both colours occur: not vacuous
+    assert np.any(np.all(other_palette[0] == (0, 0, 255), axis=-1))
+    assert torch.equal(task._pixels(groups[3][0]), backwards.flip(-1))
+
+
+def test_video_played_backwards_is_its_frames_in_reverse_order(dataset: Path, tmp_path: Path) -> None:
+    from evspec.training.vlm import VLMTrainConfig, prepare_task
+
+    config = VLMTrainConfig(family="videollava", dataset=str(dataset), size="tiny", eval_questions=0, reverse=True)
+    (tmp_path / "v" / "training").mkdir(parents=True)
+    task = prepare_task(config, tmp_path / "v", torch.device("cpu"))
+    n = len(task.examples) // 2
+    plain, back = task._pixels(task.examples[0]), task._pixels(task.examples[n])
+    assert task.examples[n].reversed and plain.shape[-4] == 8
+    assert torch.equal(back, torch.stack([plain[..., i, :, :, :] for i in range(7, -1, -1)], dim=-4))
+    out = tmp_path / "cli"
+    assert main(_train_args(dataset, out, steps=2) + ["--reverse"]) == 0
+    run = json.loads((out / "training" / "config.json").read_text())
+    assert run["identity"]["reverse"] is True and run["command"].endswith("--reverse --device cpu")
+
+
+def test_reverse_is_refused_for_a_single_image_model(dataset: Path) -> None:
+    from evspec.training.vlm import VLMTrainConfig
+
+    with pytest.raises(ConfigError, match="reverse needs a clip's frames in time order"):
+        VLMTrainConfig(family="llava", dataset=str(dataset), size="tiny", reverse=True)
+
+
 class _Killed(Exception):
     pass
 

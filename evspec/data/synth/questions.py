@@ -143,6 +143,17 @@ def mirrored_answer(text: str) -> str:
     return re.sub(r"\b(left|right)\b", lambda m: _MIRRORED_WORDS[m.group(1)], text)
 
 
+_REVERSED_WORDS = {"left": "right", "right": "left", "up": "down", "down": "up", "upward": "downward",
+                   "downward": "upward"}
+
+
+def reversed_answer(text: str) -> str:
+    """The answer for the same clip played backwards: every object (and the camera) moves the
+    opposite way at the same speed, and still objects stay still. The templates name a direction
+    only through the words swapped here (tested against a scene with every motion reversed)."""
+    return re.sub(r"\b(left|right|upward|downward|up|down)\b", lambda m: _REVERSED_WORDS[m.group(1)], text)
+
+
 def all_qa(spec: SceneSpec) -> dict[str, dict[str, str]]:
     """Every question type for a scene, as plain dicts (kept in the dataset's scene dict)."""
     return {q: {k: v for k, v in asdict(make_qa(spec, q)).items() if k != "qtype"}
