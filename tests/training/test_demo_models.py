@@ -89,14 +89,16 @@ def test_the_demo_command_runs_on_a_cpu_at_a_tiny_size(tmp_path: Path) -> None:
     assert main(["--workdir", str(tmp_path / "work"), "--out", str(out), "--clips", "4", "--test-fraction", "0",
                  "--target-size", "tiny", "--draft-size", "tiny", "--target-steps", "2", "--draft-steps", "2",
                  "--batch-size", "2", "--warmup-steps", "1", "--checkpoint-every", "1", "--workers", "2",
-                 "--mirror", "--pixel-cache-dtype", "float16", "--device", "cpu"]) == 0
+                 "--device", "cpu"]) == 0
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert manifest_entries(out) == manifest["files"]
     assert {p.split("/")[0] for p in manifest["files"]} == set(DEMO_MODELS)
     assert not any("training" in p for p in manifest["files"])  # the runs' own files are not shipped
     assert manifest["evspec"]["source_sha256"] and manifest["trainings"]["demo-eventgpt"]["identity"]["event_canvas"] == "sensor"
     for training in manifest["trainings"].values():
-        assert training["identity"]["mirror"] is True and training["identity"]["pixel_cache_dtype"] == "float16"
+        # the shipped recipe's defaults: four views of each clip, the clips kept in float16
+        assert training["identity"]["mirror"] is True and training["identity"]["reverse"] is True
+        assert training["identity"]["pixel_cache_dtype"] == "float16"
     from evspec.models.registry import load_model
 
     assert load_model(f"videollava:{out / 'demo-videollava'}").family == "videollava"
