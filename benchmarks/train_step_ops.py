@@ -43,10 +43,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--size", default="demo-target")
     parser.add_argument("--batches", default="16,48", help="two batch sizes, comma-separated")
     parser.add_argument("--mirror", action="store_true")
+    parser.add_argument("--reverse", action="store_true")
     args = parser.parse_args(argv)
     small, large = (int(b) for b in args.batches.split(","))
     config = VLMTrainConfig(family=args.family, dataset=str(Path(args.dataset).resolve()), size=args.size,
-                            eval_questions=0, mirror=args.mirror, event_canvas="sensor",
+                            eval_questions=0, mirror=args.mirror, reverse=args.reverse,
+                            event_canvas="sensor",
                             loop=LoopConfig(steps=10, batch_size=small))
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "training").mkdir()

@@ -241,6 +241,29 @@ def test_reverse_learns_every_question_again_played_backwards(dataset: Path, tmp
     assert torch.equal(task._pixels(groups[3][0]), backwards.flip(-1))
 
 
+@pytest.mark.filterwarnings("ignore::evspec.models.eventgpt.EventWindowWarning")  # the synthetic 1 s windows
+@pytest.mark.parametrize("family", ["eventgpt", "videollava"])
+def test_a_batch_gathers_the_pixels_each_example_has_alone(dataset: Path, tmp_path: Path, family: str) -> None:
+    """The stacked cache's batch gather gives every example the pixels ``_pixels`` gives it alone,
+    and the loss equals the one computed from a per-clip list."""
+    from evspec.training.vlm import VLMTrainConfig, prepare_task
+
+    config = VLMTrainConfig(family=family, dataset=str(dataset), size="tiny", eval_questions=0, mirror=True,
+                            reverse=True, event_canvas="sensor")
+    (tmp_path / "b" / "training").mkdir(parents=True)
+    task = prepare_task(config, tmp_path / "b", torch.device("cpu"))
+    assert isinstance(task.pixels, torch.Tensor) and task.pixels.shape[0] == len({e.clip for e in task.examples})
+    batch = list(range(0, task.n_examples(), 3))
+    examples = [task.examples[i] for i in batch]
+    assert {(e.mirrored, e.reversed) for e in examples} == {(False, False), (True, False), (False, True), (True, True)}
+    for example, pixels in zip(examples, task._batch_pixels(examples)):
+        assert torch.equal(pixels, task._pixels(example))
+    stacked_loss, _ = task.loss(batch)
+    task.pixels = list(task.pixels.unbind(0))  # the path a dataset of unequal clips takes
+    listed_loss, _ = task.loss(batch)
+    assert torch.equal(stacked_loss, listed_loss)
+
+
 def test_video_played_backwards_is_its_frames_in_reverse_order(dataset: Path, tmp_path: Path) -> None:
     from evspec.training.vlm import VLMTrainConfig, prepare_task
 
