@@ -220,7 +220,7 @@ class VLMTask:
     def _batch_pixels(self, examples: Sequence[Example]) -> Sequence[torch.Tensor]:
         """Each example's pixels, as :meth:`_pixels` gives them; from a stacked cache in a few batch
         operations (one gather, one cast, one flip each for the mirrored and the reversed rows)
-        instead of several small ones per question, which on a GPU cost more than the model."""
+        instead of several small ones per question, each a kernel launch on a GPU."""
         if isinstance(self.pixels, list):
             return [self._pixels(e) for e in examples]
         device = self.pixels.device
