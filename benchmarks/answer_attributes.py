@@ -11,7 +11,9 @@ it (the dataset row's ``scene``), attribute by attribute:
 - motion: for each object the reference names, the phrase the ``motion`` answer gives its shape
   ("stands still" or "moves [slowly |quickly ]DIRECTION"), where that answer names the shape:
   direction (still counts as one) and speed word separately;
-- count: the ``count_moving`` answer's number; camera: the pan the ``describe`` answer names, or none.
+- count: the ``count_moving`` answer's number; camera: the pan the ``describe`` answer names, or none;
+- direction errors by angle: where an object moves and the answer says it moves, the angle between
+  the two directions (0, 45, 90, 135 or 180 degrees): near misses or a reversed time order.
 
     evspec eval --model demo-videollava --dataset data/heldout --all-questions --out runs/eval-target
     python benchmarks/answer_attributes.py --run runs/eval-target --dataset data/heldout --reference answer
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -28,13 +31,21 @@ from typing import Any
 
 from evspec.data.dataset import load_dataset
 from evspec.data.synth.questions import _DIRECTION_WORDS, _motion, _visible
-from evspec.data.synth.scenes import COLOURS, SHAPES, SceneSpec
+from evspec.data.synth.scenes import COLOURS, DIRECTIONS, SHAPES, SceneSpec
 
 _SHAPE = "|".join(SHAPES)
 _COLOUR = "|".join(COLOURS)
 _DIRECTION = "|".join(sorted(map(re.escape, _DIRECTION_WORDS.values()), key=len, reverse=True))
 _NUMBERS = {"no": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
 ATTRIBUTES = ("shape", "false_shape", "colour", "direction", "speed", "count", "camera")
+ANGLES = (0, 45, 90, 135, 180)
+_DIRECTION_OF = {words: name for name, words in _DIRECTION_WORDS.items()}
+
+
+def angle_between(a: str, b: str) -> int:
+    """Degrees between two named directions (a multiple of 45)."""
+    (ax, ay), (bx, by) = DIRECTIONS[a], DIRECTIONS[b]
+    return round(math.degrees(math.acos(max(-1.0, min(1.0, ax * bx + ay * by)))))
 
 
 def named_objects(text: str) -> dict[str, str | None]:
@@ -91,6 +102,9 @@ def judge_clip(scene: SceneSpec, predictions: dict[str, str], reference: str) ->
                 out["speed_n"] += 1
                 out["direction_ok"] += _direction(said[obj.shape]) == _direction(truth)
                 out["speed_ok"] += _speed(said[obj.shape]) == _speed(truth)
+                said_words = _direction(said[obj.shape]).removeprefix("moves ")
+                if obj.direction is not None and said_words in _DIRECTION_OF:
+                    out[f"angle_{angle_between(obj.direction, _DIRECTION_OF[said_words])}"] += 1
     if "count_moving" in predictions:
         out["count_n"] += 1
         out["count_ok"] += _count(predictions["count_moving"]) == sum(o.direction is not None for o in objects)
@@ -125,8 +139,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if totals[f"{a}_n"]:
             print(f"{a:<12} {totals[f'{a}_ok']:>6} {totals[f'{a}_n']:>6} {rates[a]:>6.3f}")
     print("(false_shape: the share of named shapes the scene does not hold, lower is better; the others: right / chances)")
+    angles = {a: totals[f"angle_{a}"] for a in ANGLES}
+    print("moving objects said to move, by the angle between the true and the said direction: "
+          + ", ".join(f"{a} deg {n}" for a, n in angles.items()))
     result = {"run": args.run, "dataset": args.dataset, "reference": args.reference, "clips": clips,
-              "counts": dict(totals), "rates": rates}
+              "counts": dict(totals), "rates": rates, "direction_angles": angles}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result

@@ -40,3 +40,13 @@ def test_each_wrong_attribute_is_counted_where_it_is_wrong(script) -> None:
     assert (c["direction_ok"], c["direction_n"]) == (1, 2)  # the circle stands still
     assert (c["speed_ok"], c["speed_n"]) == (0, 2)  # "quickly" at 100 px/s of 640 is plain; "moves" is not "still"
     assert (c["count_ok"], c["camera_ok"]) == (0, 0)
+
+
+@pytest.mark.parametrize("said, angle", [("to the left", 0), ("up and to the left", 45), ("downward", 90),
+                                         ("down and to the right", 135), ("to the right", 180)])
+def test_a_direction_error_is_counted_by_its_angle(script, said: str, angle: int) -> None:
+    """The triangle moves left: what the answer says instead lands in the bucket of its angle; the
+    still circle, said to move, counts in none."""
+    motion = f"The red triangle moves {said} and the blue circle moves upward."
+    c = script.judge_clip(SCENE, {"motion": motion}, "answer")
+    assert {a: c[f"angle_{a}"] for a in script.ANGLES} == {a: int(a == angle) for a in script.ANGLES}
