@@ -54,7 +54,7 @@ def _command_line(config: Any, out: Path, device: str, workers: int) -> str:
         "--eval-questions", str(config.eval_questions), "--checkpoint-every", str(loop.checkpoint_every),
         "--workers", str(workers), "--event-canvas", config.event_canvas, "--save-dtype", config.save_dtype,
         "--pixel-cache-dtype", config.pixel_cache_dtype, *(["--mirror"] if config.mirror else []),
-        *(["--reverse"] if config.reverse else []),
+        *(["--reverse"] if config.reverse else []), *(["--compile"] if config.compile else []),
         "--device", device, *(["--allow-outside-root"] if config.allow_outside_root else []),
     ])
 
@@ -81,6 +81,8 @@ def train(
                                  "turned around in its answers (video and event models)."),
     pixel_cache_dtype: str = typer.Option("float32", "--pixel-cache-dtype", help="dtype of the preprocessed clips kept "
                                           "on the device (float16 halves their memory)."),
+    compile_blocks: bool = typer.Option(False, "--compile", help="torch.compile each transformer block for the "
+                                        "training steps (faster on a GPU; evaluation stays eager)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     force: bool = typer.Option(False, "--force", help="Discard a run of another config in --out."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Let dataset rows name files outside the dataset folder."),
@@ -99,7 +101,7 @@ def train(
     config = VLMTrainConfig(family=family, dataset=str(dataset.resolve()), size=size, loop=loop,
                             eval_questions=eval_questions, event_canvas=event_canvas, init_seed=seed,
                             save_dtype=save_dtype, mirror=mirror, reverse=reverse, pixel_cache_dtype=pixel_cache_dtype,
-                            allow_outside_root=allow_outside_root)
+                            compile=compile_blocks, allow_outside_root=allow_outside_root)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True, auto_refresh=False) as progress:
         bar = _TrainBar(progress)

@@ -91,7 +91,7 @@ def _train_command(args: argparse.Namespace, name: str, dataset: Path, out: Path
         "--out", str(out), "--steps", str(steps), "--batch-size", str(args.batch_size), "--lr", str(lr),
         "--warmup-steps", str(args.warmup_steps), "--seed", str(args.seed), "--eval-every", str(args.eval_every),
         "--eval-questions", "64", "--checkpoint-every", str(args.checkpoint_every), "--workers",
-        str(max(1, args.workers // 2)), "--save-dtype", "float16", "--device", args.device,
+        str(args.workers), "--save-dtype", "float16", "--device", args.device,
     ]
     # Named only when asked for, so a command from before they existed still reads the same.
     if args.pixel_cache_dtype != "float32":
@@ -100,6 +100,8 @@ def _train_command(args: argparse.Namespace, name: str, dataset: Path, out: Path
         command += ["--mirror"]
     if args.reverse:
         command += ["--reverse"]
+    if args.compile:
+        command += ["--compile"]
     if family == "eventgpt":
         # The demo draft sees its events on one sensor-sized canvas: upstream's per-chunk canvas
         # stretches each chunk to its own extent, so shapes and speeds change from frame to frame.
@@ -227,6 +229,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-cache-dtype", default="float16", choices=("float32", "float16", "bfloat16"),
                    help="dtype of the preprocessed clips kept on the device (in float16, 20,000 clips take about "
                         "16 GB for the target and 10 GB for the draft).")
+    p.add_argument("--compile", action="store_true", help="torch.compile each transformer block for the training steps.")
     p.add_argument("--device", default="cuda")
     return p
 
