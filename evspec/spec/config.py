@@ -35,6 +35,9 @@ class SpecRunConfig:
     gamma: int = option(4, "Drafted tokens per round (the start value with --adaptive-gamma).", short="-g", identity=True)
     max_gamma: int | None = option(None, "Upper bound of adaptive gamma (default 2 x gamma).", identity=True)
     adaptive_gamma: bool = option(False, "+1 after all accepted, -1 after an early rejection.", identity=True)
+    draft_confidence: float = option(
+        0.0, "A model draft stops a round after a token it gives less than this probability (0: never).",
+        identity=True)
     max_new_tokens: int = option(32, "Most tokens generated per sample.", identity=True)
     min_new_tokens: int = option(0, "EOS is masked below this length.", identity=True)
     temperature: float = option(0.0, "0 = greedy (lossless is then checked token by token).", identity=True)
@@ -70,6 +73,12 @@ class SpecRunConfig:
                               parameters=["max_gamma", "gamma"])
         check_run_options(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
                           max_samples=self.max_samples, warmup=self.warmup, dtype=self.dtype, cache=self.cache)
+        if not 0.0 <= self.draft_confidence < 1.0:
+            raise ConfigError(f"draft_confidence must be in [0, 1), got {self.draft_confidence}",
+                              parameters=["draft_confidence"])
+        if self.draft_confidence and self.draft_kind in ("ngram", "adapter", "oracle"):
+            raise ConfigError(f"draft_confidence needs a draft model's own probabilities; {self.draft!r} drafts otherwise",
+                              parameters=["draft_confidence"])
         if self.bridge not in ("auto", "same", "cross"):
             raise ConfigError(f"unknown bridge {self.bridge!r}; use auto, same or cross", parameters=["bridge"])
         sampling = self.sampling()

@@ -90,7 +90,8 @@ def build_proposer(
                               state_factory=state_factory_for(config.cache, draft.language_model))
     draft = loader(config.draft, draft_device, dtype)
     return DraftModelProposer.paired(draft, target, bridge=config.bridge, name=f"draft:{config.draft}",
-                                     state_factory=state_factory_for(config.cache, draft.language_model))
+                                     state_factory=state_factory_for(config.cache, draft.language_model),
+                                     confidence=config.draft_confidence)
 
 
 # --------------------------------------------------------------------------- records file

@@ -90,6 +90,8 @@ def test_oracle_runs_are_labelled_synthetic(tmp_path: Path, dataset: Path) -> No
         (["--draft", "oracle:0.5", "--temperature", "0.8"], "greedy only (it proposes the target's greedy tokens): use --temperature 0"),
         (["--draft", "nosuch"], "unknown model 'nosuch'"),
         (["--draft", "tiny-eventgpt", "--bridge", "sideways"], "unknown --bridge"),
+        (["--draft-confidence", "1.0"], "--draft-confidence must be in [0, 1)"),
+        (["--draft", "ngram", "--draft-confidence", "0.5"], "--draft-confidence needs a draft model's own probabilities"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(tmp_path: Path, dataset: Path, capsys, extra, message) -> None:

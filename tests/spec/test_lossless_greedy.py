@@ -64,6 +64,7 @@ def proposers(target_lm, target_tok, same_draft_lm, same_draft_tok, cross_draft_
     return {
         "same": lambda s: DraftModelProposer(same_draft_lm, same),
         "near": lambda s: DraftModelProposer(near, same),
+        "confident": lambda s: DraftModelProposer(near, same, confidence=0.3 + 0.05 * (s % 10)),
         "cross": lambda s: DraftModelProposer(cross_draft_lm, cross),
         "ngram": lambda s: NgramProposer(),
         "oracle0.3": lambda s: OracleProposer(same_draft_lm, 0.3, seed=s),
@@ -85,7 +86,7 @@ def _check(target, proposer: Proposer, prompt: list[int], *, gamma: int, paralle
     return base, out
 
 
-@pytest.mark.parametrize("kind", ["same", "near", "cross", "ngram", "oracle0.3", "oracle0.8", "oracle1"])
+@pytest.mark.parametrize("kind", ["same", "near", "confident", "cross", "ngram", "oracle0.3", "oracle0.8", "oracle1"])
 def test_greedy_is_lossless_for_every_gamma(kind, proposers, target_lm) -> None:
     for gamma in range(1, 9):
         seed = 17 * gamma + len(kind)
@@ -95,7 +96,7 @@ def test_greedy_is_lossless_for_every_gamma(kind, proposers, target_lm) -> None:
 
 def test_greedy_is_lossless_over_many_seeds(proposers, target_lm) -> None:
     for seed in range(16):
-        kind = ["same", "near", "cross", "ngram", "oracle0.8"][seed % 5]
+        kind = ["same", "near", "cross", "ngram", "oracle0.8", "confident"][seed % 6]
         gamma = 1 + seed % 8
         _check(target_lm, proposers[kind](seed), prompt_for(seed), gamma=gamma,
                parallel=seed % 2 == 1, adaptive=seed % 4 == 0)

@@ -74,6 +74,39 @@ def test_greedy_drafts_stop_after_an_end_of_answer_token(target_lm, same_draft_l
     assert cut.propose([9, 4], 3).token_ids == free.propose([9, 4], 3).token_ids
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_confidence_threshold_ends_a_draft_after_its_first_unlikely_token(target_lm, same_draft_lm,
+                                                                           temperature: float) -> None:
+    """With ``confidence``, a round ends after the first draft the draft gives less than it (still
+    proposed); the tokens before are the unthresholded proposal's, and the cache stays exact."""
+    bridge = identity_map(same_draft_lm.vocab_size, target_lm.vocab_size)
+    sampling = SamplingConfig(temperature=temperature, seed=3)
+    ctx = DraftContext(sample=None, target_prompt_ids=[1, 5, 6, 7], target_vocab_size=target_lm.vocab_size,
+                       sampling=sampling)
+    free = DraftModelProposer(same_draft_lm, bridge)
+    free.start(ctx)
+    drafts = free.propose([9], 8).token_ids
+    # each draft's probability under the draft, given the ones before it
+    probs = []
+    for j, token in enumerate(drafts):
+        fresh = DraftModelProposer(same_draft_lm, bridge)
+        fresh.start(ctx)
+        fresh._sync(fresh._to_draft([9] + drafts[:j]))
+        probs.append(float(torch.softmax(fresh._last_logits.float() / (temperature or 1.0), -1)[token]))
+    for threshold in sorted(set(probs))[:3] + [max(probs) + 1e-6]:
+        threshold = min(threshold + 1e-6, 0.999)
+        stop = next((j for j, p in enumerate(probs) if p < threshold), len(drafts) - 1)
+        cut = DraftModelProposer(same_draft_lm, bridge, confidence=threshold)
+        cut.start(ctx)
+        proposal = cut.propose([9], 8)
+        assert proposal.token_ids == drafts[: stop + 1], threshold
+        assert cut.state.length == cut._prompt_len + len(cut._fed)
+        if temperature == 0:  # (sampled: the two generators have drawn different counts by now)
+            assert cut.propose([9, 4], 3).token_ids[:1] == free.propose([9, 4], 3).token_ids[:1]
+    with pytest.raises(Exception, match="confidence"):
+        DraftModelProposer(same_draft_lm, bridge, confidence=1.0)
+
+
 def test_oracle_realizes_its_alpha(target_lm, same_draft_lm) -> None:
     """i.i.d. per-position acceptance alpha: tokens per pass follow (1 - a^(g+1)) / (1 - a)."""
     alpha, gamma = 0.6, 4
