@@ -91,7 +91,8 @@ def _train_command(args: argparse.Namespace, name: str, dataset: Path, out: Path
         "--out", str(out), "--steps", str(steps), "--batch-size", str(args.batch_size), "--lr", str(lr),
         "--warmup-steps", str(args.warmup_steps), "--seed", str(args.seed), "--eval-every", str(args.eval_every),
         "--eval-questions", "64", "--checkpoint-every", str(args.checkpoint_every), "--workers",
-        str(args.workers), "--save-dtype", "float16", "--device", args.device,
+        # Half each, as when the two trainings ran at once: the shipped manifest's commands say so.
+        str(max(1, args.workers // 2)), "--save-dtype", "float16", "--device", args.device,
     ]
     # Named only when asked for, so a command from before they existed still reads the same.
     if args.pixel_cache_dtype != "float32":
