@@ -136,7 +136,8 @@ def render_markdown(summary: dict[str, Any], records: Sequence[dict[str, Any]]) 
         "",
         f"Device {env['device']} ({env.get('gpu') or env['machine']}), dtype {summary['identity']['dtype']}, "
         f"torch {env['torch']}, transformers {env['transformers']}, evspec {env['evspec']}, seed {config['seed']}, "
-        f"gamma {config['gamma']}{' (adaptive)' if config['adaptive_gamma'] else ''}, "
+        f"gamma {config['gamma']}{' (adaptive)' if config['adaptive_gamma'] else ''}"
+        f"{', draft confidence ' + str(config['draft_confidence']) if config.get('draft_confidence') else ''}, "
         f"max_new_tokens {config['max_new_tokens']}, temperature {config['temperature']}, "
         f"parallel prefill {'on' if config['parallel_prefill'] else 'off'}, cache {config['cache']}.",
         "",

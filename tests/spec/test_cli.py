@@ -31,7 +31,7 @@ def test_spec_writes_records_summary_and_report(tmp_path: Path, dataset: Path, c
     out = tmp_path / "run"
     args = ["spec", "--target", "tiny-videollava", "--draft", "tiny-eventgpt", "--dataset", str(dataset),
             "--gamma", "3", "--max-new-tokens", "8", "--max-samples", "2", "--warmup", "0", "--parallel-prefill",
-            "--out", str(out)]
+            "--draft-confidence", "0.5", "--out", str(out)]
     assert main(args) == 0
     rows = _rows(out)
     assert len(rows) == 2 and all(r["error"] is None for r in rows)
@@ -47,6 +47,7 @@ def test_spec_writes_records_summary_and_report(tmp_path: Path, dataset: Path, c
     assert summary["command"].startswith("evspec spec --target tiny-videollava --draft tiny-eventgpt")
     report = (out / "report.md").read_text()
     assert "acceptance rate" in report and "NOT an acceptance rate" in report
+    assert "gamma 3, draft confidence 0.5," in report
     for png in ("acceptance_by_position.png", "speedup_per_sample.png", "time_split.png"):
         assert (out / png).stat().st_size > 1000
     printed = capsys.readouterr().out
