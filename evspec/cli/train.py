@@ -44,6 +44,14 @@ class _TrainBar:
         self.progress.update(self.task, description=text, completed=done, total=total, refresh=done % 50 == 0 or done == total)
 
 
+def _absolute_checkpoint(name: str | None) -> str | None:
+    """``FAMILY:PATH`` with PATH made absolute (a resumed run may start elsewhere); names unchanged."""
+    if name is None:
+        return None
+    family, sep, path = name.partition(":")
+    return f"{family}:{Path(path).expanduser().resolve()}" if sep and path else name
+
+
 def _command_line(config: Any, out: Path, device: str, workers: int) -> str:
     """The command that reproduces the run (every option that decides it, from its config)."""
     loop = config.loop
@@ -56,6 +64,7 @@ def _command_line(config: Any, out: Path, device: str, workers: int) -> str:
         "--pixel-cache-dtype", config.pixel_cache_dtype, *(["--mirror"] if config.mirror else []),
         *(["--reverse"] if config.reverse else []), *(["--compile"] if config.compile else []),
         "--device", device, *(["--allow-outside-root"] if config.allow_outside_root else []),
+        *(["--init-from", config.init_from] if config.init_from else []),
     ])
 
 
@@ -69,6 +78,9 @@ def train(
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW, warm-up then cosine)."),
     warmup_steps: int = typer.Option(100, "--warmup-steps", help="Linear warm-up steps."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order and the initial weights."),
+    init_from: str | None = typer.Option(None, "--init-from", help="Start from this trained checkpoint (a demo "
+                                            "name or FAMILY:PATH that evspec train made, same family and size) "
+                                            "instead of random weights."),
     eval_every: int = typer.Option(500, "--eval-every", help="Evaluate on the test split every N steps."),
     eval_questions: int = typer.Option(64, "--eval-questions", help="Test questions per evaluation (0: none)."),
     checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Save the training state every N steps."),
@@ -87,7 +99,8 @@ def train(
     force: bool = typer.Option(False, "--force", help="Discard a run of another config in --out."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Let dataset rows name files outside the dataset folder."),
 ) -> None:
-    """Train one model of a family from scratch on an evspec clip dataset (loss on answer tokens).
+    """Train one model of a family on an evspec clip dataset (loss on answer tokens), from scratch or
+    from a checkpoint it trained before (--init-from).
 
     Under torchrun --nproc_per_node N it trains with DistributedDataParallel (--batch-size is the global batch)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -100,6 +113,7 @@ def train(
                       eval_every=eval_every, checkpoint_every=checkpoint_every)
     config = VLMTrainConfig(family=family, dataset=str(dataset.resolve()), size=size, loop=loop,
                             eval_questions=eval_questions, event_canvas=event_canvas, init_seed=seed,
+                            init_from=_absolute_checkpoint(init_from),
                             save_dtype=save_dtype, mirror=mirror, reverse=reverse, pixel_cache_dtype=pixel_cache_dtype,
                             compile=compile_blocks, allow_outside_root=allow_outside_root)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

@@ -8,6 +8,8 @@
 2. ``evspec train`` of Video-LLaVA at size ``demo-target`` on the full answers and of EventGPT at
    ``demo-draft`` on the event-visible answers (sensor-sized event canvas), one after the other, each clip
    also learnt mirrored and played backwards (four views of it, directions turned in the answers);
+   With ``--init-from DIR`` (an earlier build's output) both start from its weights; the new
+   manifest keeps the earlier one, so the chain of commands that made the weights is on record;
 3. the trained model files, in float16, into ``evspec/models/demo/<name>/`` with ``MANIFEST.json``:
    the sha256 and size of each file, this exact command, the dataset's config, each training's
    config and final evaluation, the evspec commit, the machine and the time.
@@ -90,9 +92,8 @@ def _train_command(args: argparse.Namespace, name: str, dataset: Path, out: Path
         sys.executable, "-m", "evspec", "train", "--family", family, "--size", size, "--dataset", str(dataset),
         "--out", str(out), "--steps", str(steps), "--batch-size", str(args.batch_size), "--lr", str(lr),
         "--warmup-steps", str(args.warmup_steps), "--seed", str(args.seed), "--eval-every", str(args.eval_every),
-        "--eval-questions", "64", "--checkpoint-every", str(args.checkpoint_every), "--workers",
-        # Half each, as when the two trainings ran at once: the shipped manifest's commands say so.
-        str(max(1, args.workers // 2)), "--save-dtype", "float16", "--device", args.device,
+        "--eval-questions", "64", "--checkpoint-every", str(args.checkpoint_every), "--workers", str(args.workers),
+        "--save-dtype", "float16", "--device", args.device,
     ]
     # Named only when asked for, so a command from before they existed still reads the same.
     if args.pixel_cache_dtype != "float32":
@@ -103,6 +104,8 @@ def _train_command(args: argparse.Namespace, name: str, dataset: Path, out: Path
         command += ["--reverse"]
     if args.compile:
         command += ["--compile"]
+    if args.init_from:
+        command += ["--init-from", f"{family}:{Path(args.init_from) / name}"]
     if family == "eventgpt":
         # The demo draft sees its events on one sensor-sized canvas: upstream's per-chunk canvas
         # stretches each chunk to its own extent, so shapes and speeds change from frame to frame.
@@ -143,6 +146,7 @@ def build(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     from evspec.run.rundir import environment
 
     work = Path(args.workdir)
+    init = earlier_build(Path(args.init_from)) if args.init_from else None
     work.mkdir(parents=True, exist_ok=True)
     synth_config = dataset_config(args)
     began = time.time()
@@ -183,6 +187,7 @@ def build(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "files": manifest_entries(out),
         "dataset": {"synth_config": synth_config.model_dump(mode="json"), "seconds": synth_s},
         "trainings": trainings,
+        **({"init": init} if init else {}),
         "evspec": {**_git_commit(), "source_sha256": source_sha256()},
         "machine": environment(args.device),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -190,6 +195,25 @@ def build(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     }
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return manifest
+
+
+def earlier_build(folder: Path) -> dict[str, Any]:
+    """An earlier build's output that a build starts from (``--init-from``), checked whole against
+    its own manifest; the manifest is kept in the new one, so the chain of commands that made the
+    weights stays on record."""
+    from evspec.errors import ConfigError
+
+    path = folder / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"init_from: {path} is not a demo build's manifest ({type(error).__name__}: {error})",
+                          parameters=["init_from"]) from None
+    if manifest_entries(folder) != files:
+        raise ConfigError(f"init_from: the files in {folder} are not the ones its {MANIFEST_NAME} lists",
+                          parameters=["init_from"])
+    return {"from": str(folder), "manifest": manifest}
 
 
 def _frame_size(text: str) -> tuple[int, int]:
@@ -230,14 +254,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-cache-dtype", default="float16", choices=("float32", "float16", "bfloat16"),
                    help="dtype of the preprocessed clips kept on the device (in float16, 20,000 clips take about "
                         "16 GB for the target and 10 GB for the draft).")
+    p.add_argument("--init-from", metavar="DIR", help="An earlier build's --out (its two models and MANIFEST.json): "
+                   "each training starts from its weights instead of random ones.")
     p.add_argument("--compile", action="store_true", help="torch.compile each transformer block for the training steps.")
     p.add_argument("--device", default="cuda")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from evspec.cli import as_flags
+    from evspec.errors import EvspecError
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    manifest = build(parser().parse_args(argv), argv)
+    try:
+        manifest = build(parser().parse_args(argv), argv)
+    except EvspecError as error:  # one line, as the evspec command prints it
+        print(f"error: {as_flags(str(error), error.parameters)}", file=sys.stderr)
+        return 1
     total = sum(f["bytes"] for f in manifest["files"].values())
     print(json.dumps({"files": len(manifest["files"]), "bytes": total, "trainings": manifest["trainings"]}, indent=1))
     return 0

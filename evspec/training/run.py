@@ -29,10 +29,10 @@ from evspec.training.loop import (
     train,
     world_size_from_env,
 )
-from evspec.training.vlm import RUN_FOLDER, VLMTrainConfig, ensure_init_checkpoint, prepare_task
+from evspec.training.vlm import RUN_FOLDER, VLMTrainConfig, ensure_init_checkpoint, init_source, prepare_task
 
 IDENTITY_FIELDS = ("family", "dataset", "size", "loop", "eval_questions", "max_new_tokens", "event_canvas",
-                   "init_seed", "save_dtype", "mirror", "reverse", "pixel_cache_dtype")
+                   "init_seed", "init_from", "save_dtype", "mirror", "reverse", "pixel_cache_dtype")
 
 
 def _check_folder(out: Path) -> None:
@@ -89,6 +89,7 @@ def run_training(config: VLMTrainConfig, out: str | Path, *, device: str = "cpu"
     dev = resolve_device(device)
     check_batch_split(config.loop.batch_size, world_size_from_env())
     _check_folder(out)
+    init_source(config)  # a bad init_from is refused before anything is written
     parallel = start_distributed(dev)  # under torchrun: rank 0 claims the folder, every rank trains
     try:
         if parallel.world_size > 1 and dev.type == "cuda" and dev.index is None:

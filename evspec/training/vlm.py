@@ -68,6 +68,7 @@ class VLMTrainConfig:
     max_new_tokens: int = 64
     event_canvas: str = "upstream"
     init_seed: int = 0
+    init_from: str | None = None  # start from this trained checkpoint's weights (same family and size), not random ones
     save_dtype: str = "float32"
     mirror: bool = False  # also learn each clip mirrored left to right (synthetic answers only)
     reverse: bool = False  # also learn each clip played backwards (synthetic answers only)
@@ -326,17 +327,54 @@ def _record_training(config_path: Path, config: VLMTrainConfig) -> None:
 # ----------------------------------------------------------------------------- setup
 
 
+def init_source(config: VLMTrainConfig) -> Path | None:
+    """The checkpoint folder ``init_from`` names, checked: one that ``evspec train`` made for the
+    same family and size (its ``config.json`` says so) and, for EventGPT, the same event canvas;
+    ``None`` without ``init_from`` (random weights)."""
+    if config.init_from is None:
+        return None
+    from evspec.errors import ModelError
+    from evspec.models.loading import read_config_dict, require_checkpoint_folder
+    from evspec.models.registry import parse_name
+
+    try:
+        family, folder = parse_name(config.init_from)
+    except ModelError as error:
+        raise ConfigError(f"init_from: {error}", parameters=["init_from"]) from None
+    if folder is None:
+        raise ConfigError(f"init_from={config.init_from!r} is a random tiny model; name a trained checkpoint",
+                          parameters=["init_from"])
+    if family != config.family:
+        raise ConfigError(f"init_from={config.init_from!r} is a {family} checkpoint; this run trains {config.family}",
+                          parameters=["init_from"])
+    raw = read_config_dict(require_checkpoint_folder(folder))
+    made = raw.get("evspec_training")
+    if not isinstance(made, dict) or made.get("family") != config.family or made.get("size") != config.size:
+        raise ConfigError(f"init_from: {folder} was not trained by evspec as {config.family} at size {config.size} "
+                          f"(its config.json's evspec_training: {made!r})", parameters=["init_from"])
+    canvas = raw.get("evspec_event_canvas", "upstream")
+    if config.family == "eventgpt" and canvas != config.event_canvas:
+        raise ConfigError(f"init_from: {folder} was trained on the {canvas!r} event canvas, this run uses "
+                          f"{config.event_canvas!r}", parameters=["init_from", "event_canvas"])
+    return folder
+
+
 def ensure_init_checkpoint(config: VLMTrainConfig, out: Path) -> Path:
-    """``out/training/init``: the untrained checkpoint of the size, built once (under torchrun, by
-    rank 0 before the others look for it)."""
+    """``out/training/init``: the checkpoint training starts from, made once (under torchrun, by
+    rank 0 before the others look for it): a copy of ``init_from``'s model files (so a resume never
+    depends on that folder again), else a fresh random one of the size."""
     from evspec.models.loading import quiet_transformers
     from evspec.models.tiny import build_checkpoint
 
     init = out / RUN_FOLDER / "init"
     if not (init / "config.json").is_file():
+        source = init_source(config)
         tmp = Path(tempfile.mkdtemp(prefix=".init-", dir=out / RUN_FOLDER))
-        with quiet_transformers():
-            build_checkpoint(config.family, config.size, tmp, config.init_seed)
+        if source is not None:  # its model files only, not a training run inside it
+            shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(RUN_FOLDER, ".*"))
+        else:
+            with quiet_transformers():
+                build_checkpoint(config.family, config.size, tmp, config.init_seed)
         if init.exists():
             shutil.rmtree(init)
         os.replace(tmp, init)

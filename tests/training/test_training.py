@@ -403,3 +403,34 @@ def test_a_size_the_machine_cannot_hold_is_refused_before_any_work(dataset: Path
     monkeypatch.setattr(evspec.memory, "available_memory_bytes", lambda: 1 << 20)
     assert main(_train_args(dataset, tmp_path / "m")) == 1
     assert not (tmp_path / "m" / "training" / "state.pt").exists()
+
+
+def test_a_training_starts_from_a_trained_checkpoint_and_refuses_one_of_another_shape(
+        dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(_train_args(dataset, first, steps=4)) == 0
+    assert main(_train_args(dataset, second, steps=2, init_from=f"videollava:{first}")) == 0
+    start = _weights(second / "training" / "init")
+    assert start.keys() == _weights(first).keys()
+    assert all(torch.equal(start[k], v) for k, v in _weights(first).items())  # its weights, not random ones
+    fresh = _weights(tmp_path / "first" / "training" / "init")
+    assert not all(torch.equal(start[k], v) for k, v in fresh.items())
+    run = json.loads((second / "training" / "config.json").read_text())
+    assert run["identity"]["init_from"] == f"videollava:{first}" and f"--init-from videollava:{first}" in run["command"]
+    # resumed with another start: another config
+    assert main(_train_args(dataset, second, steps=2)) == 1
+    assert "init_from: was" in capsys.readouterr().err
+    refusals = {
+        "eventgpt": (f"eventgpt:{first}", "was not trained by evspec as eventgpt at size tiny"),
+        "videollava": ("tiny-videollava", "is a random tiny model"),
+    }
+    for family, (init, message) in refusals.items():
+        out = tmp_path / f"bad-{family}"
+        assert main(_train_args(dataset, out, family=family, init_from=init)) == 1
+        err = capsys.readouterr().err
+        assert message in err and "--init-from" in err and "Traceback" not in err
+        assert not out.exists()  # refused before anything was written
+    bad_size = _train_args(dataset, tmp_path / "bad-size", init_from=f"videollava:{first}")
+    bad_size[bad_size.index("--size") + 1] = "demo-draft"
+    assert main(bad_size) == 1
+    assert "at size demo-draft" in capsys.readouterr().err
