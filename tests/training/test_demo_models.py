@@ -14,8 +14,8 @@ from evspec.training.demo import DEMO_DIR, DEMO_MODELS, MANIFEST_NAME, manifest_
 # of the clips of SynthConfig(clips=3, size=(160, 120), seed=11), CPU float32, recorded with the
 # weights of MANIFEST.json.
 RECORDED = {
-    "demo-videollava": [[290, 345, 452, 267, 551, 497, 857, 2],
-                        [290, 550, 497, 330, 454, 410, 273, 311, 270, 436, 857, 2],
+    "demo-videollava": [[290, 345, 452, 267, 551, 496, 857, 2],
+                        [290, 550, 497, 330, 454, 410, 273, 311, 270, 428, 857, 2],
                         [443, 283, 286, 315, 857, 2]],
     "demo-eventgpt": [[290, 345, 452, 267, 496, 857, 2],
                       [290, 497, 330, 454, 410, 273, 311, 270, 428, 857, 2],
@@ -50,6 +50,22 @@ def test_the_manifests_command_still_makes_the_shipped_trainings() -> None:
         shipped = json.loads((DEMO_DIR / name / "config.json").read_text())
         text = shipped.get("text_config", shipped)
         assert (text["num_hidden_layers"], text["hidden_size"]) == (size.llama["num_hidden_layers"], size.llama["hidden_size"])
+
+
+def test_the_shipped_manifest_keeps_the_chain_of_builds_that_made_the_weights() -> None:
+    """A build started from an earlier one (--init-from) keeps that one's manifest: following the
+    chain back ends at a build from random weights, and each link's trainings name the folder the
+    next one back was written to."""
+    manifest = json.loads((DEMO_DIR / MANIFEST_NAME).read_text())
+    links = 0
+    while "init" in manifest:
+        earlier = manifest["init"]["manifest"]
+        for name, (family, _) in DEMO_MODELS.items():
+            assert f"--init-from {family}:{Path(manifest['init']['from']) / name}" in manifest["trainings"][name]["command"]
+            assert {p for p in earlier["files"] if p.startswith(name + "/")} == {p for p in manifest["files"] if p.startswith(name + "/")}
+        manifest, links = earlier, links + 1
+        assert links < 10
+    assert all("--init-from" not in t["command"] for t in manifest["trainings"].values())
 
 
 def _but_workers(command: str) -> str:
