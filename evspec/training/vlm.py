@@ -1,4 +1,4 @@
-"""``evspec train``: a VLM of one family, from scratch, on an evspec clip dataset.
+"""``evspec train``: a VLM of one family, from scratch or from a checkpoint it trained, on an evspec clip dataset.
 
 The model is built at a named size (:data:`evspec.models.tiny.SIZES`) in the family's real layout,
 loaded back through the registry like any checkpoint, and trained through the stage interface the
