@@ -8,7 +8,7 @@
 2. ``evspec train`` of Video-LLaVA at size ``demo-target`` on the full answers and of EventGPT at
    ``demo-draft`` on the event-visible answers (sensor-sized event canvas), one after the other, each clip
    also learnt mirrored and played backwards (four views of it, directions turned in the answers);
-   With ``--init-from DIR`` (an earlier build's output) both start from its weights; the new
+   with ``--init-from DIR`` (an earlier build's output) both start from its weights, and the new
    manifest keeps the earlier one, so the chain of commands that made the weights is on record;
 3. the trained model files, in float16, into ``evspec/models/demo/<name>/`` with ``MANIFEST.json``:
    the sha256 and size of each file, this exact command, the dataset's config, each training's
