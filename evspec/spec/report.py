@@ -139,7 +139,8 @@ def render_markdown(summary: dict[str, Any], records: Sequence[dict[str, Any]]) 
         f"gamma {config['gamma']}{' (adaptive)' if config['adaptive_gamma'] else ''}"
         f"{', draft confidence ' + str(config['draft_confidence']) if config.get('draft_confidence') else ''}, "
         f"max_new_tokens {config['max_new_tokens']}, temperature {config['temperature']}, "
-        f"parallel prefill {'on' if config['parallel_prefill'] else 'off'}, cache {config['cache']}.",
+        f"parallel prefill {'on' if config['parallel_prefill'] else 'off'}, cache {config['cache']}"
+        f"{', draft cache ' + summary['draft_model_cache'] if summary.get('draft_model_cache') else ''}.",
         "",
         "| metric | value |",
         "|---|---|",

@@ -87,10 +87,10 @@ def build_proposer(
     if config.draft_kind == "oracle":
         draft = loader(config.oracle_draft_model, draft_device, dtype)
         return OracleProposer(draft, config.oracle_alpha or 0.0, seed=config.seed,
-                              state_factory=state_factory_for(config.cache, draft.language_model))
+                              state_factory=state_factory_for(config.draft_model_cache, draft.language_model))
     draft = loader(config.draft, draft_device, dtype)
     return DraftModelProposer.paired(draft, target, bridge=config.bridge, name=f"draft:{config.draft}",
-                                     state_factory=state_factory_for(config.cache, draft.language_model),
+                                     state_factory=state_factory_for(config.draft_model_cache, draft.language_model),
                                      confidence=config.draft_confidence)
 
 
@@ -249,6 +249,8 @@ class SpecJob(SampleJob[tuple[Any, Any, Any], dict[str, Any]]):
     def summarize(self, records: list[dict[str, Any]], meta: dict[str, Any], model_load_s: dict[str, Any],
                   machine: dict[str, Any]) -> dict[str, Any]:
         summary = {**summarize(records), "synthetic": self.config.draft_kind == "oracle", **meta}
+        # the cache the draft model ran with (``draft_cache`` resolved); None: no draft model
+        summary["draft_model_cache"] = self.config.draft_model_cache if self.config.draft_kind in ("model", "oracle") else None
         # this invocation's loads (None: not loaded, every sample done)
         summary["model_load_s"] = model_load_s[self.config.target] or {"target": None, "draft": None}
         summary["machine"] = machine

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from evspec.data.events import EventStream, write_eventgpt_npy
 from evspec.data.render import render_eventgpt_frames, render_eventgpt_input
@@ -266,3 +267,16 @@ def test_the_sensor_canvas_is_the_sensor_the_dataset_row_records(tiny_cache, tmp
         unrecorded = dataclasses.replace(sample, scene=None)
         assert unrecorded.sensor_size is None
         assert {f.shape for f in model.load(unrecorded).frames} == {(480, 640, 3)}
+
+
+def test_event_frames_are_processed_as_upstream_does_one_at_a_time(tiny_models) -> None:
+    """``preprocess`` hands all frames to the image processor in one call; upstream calls it once
+    per frame: the same pixels, exactly."""
+    from tests.models.conftest import visual_input
+
+    model = tiny_models["eventgpt"]
+    visual = visual_input(model, 5, n=4)
+    one_at_a_time = torch.stack([model.image_processor(f, return_tensors="pt")["pixel_values"][0] for f in visual.frames])
+    pixels = model.preprocess(visual, "What moves?").pixel_values
+    assert pixels.shape[0] == 4
+    assert torch.equal(pixels, one_at_a_time)

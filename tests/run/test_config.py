@@ -39,7 +39,7 @@ NON_DEFAULT: dict[str, dict[str, Any]] = {
         target="tiny-videollava", draft="tiny-eventgpt", dataset="my data", split="test", max_samples=3,
         allow_outside_root=True, gamma=3, max_gamma=6, adaptive_gamma=True, draft_confidence=0.4, max_new_tokens=8, min_new_tokens=2,
         temperature=0.7, top_p=0.9, seed=5, parallel_prefill=True, device="cpu", draft_device="cpu",
-        dtype="float32", cache="static", quantize="8bit", warmup=0, oracle_draft="tiny-llava", bridge="cross",
+        dtype="float32", cache="static", draft_cache="eager", quantize="8bit", warmup=0, oracle_draft="tiny-llava", bridge="cross",
         event_canvas="upstream", generation_config="checkpoint",
     ),
 }

@@ -48,6 +48,8 @@ def test_spec_writes_records_summary_and_report(tmp_path: Path, dataset: Path, c
     report = (out / "report.md").read_text()
     assert "acceptance rate" in report and "NOT an acceptance rate" in report
     assert "gamma 3, draft confidence 0.5," in report
+    # the draft beside an eager target steps on a static cache (draft_cache auto); the target stays eager
+    assert summary["draft_model_cache"] == "static" and "cache eager, draft cache static." in report
     for png in ("acceptance_by_position.png", "speedup_per_sample.png", "time_split.png"):
         assert (out / png).stat().st_size > 1000
     printed = capsys.readouterr().out
@@ -93,6 +95,8 @@ def test_oracle_runs_are_labelled_synthetic(tmp_path: Path, dataset: Path) -> No
         (["--draft", "tiny-eventgpt", "--bridge", "sideways"], "unknown --bridge"),
         (["--draft-confidence", "1.0"], "--draft-confidence must be in [0, 1)"),
         (["--draft", "ngram", "--draft-confidence", "0.5"], "--draft-confidence needs a draft model's own probabilities"),
+        (["--draft-cache", "paged"], "unknown --draft-cache 'paged'"),
+        (["--draft", "ngram", "--draft-cache", "static"], "--draft-cache is the draft model's cache; 'ngram' has no draft model"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(tmp_path: Path, dataset: Path, capsys, extra, message) -> None:
@@ -120,3 +124,14 @@ def test_bench_draft_plugs_the_engine_into_the_bench(tmp_path: Path, dataset: Pa
     summary = json.loads((out / "summary.json").read_text())
     assert summary["identity"]["decoder"]["name"] == "spec:oracle:0.9"
     assert "--draft oracle:0.9" in summary["command"]
+
+
+@pytest.mark.parametrize(("cache", "draft_cache", "expected"), [
+    ("eager", "auto", "static"), ("static", "auto", "static"), ("compiled", "auto", "compiled"),
+    ("eager", "eager", "eager"), ("static", "eager", "eager"),
+])
+def test_the_draft_cache_defaults_to_static_beside_an_eager_target(cache: str, draft_cache: str, expected: str) -> None:
+    from evspec.spec.config import SpecRunConfig
+
+    config = SpecRunConfig(cache=cache, draft_cache=draft_cache)
+    assert config.draft_model_cache == expected

@@ -122,6 +122,23 @@ def test_greedy_is_lossless_through_the_static_cache(target_lm, same_draft_lm) -
             assert out.token_ids == base.token_ids, (proposer.name, gamma)
 
 
+def test_greedy_is_lossless_with_an_eager_target_and_a_static_draft(target_lm, same_draft_lm) -> None:
+    """``evspec spec``'s default beside an eager target (draft_cache auto): the draft's numerics
+    change in the last bits, the target's output does not."""
+    same = identity_map(same_draft_lm.vocab_size, target_lm.vocab_size, draft_eos=[EOS], target_eos=[EOS])
+    near = noisy_copy(target_lm, same_draft_lm.vocab_size, 0.02, seed=7)
+    accepted = 0
+    for seed, gamma in enumerate((1, 2, 3, 4, 5, 6, 7, 8)):
+        prompt = prompt_for(seed + 20)
+        base = target_only(target_lm, prompt_ids=prompt, eos_token_ids=[EOS], max_new_tokens=MAX_NEW)
+        draft = DraftModelProposer(near, same, state_factory=StaticDecoder(near, max_length=64))
+        out = speculative_generate(target_lm, draft, prompt_ids=prompt, eos_token_ids=[EOS], max_new_tokens=MAX_NEW,
+                                   gamma=gamma, parallel_prefill=seed % 2 == 1)
+        assert out.token_ids == base.token_ids, gamma
+        accepted += out.counts.accepted_tokens
+    assert accepted > 0  # the static draft's proposals are real, not all rejected
+
+
 @pytest.mark.parametrize("room", [1, 2, 3, 6])
 def test_prompts_that_end_at_the_context_limit(room, proposers, target_lm) -> None:
     """context = prompt + room: the target alone can emit room + 1 tokens, and so must the engine."""
