@@ -188,3 +188,18 @@ def test_rejections_are_recorded_where_the_target_replaced_a_draft(target_lm, sa
         # at most one rejection a round, at increasing positions
         assert 0 < len(out.rejected_at) <= out.counts.drafts and out.rejected_at == sorted(set(out.rejected_at))
     assert len(out.rejected_tokens) == len(out.rejected_at)
+
+
+def test_the_parallel_prefill_worker_runs_one_cpu_thread_and_leaves_the_callers() -> None:
+    """The draft's worker thread computes with one intra-op thread (engine._one_cpu_thread: a second
+    OpenMP team slows every later step of the main thread); the caller keeps its own count."""
+    from evspec.spec.engine import run_concurrently
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # on a 1-core machine too, so that 1 in the worker means something
+    try:
+        main_threads, _, worker_threads, _, _ = run_concurrently(torch.get_num_threads, None, torch.get_num_threads, None)
+        assert worker_threads == 1
+        assert main_threads == 2 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
