@@ -77,17 +77,15 @@ def test_eventgpt_splice_has_t_plus_p_plus_1_visual_tokens(tiny_models: dict) ->
 
 @pytest.mark.parametrize("t", (1, 5))
 def test_eventgpt_encodes_its_frames_as_upstream_does_one_at_a_time(tiny_models: dict, t: int) -> None:
-    """``encode`` runs the frames through the tower as one batch; upstream's loop sends them one at a
-    time, each frame's [P+1, D] block computed on its own: the same block, up to float rounding."""
+    """``encode`` sends the frames through the tower as one batch; upstream's ``encode_events``
+    (the reference path) one at a time: the same block, up to float rounding."""
     model = tiny_models["eventgpt"]
-    inner = model.model
-    pixels = model.preprocess(visual_input(model, 3, n=t), QUERIES[1]).pixel_values
+    prepared = model.preprocess(visual_input(model, 3, n=t), QUERIES[1])
     with torch.inference_mode():
-        adaptor = getattr(inner.model, "feature_adaptor", torch.nn.Identity())
-        expected = spatio_temporal_tokens(torch.stack([adaptor(inner.visval_encode(frame[None]))[0] for frame in pixels]))
-        encoded = model.encode(model.preprocess(visual_input(model, 3, n=t), QUERIES[1])).embeds
-    assert encoded.shape == (model.n_visual_tokens(t), expected.shape[-1])
-    torch.testing.assert_close(encoded, expected, rtol=1e-5, atol=1e-6)
+        upstream = model.model.encode_events(list(prepared.pixel_values))
+        encoded = model.encode(prepared).embeds
+    assert encoded.shape == (model.n_visual_tokens(t), upstream.shape[-1])
+    torch.testing.assert_close(encoded, upstream, rtol=1e-5, atol=1e-6)
 
 
 def test_real_eventgpt_sizes_give_582_tokens() -> None:
