@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import platform
 import statistics
 import threading
 import time
@@ -33,6 +32,7 @@ import transformers
 from evspec.data.dataset import Sample, load_dataset
 from evspec.models.base import VisionLanguageModel
 from evspec.models.registry import load_model
+from evspec.run.rundir import cpu_name
 from evspec.runtime.decode import EagerState
 
 
@@ -91,7 +91,7 @@ def main() -> None:
         raise SystemExit(f"error: {args.dataset} holds no samples")
     target = load_model(args.target)
     prefill(target, samples[0])  # warm-up
-    print(f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, float32, torch {torch.__version__}, "
+    print(f"CPU {cpu_name()}, {os.cpu_count()} cores, float32, torch {torch.__version__}, "
           f"transformers {transformers.__version__}; target {args.target}, draft {args.draft}, {len(samples)} clips "
           f"of {args.dataset}; target prefill, median ms")
 
