@@ -3,8 +3,10 @@
 Reads the ``records.jsonl`` of ``evspec spec`` runs (one per drafter, the same target, dataset and
 gamma), keeps the samples every run finished, and prints each run's acceptance rate and mean
 acceptance length pooled over those samples (as the spec report computes them), then for each run
-after the first its mean acceptance length relative to the first's, with a percentile bootstrap
-interval over samples (resampling whole samples, so a long answer weighs as it did in the run).
+after the first its mean acceptance length relative to the first's, with a paired percentile
+bootstrap interval over samples (the same draws of whole samples for every run, so a long answer
+weighs as it did in the run; the draws and the pooling are ``evspec.spec.metrics``', as in the spec
+report's own intervals).
 
     python benchmarks/compare_live_runs.py runs/spec-B1 runs/spec-EC
     python benchmarks/compare_live_runs.py runs/spec-B1 runs/spec-EC --resamples 10000 --seed 0
@@ -16,18 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-Counts = Mapping[str, Mapping[str, int]]  # sample id -> its counts (drafts, drafted and accepted tokens)
+import numpy as np
+
+from evspec.spec.metrics import bootstrap_draws, percentile_interval, pooled_over_draws
+
+Records = dict[str, dict[str, Any]]  # sample id -> its records.jsonl row
 
 
-def read_counts(run: Path) -> Counts:
+def read_records(run: Path) -> Records:
+    """The finished samples of one ``evspec spec`` run, by id."""
     path = run / "records.jsonl"
     if not path.is_file():
         raise SystemExit(f"error: {path} does not exist (an evspec spec --out folder?)")
-    counts = {}
+    records = {}
     with path.open() as lines:
         for number, line in enumerate(lines, 1):
             try:
@@ -35,26 +41,8 @@ def read_counts(run: Path) -> Counts:
             except json.JSONDecodeError:
                 raise SystemExit(f"error: {path}:{number} is not a JSON line") from None
             if not record.get("error") and record.get("counts"):
-                counts[record["id"]] = record["counts"]
-    return counts
-
-
-def pooled(counts: Counts, ids: Sequence[str]) -> tuple[float, float]:
-    """(acceptance rate, mean acceptance length) over ``ids``, as the spec summary pools them."""
-    accepted = sum(counts[i]["accepted_tokens"] for i in ids)
-    drafted = sum(counts[i]["drafted_tokens"] for i in ids)
-    drafts = sum(counts[i]["drafts"] for i in ids)
-    return accepted / max(drafted, 1), 1 + accepted / max(drafts, 1)
-
-
-def bootstrap_ratio(base: Counts, other: Counts, ids: Sequence[str], resamples: int, seed: int) -> list[float]:
-    """Sorted ``other``/``base`` mean-length ratios over samples drawn with replacement."""
-    rng = random.Random(seed)
-    ratios = []
-    for _ in range(resamples):
-        draw = [rng.choice(ids) for _ in ids]
-        ratios.append(pooled(other, draw)[1] / pooled(base, draw)[1])
-    return sorted(ratios)
+                records[record["id"]] = record
+    return records
 
 
 def main() -> None:
@@ -66,20 +54,26 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.runs) < 2 or args.resamples < 1:
         raise SystemExit("error: give at least two runs, and --resamples >= 1")
-    counts = [read_counts(run) for run in args.runs]
-    ids = sorted(set.intersection(*(set(c) for c in counts)))
+    runs = [read_records(run) for run in args.runs]
+    ids = sorted(set.intersection(*(set(records) for records in runs)))
     if not ids:
         raise SystemExit("error: the runs share no finished sample")
-    print(f"LIVE, pooled over the {len(ids)} samples every run finished; bootstrap: {args.resamples} resamples "
-          f"of samples, seed {args.seed}")
-    base_length = pooled(counts[0], ids)[1]
-    for run, run_counts in zip(args.runs, counts):
-        rate, length = pooled(run_counts, ids)
+    # the same draws for every run: a paired bootstrap (each draw holds the same clips for all)
+    draws = bootstrap_draws(len(ids), args.resamples, args.seed)
+    everything = np.arange(len(ids))[None, :]
+    print(f"LIVE, pooled over the {len(ids)} samples every run finished; paired bootstrap: {args.resamples} "
+          f"resamples of samples, seed {args.seed}")
+    base_draws = pooled_over_draws([runs[0][i] for i in ids], draws)["mean_acceptance_length"]
+    base_length = pooled_over_draws([runs[0][i] for i in ids], everything)["mean_acceptance_length"][0]
+    for run, records in zip(args.runs, runs):
+        rows = [records[i] for i in ids]
+        whole = pooled_over_draws(rows, everything)
+        rate, length = whole["acceptance_rate"][0], whole["mean_acceptance_length"][0]
         line = f"{run}: acceptance rate {rate:.3f}, mean acceptance length {length:.3f}"
-        if run_counts is not counts[0]:
-            ratios = bootstrap_ratio(counts[0], run_counts, ids, args.resamples, args.seed)
-            low, high = ratios[int(0.025 * len(ratios))], ratios[min(int(0.975 * len(ratios)), len(ratios) - 1)]
-            below = sum(r < 1 + args.goal for r in ratios) / len(ratios)
+        if records is not runs[0]:
+            ratios = pooled_over_draws(rows, draws)["mean_acceptance_length"] / base_draws
+            low, high = percentile_interval(ratios) or [float("nan")] * 2
+            below = float(np.mean(ratios[~np.isnan(ratios)] < 1 + args.goal))
             line += (f"; against {args.runs[0]}: {100 * (length / base_length - 1):+.1f}% "
                      f"(95% interval {100 * (low - 1):+.1f}% to {100 * (high - 1):+.1f}%; "
                      f"share of resamples below {100 * args.goal:+.0f}%: {below:.2f})")

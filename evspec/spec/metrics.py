@@ -15,9 +15,12 @@ accepted or rejected by anything.
 from __future__ import annotations
 
 import statistics
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
 
 
 @dataclass
@@ -165,6 +168,56 @@ def _pooled_counts(records: Iterable[dict[str, Any]]) -> SpecCounts:
     return counts
 
 
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_LEVEL = 0.95
+
+
+def bootstrap_draws(n_samples: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """[resamples, n_samples] sample indices drawn with replacement, for a percentile bootstrap over
+    samples: how much a run's figure would move on other clips like these. Whole samples are drawn,
+    so a long answer weighs in a draw as it weighed in the run."""
+    return np.random.default_rng(seed).integers(0, n_samples, size=(resamples, n_samples))
+
+
+def pooled_over_draws(records: Sequence[dict[str, Any]], draws: np.ndarray) -> dict[str, np.ndarray]:
+    """Each draw's acceptance rate and mean acceptance length, pooled as :func:`summarize` pools a
+    run (ratios of summed counts); NaN where a draw holds no draft."""
+    def total(key: str) -> np.ndarray:
+        return np.array([r["counts"][key] for r in records], dtype=np.float64)[draws].sum(axis=1)
+
+    accepted, drafted, drafts = total("accepted_tokens"), total("drafted_tokens"), total("drafts")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"acceptance_rate": np.where(drafted > 0, accepted / drafted, np.nan),
+                "mean_acceptance_length": np.where(drafts > 0, 1.0 + accepted / drafts, np.nan)}
+
+
+def percentile_interval(values: np.ndarray, level: float = BOOTSTRAP_LEVEL) -> list[float] | None:
+    """The central ``level`` interval of bootstrap values (NaN ignored); None if all are NaN."""
+    kept = values[~np.isnan(values)]
+    if kept.size == 0:
+        return None
+    low, high = np.quantile(kept, [(1 - level) / 2, (1 + level) / 2])
+    return [float(low), float(high)]
+
+
+def summary_intervals(records: Sequence[dict[str, Any]], resamples: int = BOOTSTRAP_RESAMPLES,
+                      seed: int = 0) -> dict[str, Any] | None:
+    """95% bootstrap intervals over samples of the pooled acceptance rate, mean acceptance length
+    and median speedup (None without samples). Seeded: the same records give the same intervals."""
+    if not records:
+        return None
+    draws = bootstrap_draws(len(records), resamples, seed)
+    pooled = pooled_over_draws(records, draws)
+    speedups = np.array([np.nan if r.get("speedup") is None else r["speedup"] for r in records], dtype=np.float64)
+    with warnings.catch_warnings():  # a draw of samples without a speedup has no median: NaN, dropped
+        warnings.simplefilter("ignore", RuntimeWarning)
+        speedup_medians = np.nanmedian(speedups[draws], axis=1)
+    return {"level": BOOTSTRAP_LEVEL, "resamples": resamples, "seed": seed,
+            "acceptance_rate": percentile_interval(pooled["acceptance_rate"]),
+            "mean_acceptance_length": percentile_interval(pooled["mean_acceptance_length"]),
+            "speedup_median": percentile_interval(speedup_medians)}
+
+
 def rejection_tally(records: Iterable[dict[str, Any]], top: int = 15) -> list[tuple[str, int]]:
     """The target's tokens that replaced a rejected draft, most frequent first: where drafts fail."""
     tally: dict[str, int] = {}
@@ -201,6 +254,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "n_exact": sum(1 for r in greedy if r.get("exact", r["lossless"])),
         "lossless_verdict": run_verdict(ok)[0],
         "speedup_median": _median(r["speedup"] for r in ok),
+        "intervals": summary_intervals(ok),
         "speedup_pooled": base_total / spec_total if spec_total > 0 else None,
         "decode_speedup_median": _median(r.get("decode_speedup") for r in ok),
         "speedup_vs_generate_median": _median(r.get("speedup_vs_generate") for r in ok),

@@ -29,6 +29,14 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _with_interval(summary: dict[str, Any], key: str, value: float | None, digits: int, unit: str = "") -> str:
+    """``value`` and, where the summary has one, its bootstrap interval over samples."""
+    interval = (summary.get("intervals") or {}).get(key)
+    if value is None or interval is None:
+        return f"{_fmt(value, digits)}{unit if value is not None else ''}"
+    return f"{_fmt(value, digits)}{unit} ({_fmt(interval[0], digits)}-{_fmt(interval[1], digits)}{unit})"
+
+
 def _subtitle(summary: dict[str, Any], n_samples: int | None = None) -> str:
     """Sample count, device and dtype: every plot title carries them."""
     env = summary.get("environment") or {}
@@ -129,6 +137,7 @@ def render_markdown(summary: dict[str, Any], records: Sequence[dict[str, Any]]) 
     config, env = summary["config"], summary["environment"]
     synthetic = " **(synthetic: oracle proposer, acceptance is set by ALPHA, cost is a real draft's)**" if summary["synthetic"] else ""
     lossless = summary["lossless"]
+    intervals = summary.get("intervals")
     lines = [
         f"# evspec spec: {config['target']} <- {config['draft']}{synthetic}",
         "",
@@ -149,11 +158,13 @@ def render_markdown(summary: dict[str, Any], records: Sequence[dict[str, Any]]) 
         f"{'-' if lossless is None else summary.get('lossless_verdict')} "
         f"({summary.get('n_exact', summary['n_lossless'])}/{summary['n_samples']} token-identical) |",
         f"| drafts / drafted / accepted tokens | {c['drafts']} / {c['drafted_tokens']} / {c['accepted_tokens']} |",
-        f"| acceptance rate (accepted / drafted) | {_fmt(c['acceptance_rate'])} |",
-        f"| mean acceptance length (1 + accepted / drafts) | {_fmt(c['mean_acceptance_length'])} |",
+        f"| acceptance rate (accepted / drafted) | {_with_interval(summary, 'acceptance_rate', c['acceptance_rate'], 3)} |",
+        f"| mean acceptance length (1 + accepted / drafts) | "
+        f"{_with_interval(summary, 'mean_acceptance_length', c['mean_acceptance_length'], 3)} |",
         f"| tokens per target pass | {_fmt(c['tokens_per_target_pass'])} |",
         f"| per-position acceptance rate | {', '.join(_fmt(x, 2) for x in c['per_position_acceptance_rate']) or '-'} |",
-        f"| speedup, median per sample (wall, same run) | {_fmt(summary['speedup_median'], 2)}x |",
+        f"| speedup, median per sample (wall, same run) | "
+        f"{_with_interval(summary, 'speedup_median', summary['speedup_median'], 2, 'x')} |",
         f"| speedup, pooled (sum of walls) | {_fmt(summary['speedup_pooled'], 2)}x |",
         f"| decode-phase speedup, median | {_fmt(summary['decode_speedup_median'], 2)}x |",
         f"| speedup over transformers generate(), median | {_fmt(summary['speedup_vs_generate_median'], 2)}x |",
@@ -167,7 +178,10 @@ def render_markdown(summary: dict[str, Any], records: Sequence[dict[str, Any]]) 
         "drafted; mean acceptance length = 1 + accepted / drafts; per-position rate k = drafts accepted at "
         "position k / drafts. Speedup = target-alone wall / speculative wall for the same sample in the same run. "
         "The independent position match compares two separate generations position by position (what the "
-        "seeds reported as acceptance); no draft token was conditioned on the target's prefix there.",
+        "seeds reported as acceptance); no draft token was conditioned on the target's prefix there."
+        + (f" In brackets: {100 * intervals['level']:.0f}% bootstrap intervals over samples ({intervals['resamples']} "
+           f"resamples, seed {intervals['seed']}): how far the figure could move on other clips like these; compare two "
+           "drafters on the same clips with benchmarks/compare_live_runs.py (paired)." if intervals else ""),
         "",
         f"![acceptance]({ACCEPTANCE_PNG})",
         f"![speedup]({SPEEDUP_PNG})",

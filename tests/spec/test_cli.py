@@ -48,6 +48,11 @@ def test_spec_writes_records_summary_and_report(tmp_path: Path, dataset: Path, c
     report = (out / "report.md").read_text()
     assert "acceptance rate" in report and "NOT an acceptance rate" in report
     assert "gamma 3, draft confidence 0.5," in report
+    # bootstrap intervals over samples beside the pooled figures, and what they are
+    low, high = summary["intervals"]["mean_acceptance_length"]
+    assert low <= summary["counts"]["mean_acceptance_length"] <= high  # two samples: the pooled run is a draw
+    assert f"| {summary['counts']['mean_acceptance_length']:.3f} ({low:.3f}-{high:.3f}) |" in report
+    assert "95% bootstrap intervals over samples (2000 resamples, seed 0)" in report
     # the draft beside an eager target steps on a static cache (draft_cache auto); the target stays eager
     assert summary["draft_model_cache"] == "static" and "cache eager, draft cache static." in report
     for png in ("acceptance_by_position.png", "speedup_per_sample.png", "time_split.png"):

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from evspec.spec.metrics import (
     SpecCounts,
     SpecTimings,
+    bootstrap_draws,
     expected_speedup,
     expected_tokens_per_pass,
+    pooled_over_draws,
     position_match,
+    summary_intervals,
 )
 
 
@@ -48,3 +55,41 @@ def test_speedup_formula() -> None:
 def test_position_match_is_not_conditioned_on_anything() -> None:
     assert position_match([1, 2, 3], [1, 5, 3, 4]) == pytest.approx(0.5)
     assert position_match([], [1]) == 0.0 and position_match([1], []) is None
+
+
+def _record(drafts: int, drafted: int, accepted: int, speedup: float | None) -> dict:
+    return {"counts": {"drafts": drafts, "drafted_tokens": drafted, "accepted_tokens": accepted}, "speedup": speedup}
+
+
+def test_bootstrap_pools_each_draw_as_the_run_pools_its_samples() -> None:
+    records = [_record(2, 10, 4, 1.0), _record(1, 5, 5, 2.0), _record(3, 12, 0, 0.5)]
+    draws = np.array([[0, 1, 2], [1, 1, 1], [2, 2, 0]])
+    pooled = pooled_over_draws(records, draws)
+    assert pooled["acceptance_rate"] == pytest.approx([9 / 27, 1.0, 4 / 34])
+    assert pooled["mean_acceptance_length"] == pytest.approx([1 + 9 / 6, 1 + 5 / 1, 1 + 4 / 8])
+    no_drafts = pooled_over_draws([_record(0, 0, 0, 1.0)], np.zeros((2, 1), dtype=int))
+    assert np.isnan(no_drafts["mean_acceptance_length"]).all()
+
+
+def test_intervals_collapse_where_every_sample_is_alike_and_are_seeded() -> None:
+    alike = summary_intervals([_record(2, 8, 4, 1.5)] * 7)
+    assert alike["mean_acceptance_length"] == pytest.approx([3.0, 3.0])
+    assert alike["acceptance_rate"] == pytest.approx([0.5, 0.5])
+    assert alike["speedup_median"] == pytest.approx([1.5, 1.5])
+    records = [_record(d, 5 * d, a, s) for d, a, s in [(1, 5, 2.0), (4, 2, 1.1), (2, 9, 1.7), (3, 0, 0.9)]]
+    assert summary_intervals(records, seed=3) == summary_intervals(records, seed=3)
+    assert summary_intervals([]) is None
+    assert summary_intervals([_record(0, 0, 0, None)])["mean_acceptance_length"] is None
+    assert bootstrap_draws(4, 10, 0).shape == (10, 4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 9), st.integers(0, 40), st.floats(0.2, 4.0)), min_size=2, max_size=30))
+def test_intervals_hold_the_run_figure_between_the_draws_extremes(samples: list[tuple[int, int, float]]) -> None:
+    records = [_record(d, 5 * d, min(a, 5 * d), s) for d, a, s in samples]
+    intervals = summary_intervals(records, resamples=400)
+    per_sample = [1 + r["counts"]["accepted_tokens"] / r["counts"]["drafts"] for r in records]
+    low, high = intervals["mean_acceptance_length"]
+    assert min(per_sample) - 1e-9 <= low <= high <= max(per_sample) + 1e-9
+    speed_low, speed_high = intervals["speedup_median"]
+    assert min(s for *_, s in samples) <= speed_low <= speed_high <= max(s for *_, s in samples)
