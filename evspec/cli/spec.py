@@ -57,6 +57,9 @@ def spec(
     rate = "-" if c["acceptance_rate"] is None else f"{c['acceptance_rate']:.3f}"
     length = "-" if c["mean_acceptance_length"] is None else f"{c['mean_acceptance_length']:.2f}"
     speedup = "-" if s["speedup_median"] is None else f"{s['speedup_median']:.2f}x"
+    interval = (s.get("intervals") or {}).get("speedup_median")
+    if s["speedup_median"] is not None and interval is not None:  # how far other clips like these could move it
+        speedup += f" (95% interval {interval[0]:.2f}-{interval[1]:.2f}x)"
     lossless = "-" if s["lossless"] is None else f"{s.get('lossless_verdict')} ({s['n_exact']}/{s['n_samples']} exact)"
     console.print(f"{config.target} <- {config.draft}{tag}: acceptance rate {rate}, mean acceptance length {length}, "
                   f"median speedup {speedup}, lossless {lossless}", markup=False)

@@ -59,6 +59,8 @@ def test_spec_writes_records_summary_and_report(tmp_path: Path, dataset: Path, c
         assert (out / png).stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "lossless exact (2/2 exact)" in printed
+    speed_low, speed_high = summary["intervals"]["speedup_median"]
+    assert f"median speedup {summary['speedup_median']:.2f}x (95% interval {speed_low:.2f}-{speed_high:.2f}x)" in printed
     # piped: one line per sample, printed as it finished, before the summary line
     sample_lines = [line for line in printed.splitlines() if line.startswith("sample=")]
     assert [line.split("\t")[0] for line in sample_lines] == [f"sample={r['id']}" for r in rows]
