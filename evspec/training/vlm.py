@@ -161,7 +161,10 @@ def preprocess_clips(model: VisionLanguageModel, folder: Path, samples: Sequence
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                              initargs=(str(folder), model.family, event_canvas, dtype)) as pool:
         for i, pixels in enumerate(pool.map(_pixels_in_worker, samples, chunksize=8)):
-            out.append(pixels)
+            # A tensor from a worker arrives in shared memory, and its storage keeps one file
+            # descriptor open while it lives: kept as received, ~20,000 clips reached the open-file
+            # limit and killed the pool (BrokenProcessPool). The copy lets each descriptor close.
+            out.append(pixels.clone())
             if progress:
                 progress(i + 1, len(samples))
     return out

@@ -434,3 +434,30 @@ def test_a_training_starts_from_a_trained_checkpoint_and_refuses_one_of_another_
     bad_size[bad_size.index("--size") + 1] = "demo-draft"
     assert main(bad_size) == 1
     assert "at size demo-draft" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc (Linux)")
+def test_reading_more_clips_than_open_files_allowed_in_workers_is_not_a_broken_pool(dataset: Path) -> None:
+    """Tensors come back from the reading workers in shared memory, each holding a file descriptor
+    while it lives: a GPU build of 22,000 clips died at the 20,000 open-file limit with
+    BrokenProcessPool. Here 150 clips are read under a limit of ~60 free descriptors."""
+    import resource
+
+    from evspec.data.dataset import load_dataset
+    from evspec.models.registry import load_model
+    from evspec.models.tiny import tiny_checkpoint
+    from evspec.training.vlm import preprocess_clips
+
+    samples = load_dataset(dataset) * 25
+    folder = tiny_checkpoint("tiny-videollava")
+    model = load_model(f"videollava:{folder}", device="cpu", dtype="float32")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    open_now = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + 60, hard))
+    try:
+        pixels = preprocess_clips(model, folder, samples, workers=2, event_canvas="upstream", dtype="float16")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(pixels) == len(samples)
+    alone = preprocess_clips(model, folder, samples[:6], workers=1, event_canvas="upstream", dtype="float16")
+    assert all(torch.equal(a, b) for a, b in zip(alone, pixels[6:12]))
