@@ -49,6 +49,7 @@ committed positions and the target's real features.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
@@ -716,6 +717,18 @@ def collate_rows(rows: Sequence[AlignRow], head: Head, *, draft_lm_head: nn.Line
                      target_hidden=_padded([row.target_hidden for row in rows], length),
                      draft_hidden=draft_hidden if "draft_hidden" in head.reads else None, draft_logits=draft_logits,
                      visual=visual, visual_mask=visual_mask)
+
+
+def weights_sha256(*modules: nn.Module | None) -> str:
+    """sha256 of the modules' weights (the target's embedding and LM head): which target a run used."""
+    digest = hashlib.sha256()
+    for module in modules:
+        if module is None:
+            continue
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def trainable_parameters(module: nn.Module) -> int:

@@ -37,6 +37,7 @@ call ``draft_step`` on one parent cache per child; the proposer seam does not fo
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +46,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from evspec.align.heads import ADAPTERS, CONFIG_NAME, HEAD_FORMAT, Head, HeadCache, HeadInputs, HeadOutput, load_head
-from evspec.errors import ConfigError, ModelError
+from evspec.align.heads import (
+    ADAPTERS,
+    CONFIG_NAME,
+    HEAD_FORMAT,
+    Head,
+    HeadCache,
+    HeadInputs,
+    HeadOutput,
+    load_head,
+    weights_sha256,
+)
+from evspec.errors import ConfigError, EvspecWarning, ModelError
 from evspec.runtime.decode import (
     FINAL,
     EagerState,
@@ -85,6 +96,7 @@ class AdapterRun:
     draft_model: str | None
     target_model: str | None
     metrics: Path | None
+    target_weights_sha256: str | None = None  # of the target the run trained over (align train)
 
     @property
     def needs_draft(self) -> bool:
@@ -133,8 +145,30 @@ def read_adapter_run(path: str | Path) -> AdapterRun:
     draft = store.get("draft", head_document.get("draft_model"))
     target = identity.get("target", store.get("target", head_document.get("target_model")))
     metrics = path / METRICS_NAME
+    weights = identity.get("target_weights_sha256")
     return AdapterRun(path, head_folder, adapter, draft if isinstance(draft, str) else None,
-                      target if isinstance(target, str) else None, metrics if metrics.is_file() else None)
+                      target if isinstance(target, str) else None, metrics if metrics.is_file() else None,
+                      weights if isinstance(weights, str) else None)
+
+
+def _warn_if_trained_over_other_weights(run: AdapterRun, head: Head, lm: LanguageModel,
+                                       draft: VisionLanguageModel | LanguageModel | None) -> None:
+    """An EvspecWarning when the run recorded the sha256 of the target weights it trained over
+    (embedding, LM head, and the draft's LM head for the TokenAdapter) and this target's differ: a
+    head of an earlier build of the same shapes loads and drafts losslessly, but its acceptance and
+    its recorded simulated acceptance belong to the other weights. Checked in float32 only, the
+    dtype the run hashed in (a 16-bit copy of the same weights hashes differently)."""
+    if run.target_weights_sha256 is None or lm.dtype != torch.float32:
+        return
+    draft_lm_head = None
+    if "draft_logits" in head.reads and draft is not None:
+        draft_lm_head = (draft if isinstance(draft, LanguageModel) else draft.language_model).lm_head
+    if weights_sha256(lm.embed_tokens, lm.lm_head, draft_lm_head) != run.target_weights_sha256:
+        warnings.warn(EvspecWarning(
+            f"{run.path}: this head was trained over other target weights than these (config.json's "
+            "target_weights_sha256 differs): it drafts losslessly, but expect lower acceptance than it was "
+            "trained for; retrain it on a store of this target (evspec align extract, evspec align train)"),
+            stacklevel=3)
 
 
 def simulated_acceptance(run: AdapterRun, gamma: int) -> dict[str, Any] | None:
@@ -286,6 +320,7 @@ class AdapterProposer(Proposer):
         run = read_adapter_run(folder)
         lm = target if isinstance(target, LanguageModel) else target.language_model
         head = load_head(run.head_folder, lm.embed_tokens, lm.lm_head).to(device=lm.device, dtype=lm.dtype)
+        _warn_if_trained_over_other_weights(run, head, lm, draft)
         token_map = event_model = None
         if run.needs_draft and draft is None:
             raise ConfigError(f"{run.path}: the {run.adapter} head reads a draft model and none was given",

@@ -22,7 +22,8 @@ The target. A head reuses the target's embedding and LM head: they are taken fro
 store's index names, loaded through :func:`evspec.models.registry.load_model` (and, for the
 TokenAdapter, the draft's LM head from the draft it names), not copied into the run: a head is only
 ever used with that target. The run's ``config.json`` records the target's name and a sha256 of
-those weights; a later run into the same folder whose target weights differ is refused.
+those weights; a later run into the same folder whose target weights differ is refused, and
+``--draft adapter:RUN`` over a target whose weights differ warns (the head loads, its acceptance is another's).
 
 The run folder ``OUT``: ``config.json`` (identity: store, its identity and shards, adapter, head
 sizes, loop, hold-out), ``state.pt``, ``metrics.jsonl``, ``loss.png``, ``align.png`` and the
@@ -31,7 +32,6 @@ trained head in ``OUT/head`` (:func:`~evspec.align.heads.save_head`; what a prop
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -52,6 +52,7 @@ from evspec.align.heads import (
     collate_rows,
     save_head,
     trainable_parameters,
+    weights_sha256,
 )
 from evspec.align.extract import ExtractConfig
 from evspec.align.online import OnlineRows
@@ -258,18 +259,6 @@ def plot_align(rows: Sequence[dict[str, Any]], out_dir: Path, adapter: str) -> l
 
 
 # ----------------------------------------------------------------------------- setup
-
-
-def weights_sha256(*modules: nn.Module | None) -> str:
-    """sha256 of the modules' weights (the target's embedding and LM head): which target a run used."""
-    digest = hashlib.sha256()
-    for module in modules:
-        if module is None:
-            continue
-        for name, tensor in sorted(module.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def head_config(config: AlignTrainConfig, store: RowSource, target_embedding: nn.Embedding, target_lm_head: nn.Linear,

@@ -481,3 +481,22 @@ def test_bench_cli_decodes_with_an_adapter_run(tmp_path: Path, vlm_dataset: Path
     rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(not r.get("error") for r in rows)
     assert all(r["decoder"] == f"spec:adapter:{trained_run}" for r in rows), rows[0].get("decoder")
+
+
+def test_a_run_over_other_target_weights_warns_and_still_drafts(trained_run: Path) -> None:
+    """A head loads over any target of its shapes; the run's recorded target_weights_sha256 tells a
+    target whose weights changed since (a rebuilt demo pair, a fine-tune) in one warning."""
+    import warnings
+
+    from evspec.errors import EvspecWarning
+    from evspec.models.registry import load_model
+
+    target, draft = load_model("tiny-videollava"), load_model("tiny-eventgpt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EvspecWarning)
+        AdapterProposer.from_folder(trained_run, target, draft=draft)  # the weights it trained over
+    with torch.no_grad():
+        target.language_model.lm_head.weight[0, 0] += 1e-3
+    with pytest.warns(EvspecWarning, match="trained over other target weights"):
+        proposer = AdapterProposer.from_folder(trained_run, target, draft=draft)
+    assert proposer.head.name == "L5F"
