@@ -17,32 +17,29 @@ Every figure printed is LIVE (measured by the runs); nothing is simulated. Deter
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from evspec.errors import InputError
+from evspec.run.rundir import RECORDS_NAME, json_object, read_lines
 from evspec.spec.metrics import bootstrap_draws, percentile_interval, pooled_over_draws
 
 Records = dict[str, dict[str, Any]]  # sample id -> its records.jsonl row
 
 
 def read_records(run: Path) -> Records:
-    """The finished samples of one ``evspec spec`` run, by id."""
-    path = run / "records.jsonl"
+    """The finished samples of one ``evspec spec`` run, by id (its records.jsonl read as every run
+    folder is: a torn last line skipped, a corrupt one refused)."""
+    path = run / RECORDS_NAME
     if not path.is_file():
         raise SystemExit(f"error: {path} does not exist (an evspec spec --out folder?)")
-    records = {}
-    with path.open() as lines:
-        for number, line in enumerate(lines, 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise SystemExit(f"error: {path}:{number} is not a JSON line") from None
-            if not record.get("error") and record.get("counts"):
-                records[record["id"]] = record
-    return records
+    try:
+        rows = read_lines(path, json_object)
+    except InputError as error:
+        raise SystemExit(f"error: {error}") from None
+    return {row["id"]: row for row in rows if not row.get("error") and row.get("counts")}
 
 
 def main() -> None:
