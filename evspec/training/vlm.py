@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -133,9 +134,18 @@ def _init_worker(folder: str, family: str, event_canvas: str, dtype: str) -> Non
     _WORKER_DTYPE = DTYPES[dtype]
 
 
-def _pixels_in_worker(sample: Sample) -> torch.Tensor:
+def _pixels_in_worker(sample: Sample) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The clip's pixels as raw bytes and a shape: they travel through the pool's pipe by value.
+    A torch tensor would travel in shared memory and hold one file descriptor in the parent from
+    the moment it arrives; workers that outrun the parent's loop piled up thousands of them, and a
+    GPU build of 26,000 clips died at the open-file limit (BrokenProcessPool)."""
     assert _WORKER_MODEL is not None
-    return _pixels(_WORKER_MODEL, sample, _WORKER_DTYPE)
+    pixels = _pixels(_WORKER_MODEL, sample, _WORKER_DTYPE).contiguous()
+    return pixels.view(torch.uint8).numpy(), tuple(pixels.shape)
+
+
+def _from_worker(raw: np.ndarray, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    return torch.from_numpy(raw).view(dtype).reshape(shape)
 
 
 def _pixels(model: VisionLanguageModel, sample: Sample, dtype: torch.dtype) -> torch.Tensor:
@@ -160,11 +170,8 @@ def preprocess_clips(model: VisionLanguageModel, folder: Path, samples: Sequence
     context = multiprocessing.get_context("spawn")  # no forked torch threads or CUDA state
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                              initargs=(str(folder), model.family, event_canvas, dtype)) as pool:
-        for i, pixels in enumerate(pool.map(_pixels_in_worker, samples, chunksize=8)):
-            # A tensor from a worker arrives in shared memory, and its storage keeps one file
-            # descriptor open while it lives: kept as received, ~20,000 clips reached the open-file
-            # limit and killed the pool (BrokenProcessPool). The copy lets each descriptor close.
-            out.append(pixels.clone())
+        for i, (raw, shape) in enumerate(pool.map(_pixels_in_worker, samples, chunksize=8)):
+            out.append(_from_worker(raw, shape, DTYPES[dtype]))
             if progress:
                 progress(i + 1, len(samples))
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -438,9 +439,11 @@ def test_a_training_starts_from_a_trained_checkpoint_and_refuses_one_of_another_
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc (Linux)")
 def test_reading_more_clips_than_open_files_allowed_in_workers_is_not_a_broken_pool(dataset: Path) -> None:
-    """Tensors come back from the reading workers in shared memory, each holding a file descriptor
-    while it lives: a GPU build of 22,000 clips died at the 20,000 open-file limit with
-    BrokenProcessPool. Here 150 clips are read under a limit of ~60 free descriptors."""
+    """Tensors sent back from reading workers travel in shared memory and hold a file descriptor
+    each in the parent from the moment they arrive: GPU builds of 22,000 and 26,000 clips died at
+    the 20,000 open-file limit with BrokenProcessPool, the second after copying each tensor as it
+    was taken (workers outran the parent's loop). Here 150 clips are read under a limit of ~60 free
+    descriptors by a parent that stalls (3 s) after its first clip while the workers go on."""
     import resource
 
     from evspec.data.dataset import load_dataset
@@ -455,7 +458,8 @@ def test_reading_more_clips_than_open_files_allowed_in_workers_is_not_a_broken_p
     open_now = len(os.listdir("/proc/self/fd"))
     resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + 60, hard))
     try:
-        pixels = preprocess_clips(model, folder, samples, workers=2, event_canvas="upstream", dtype="float16")
+        pixels = preprocess_clips(model, folder, samples, workers=2, event_canvas="upstream", dtype="float16",
+                                  progress=lambda i, n: time.sleep(3) if i == 1 else None)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert len(pixels) == len(samples)
