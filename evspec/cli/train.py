@@ -62,7 +62,8 @@ def _command_line(config: Any, out: Path, device: str, workers: int) -> str:
         "--eval-questions", str(config.eval_questions), "--checkpoint-every", str(loop.checkpoint_every),
         "--workers", str(workers), "--event-canvas", config.event_canvas, "--save-dtype", config.save_dtype,
         "--pixel-cache-dtype", config.pixel_cache_dtype, *(["--mirror"] if config.mirror else []),
-        *(["--reverse"] if config.reverse else []), *(["--compile"] if config.compile else []),
+        *(["--reverse"] if config.reverse else []), *(["--colour-context"] if config.colour_context else []),
+        *(["--compile"] if config.compile else []),
         "--device", device, *(["--allow-outside-root"] if config.allow_outside_root else []),
         *(["--init-from", config.init_from] if config.init_from else []),
     ])
@@ -91,6 +92,10 @@ def train(
                                 "'right' swapped in its answers (exact for evspec's synthetic answers)."),
     reverse: bool = typer.Option(False, "--reverse", help="Also learn every clip played backwards, each direction "
                                  "turned around in its answers (video and event models)."),
+    colour_context: bool = typer.Option(False, "--colour-context", help="EventGPT only: also learn on each full "
+                                        "answer that differs from the event-visible one in colour words alone, the "
+                                        "colour words read but not predicted (a draft then continues the target's "
+                                        "text after a colour word)."),
     pixel_cache_dtype: str = typer.Option("float32", "--pixel-cache-dtype", help="dtype of the preprocessed clips kept "
                                           "on the device (float16 halves their memory)."),
     compile_blocks: bool = typer.Option(False, "--compile", help="torch.compile each transformer block for the "
@@ -115,6 +120,7 @@ def train(
                             eval_questions=eval_questions, event_canvas=event_canvas, init_seed=seed,
                             init_from=_absolute_checkpoint(init_from),
                             save_dtype=save_dtype, mirror=mirror, reverse=reverse, pixel_cache_dtype=pixel_cache_dtype,
+                            colour_context=colour_context,
                             compile=compile_blocks, allow_outside_root=allow_outside_root)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True, auto_refresh=False) as progress:

@@ -32,7 +32,7 @@ from evspec.training.loop import (
 from evspec.training.vlm import RUN_FOLDER, VLMTrainConfig, ensure_init_checkpoint, init_source, prepare_task
 
 IDENTITY_FIELDS = ("family", "dataset", "size", "loop", "eval_questions", "max_new_tokens", "event_canvas",
-                   "init_seed", "init_from", "save_dtype", "mirror", "reverse", "pixel_cache_dtype")
+                   "init_seed", "init_from", "save_dtype", "mirror", "reverse", "pixel_cache_dtype", "colour_context")
 
 
 def _check_folder(out: Path) -> None:

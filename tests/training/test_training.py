@@ -199,6 +199,54 @@ def test_mirror_learns_every_question_again_on_its_clip_flipped(dataset: Path, t
     assert "--pixel-cache-dtype float16 --mirror" in run["command"]
 
 
+def test_colour_words_come_out_of_an_answer_with_the_article_that_follows_them() -> None:
+    from evspec.training.vlm import without_colours
+
+    assert without_colours("The scene shows a white circle, an orange star and a red ring.") == \
+        "The scene shows a circle, a star and a ring."
+    assert without_colours("An orange star moves up, the cyan ring stands still.") == "A star moves up, the ring stands still."
+    assert without_colours("One object is moving.") == "One object is moving."
+    assert without_colours("A redder circle") == "A redder circle"  # whole words only
+
+
+@pytest.mark.filterwarnings("ignore::evspec.models.eventgpt.EventWindowWarning")  # the synthetic 1 s windows
+def test_colour_context_reads_the_full_answer_and_learns_only_what_the_event_camera_sees(
+        dataset: Path, tmp_path: Path) -> None:
+    """Each answer that differs from the event-visible one in colour words alone is learnt a second
+    time with them in: colour words and the article before one are read, never labels, so the
+    labels are the event-visible answer's words."""
+    from evspec.data.synth.scenes import COLOURS
+    from evspec.training.vlm import IGNORE, VLMTrainConfig, prepare_task, without_colours
+
+    config = VLMTrainConfig(family="eventgpt", dataset=str(dataset), size="tiny", eval_questions=0, mirror=True,
+                            colour_context=True, event_canvas="sensor")
+    (tmp_path / "c" / "training").mkdir(parents=True)
+    task = prepare_task(config, tmp_path / "c", torch.device("cpu"))
+    tokenizer = task.model.tokenizer
+    plain = [e for e in task.examples if e.learnt is None]
+    coloured = [e for e in task.examples if e.learnt is not None]
+    assert coloured and len(coloured) < len(plain)
+    visible = {(e.clip, e.mirrored, tokenizer.decode(e.answer_ids[:-1])) for e in plain}
+    for e in coloured:
+        full = tokenizer.decode(e.answer_ids[:-1])
+        assert (e.clip, e.mirrored, without_colours(full)) in visible and full != without_colours(full)
+        words = [tokenizer.decode([t]).strip() for t in e.answer_ids.tolist()]
+        labels = e.targets().tolist()
+        for i, (word, learnt) in enumerate(zip(words, e.learnt.tolist())):
+            before_colour = i + 1 < len(words) and words[i + 1] in COLOURS and word in ("a", "an", "A", "An", "n")
+            assert learnt == (word not in COLOURS and not before_colour and not (word == "A" and words[i + 1] == "n"))
+            assert (labels[i] == IGNORE) == (not learnt)
+    # the loss counts the learnt tokens only
+    _, metrics = task.loss([next(i for i, e in enumerate(task.examples) if e is coloured[0])])
+    assert metrics["answer_tokens"] == float(coloured[0].learnt.sum())
+    with pytest.raises(ConfigError, match="colour_context"):
+        VLMTrainConfig(family="videollava", dataset=str(dataset), size="tiny", colour_context=True)
+    out = tmp_path / "cli"
+    assert main(_train_args(dataset, out, family="eventgpt", steps=2) + ["--colour-context"]) == 0
+    run = json.loads((out / "training" / "config.json").read_text())
+    assert run["identity"]["colour_context"] is True and "--colour-context" in run["command"]
+
+
 @pytest.mark.filterwarnings("ignore::evspec.models.eventgpt.EventWindowWarning")  # the synthetic 1 s windows
 def test_reverse_learns_every_question_again_played_backwards(dataset: Path, tmp_path: Path) -> None:
     """Each question four times with mirror and reverse; a reversed example's answer has its
