@@ -10,6 +10,7 @@
    also learnt mirrored and played backwards (four views of it, directions turned in the answers);
    with ``--init-from DIR`` (an earlier build's output) both start from its weights, and the new
    manifest keeps the earlier one, so the chain of commands that made the weights is on record;
+   ``--keep NAME`` takes one model from that build as it is and trains only the other;
 3. the trained model files, in float16, into ``evspec/models/demo/<name>/`` with ``MANIFEST.json``:
    the sha256 and size of each file, this exact command, the dataset's config, each training's
    config and final evaluation, the evspec commit, the machine and the time.
@@ -147,15 +148,23 @@ def build(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     from evspec.data.synth.builder import build_dataset
     from evspec.run.rundir import environment
 
+    from evspec.errors import ConfigError
+
     work = Path(args.workdir)
+    kept = set(args.keep)
+    if kept and not args.init_from:
+        raise ConfigError("keep: a model is kept from an earlier build; name it with init_from",
+                          parameters=["keep", "init_from"])
+    if kept >= set(DEMO_MODELS):
+        raise ConfigError("keep names every model: nothing would be trained", parameters=["keep"])
     init = earlier_build(Path(args.init_from)) if args.init_from else None
     work.mkdir(parents=True, exist_ok=True)
     synth_config = dataset_config(args)
     began = time.time()
     build_dataset(work / "train", synth_config, workers=args.workers)
     synth_s = time.time() - began
-    runs = {name: work / name for name in DEMO_MODELS}
-    commands = {name: _train_command(args, name, work / "train", runs[name]) for name in DEMO_MODELS}
+    runs = {name: work / name for name in DEMO_MODELS if name not in kept}
+    commands = {name: _train_command(args, name, work / "train", run) for name, run in runs.items()}
     # One after another: run at once on one GPU, the two time-slice it and each step slows down
     # more than the overlap gains (on the H200 of 774b0c7's build, the draft's step took 0.30 s
     # beside the target and 0.076 s alone). Each run resumes if killed.
@@ -166,7 +175,8 @@ def build(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 raise SystemExit(f"training failed for {name}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, run in runs.items():
+    sources = {name: runs[name] if name in runs else Path(args.init_from) / name for name in DEMO_MODELS}
+    for name, run in sources.items():
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out))
         for path in model_files(run):
             dest = tmp / path.relative_to(run)
@@ -175,7 +185,9 @@ def build(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         if (out / name).exists():
             shutil.rmtree(out / name)
         os.replace(tmp, out / name)
-    trainings = {}
+    # a kept model's entry is the earlier build's, marked: its weights are that build's files
+    trainings = {name: {**init["manifest"]["trainings"][name], "kept_from": init["from"]}
+                 for name in kept if init is not None}
     for name, run in runs.items():
         config = json.loads((run / "training" / "config.json").read_text(encoding="utf-8"))
         rows = [json.loads(line) for line in (run / "training" / "metrics.jsonl").read_text().splitlines() if line]
@@ -188,7 +200,7 @@ def build(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "command": shlex.join(["python", "-m", "evspec.training.demo", *argv]),
         "files": manifest_entries(out),
         "dataset": {"synth_config": synth_config.model_dump(mode="json"), "seconds": synth_s},
-        "trainings": trainings,
+        "trainings": {name: trainings[name] for name in DEMO_MODELS},
         **({"init": init} if init else {}),
         "evspec": {**_git_commit(), "source_sha256": source_sha256()},
         "machine": environment(args.device),
@@ -262,6 +274,10 @@ def parser() -> argparse.ArgumentParser:
                         "16 GB for the target and 10 GB for the draft).")
     p.add_argument("--init-from", metavar="DIR", help="An earlier build's --out (its two models and MANIFEST.json): "
                    "each training starts from its weights instead of random ones.")
+    p.add_argument("--keep", action="append", default=[], choices=list(DEMO_MODELS), metavar="NAME",
+                   help="Keep this model of the --init-from build as it is, untrained (repeatable: "
+                        f"{', '.join(DEMO_MODELS)}); e.g. a draft retrained on a CPU beside a target that "
+                        "needs a GPU.")
     p.add_argument("--compile", action="store_true", help="torch.compile each transformer block for the training steps.")
     p.add_argument("--device", default="cuda")
     return p
