@@ -43,6 +43,8 @@ def test_the_manifests_command_still_makes_the_shipped_trainings() -> None:
     args = parser().parse_args(shlex.split(manifest["command"])[3:])
     assert dataset_config(args).model_dump(mode="json") == manifest["dataset"]["synth_config"]
     for name in DEMO_MODELS:
+        if "kept_from" in manifest["trainings"][name]:  # taken as it was from the build it names
+            continue
         work = Path(args.workdir)
         command = _train_command(args, name, work / "train", work / name)
         assert _but_workers(shlex.join(command[2:])) == _but_workers(manifest["trainings"][name]["command"])
@@ -61,8 +63,15 @@ def test_the_shipped_manifest_keeps_the_chain_of_builds_that_made_the_weights() 
     while "init" in manifest:
         earlier = manifest["init"]["manifest"]
         for name, (family, _) in DEMO_MODELS.items():
-            assert f"--init-from {family}:{Path(manifest['init']['from']) / name}" in manifest["trainings"][name]["command"]
-            assert {p for p in earlier["files"] if p.startswith(name + "/")} == {p for p in manifest["files"] if p.startswith(name + "/")}
+            training = manifest["trainings"][name]
+            ours = {p: f for p, f in manifest["files"].items() if p.startswith(name + "/")}
+            theirs = {p: f for p, f in earlier["files"].items() if p.startswith(name + "/")}
+            if "kept_from" in training:  # the earlier build's model, its files and entry unchanged
+                assert training["kept_from"] == manifest["init"]["from"] and ours == theirs
+                assert {k: v for k, v in training.items() if k != "kept_from"} == earlier["trainings"][name]
+                continue
+            assert f"--init-from {family}:{Path(manifest['init']['from']) / name}" in training["command"]
+            assert set(theirs) == set(ours)
         manifest, links = earlier, links + 1
         assert links < 10
     assert all("--init-from" not in t["command"] for t in manifest["trainings"].values())
@@ -153,3 +162,21 @@ def test_a_demo_build_starts_from_an_earlier_one_and_keeps_its_manifest(tmp_path
     assert main(["--workdir", str(tmp_path / "w3"), "--out", str(tmp_path / "third"), "--init-from", str(changed), *tiny]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: --init-from: the files in") and "Traceback" not in err
+    # --keep: the target comes from the earlier build byte for byte, only the draft trains
+    kept = tmp_path / "kept"
+    assert main(["--workdir", str(tmp_path / "w4"), "--out", str(kept), "--init-from", str(first),
+                 "--keep", "demo-videollava", "--colour-context", *tiny]) == 0
+    manifest = json.loads((kept / MANIFEST_NAME).read_text())
+    earlier = json.loads((first / MANIFEST_NAME).read_text())
+    target_files = {p: f for p, f in manifest["files"].items() if p.startswith("demo-videollava/")}
+    assert target_files == {p: f for p, f in earlier["files"].items() if p.startswith("demo-videollava/")}
+    assert manifest["files"]["demo-eventgpt/model.safetensors"] != earlier["files"]["demo-eventgpt/model.safetensors"]
+    assert manifest["trainings"]["demo-videollava"] == {**earlier["trainings"]["demo-videollava"], "kept_from": str(first)}
+    assert "--colour-context" in manifest["trainings"]["demo-eventgpt"]["command"]
+    assert not (tmp_path / "w4" / "demo-videollava").exists()
+    for bad, message in ((["--keep", "demo-videollava"], "error: --keep: a model is kept from an earlier build"),
+                         (["--init-from", str(first), "--keep", "demo-videollava", "--keep", "demo-eventgpt"],
+                          "error: --keep names every model")):
+        assert main(["--workdir", str(tmp_path / "w5"), "--out", str(tmp_path / "bad"), *bad, *tiny]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(message) and "Traceback" not in err
