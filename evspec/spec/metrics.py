@@ -249,6 +249,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "counts": counts.as_dict(),
         "by_question_type": by_type,
         "rejected_tokens_top": rejection_tally(ok),
+        "rejections": sum(len(r["spec"].get("rejected_tokens", ())) for r in ok),
         "lossless": all(r["lossless"] for r in greedy) if greedy else None,
         "n_lossless": sum(1 for r in greedy if r["lossless"]),
         "n_exact": sum(1 for r in greedy if r.get("exact", r["lossless"])),

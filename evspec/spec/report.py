@@ -198,9 +198,10 @@ def render_markdown(summary: dict[str, Any], records: Sequence[dict[str, Any]]) 
         lines.append("")
     rejected = summary.get("rejected_tokens_top") or []
     if rejected:
-        total = sum(n for _, n in rejected)
+        shown = sum(n for _, n in rejected)
+        total = summary.get("rejections", shown)
         lines += ["## Where drafts fail", "", "The target's tokens that replaced a rejected draft, most frequent "
-                  f"first (top {len(rejected)}, {total} rejections): what the draft could not predict.", "",
+                  f"first (the top {len(rejected)}: {shown} of {total} rejections): what the draft could not predict.", "",
                   "| target token | rejections |", "|---|---|"]
         lines += [f"| `{text or ' '}` | {n} |" for text, n in rejected]
         lines.append("")

@@ -55,6 +55,11 @@ def test_spec_writes_records_summary_and_report(tmp_path: Path, dataset: Path, c
     assert "95% bootstrap intervals over samples (2000 resamples, seed 0)" in report
     # the draft beside an eager target steps on a static cache (draft_cache auto); the target stays eager
     assert summary["draft_model_cache"] == "static" and "cache eager, draft cache static." in report
+    # where drafts fail: the top tokens' count out of every rejection, not the top's sum as a total
+    rejections = sum(len(r["spec"]["rejected_tokens"]) for r in rows)
+    assert rejections > 0 and summary["rejections"] == rejections
+    shown = sum(n for _, n in summary["rejected_tokens_top"])
+    assert f"{shown} of {rejections} rejections" in report
     for png in ("acceptance_by_position.png", "speedup_per_sample.png", "time_split.png"):
         assert (out / png).stat().st_size > 1000
     printed = capsys.readouterr().out
