@@ -70,6 +70,7 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 HEAD_FORMAT = "evspec-head"
 HEAD_FORMAT_VERSION = 1
+DRAFT_READS = frozenset({"draft_hidden", "draft_logits"})  # the HeadInputs fields that come from the draft model
 
 
 # ----------------------------------------------------------------------------- config and data
@@ -349,6 +350,11 @@ class Head(nn.Module):
     needs: ClassVar[tuple[str, ...]] = ()  # HeadConfig fields that must be > 0
     visual_field: ClassVar[str | None] = None  # the AlignRow field its visual features come from
     regresses_features: ClassVar[bool] = True
+
+    @classmethod
+    def reads_draft_model(cls) -> bool:
+        """Whether the head reads a model besides the target: the draft's states, or EC's events."""
+        return bool(DRAFT_READS & cls.reads) or cls.visual_field == "draft_visual"
 
     def __init__(self, config: HeadConfig, target_embedding: nn.Embedding, target_lm_head: nn.Linear) -> None:
         super().__init__()

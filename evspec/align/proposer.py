@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from evspec.align.heads import (
     ADAPTERS,
+    DRAFT_READS,
     CONFIG_NAME,
     HEAD_FORMAT,
     Head,
@@ -77,7 +78,6 @@ if TYPE_CHECKING:
 DRAFT_PREFIX = "adapter:"
 HEAD_FOLDER = "head"  # where ``evspec align train`` saves its head inside RUN
 METRICS_NAME = "metrics.jsonl"
-DRAFT_READS = frozenset({"draft_hidden", "draft_logits"})
 
 
 # ----------------------------------------------------------------------------- RUN folders
@@ -97,12 +97,12 @@ class AdapterRun:
     target_model: str | None
     metrics: Path | None
     target_weights_sha256: str | None = None  # of the target the run trained over (align train)
+    draft_weights_sha256: str | None = None  # of the draft model it read, for a head that reads one
 
     @property
     def needs_draft(self) -> bool:
         """Whether the head reads a model besides the target (the draft's states, or EC's events)."""
-        cls = ADAPTERS[self.adapter]
-        return bool(DRAFT_READS & cls.reads) or cls.visual_field == "draft_visual"
+        return ADAPTERS[self.adapter].reads_draft_model()
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -145,10 +145,11 @@ def read_adapter_run(path: str | Path) -> AdapterRun:
     draft = store.get("draft", head_document.get("draft_model"))
     target = identity.get("target", store.get("target", head_document.get("target_model")))
     metrics = path / METRICS_NAME
-    weights = identity.get("target_weights_sha256")
+    weights, draft_weights = identity.get("target_weights_sha256"), identity.get("draft_weights_sha256")
     return AdapterRun(path, head_folder, adapter, draft if isinstance(draft, str) else None,
                       target if isinstance(target, str) else None, metrics if metrics.is_file() else None,
-                      weights if isinstance(weights, str) else None)
+                      weights if isinstance(weights, str) else None,
+                      draft_weights if isinstance(draft_weights, str) else None)
 
 
 def _warn_if_trained_over_other_weights(run: AdapterRun, head: Head, lm: LanguageModel,
@@ -157,7 +158,8 @@ def _warn_if_trained_over_other_weights(run: AdapterRun, head: Head, lm: Languag
     (embedding, LM head, and the draft's LM head for the TokenAdapter) and this target's differ: a
     head of an earlier build of the same shapes loads and drafts losslessly, but its acceptance and
     its recorded simulated acceptance belong to the other weights. Checked in float32 only, the
-    dtype the run hashed in (a 16-bit copy of the same weights hashes differently)."""
+    dtype the run hashed in (a 16-bit copy of the same weights hashes differently). The same for the
+    draft model a head reads (its whole trainable module: EC reads its event encoder)."""
     if run.target_weights_sha256 is None or lm.dtype != torch.float32:
         return
     draft_lm_head = None
@@ -168,6 +170,13 @@ def _warn_if_trained_over_other_weights(run: AdapterRun, head: Head, lm: Languag
             f"{run.path}: this head was trained over other target weights than these (config.json's "
             "target_weights_sha256 differs): it drafts losslessly, but expect lower acceptance than it was "
             "trained for; retrain it on a store of this target (evspec align extract, evspec align train)"),
+            stacklevel=3)
+    if (run.draft_weights_sha256 is not None and draft is not None and not isinstance(draft, LanguageModel)
+            and draft.dtype == torch.float32 and weights_sha256(draft.trainable_module) != run.draft_weights_sha256):
+        warnings.warn(EvspecWarning(
+            f"{run.path}: this head read another draft model's states or event features in training "
+            "(config.json's draft_weights_sha256 differs): it drafts losslessly, but expect lower acceptance "
+            "than it was trained for; retrain it on a store of this draft (evspec align extract, evspec align train)"),
             stacklevel=3)
 
 

@@ -321,15 +321,20 @@ def prepare_align_task(config: AlignTrainConfig, out: Path, device: torch.device
     train_rows, eval_rows = holdout_split(len(store), config.holdout, config.holdout_seed)
     target = load_model(str(store.identity["target"]), device=device, dtype="float32")
     embedding, lm_head = target.language_model.embed_tokens, target.language_model.lm_head
-    draft_lm_head = None
-    if "draft_logits" in ADAPTERS[config.adapter].reads:
+    draft_lm_head, draft_weights = None, {}
+    if ADAPTERS[config.adapter].reads_draft_model():
+        # which draft weights made the store's draft states and event features: a head over a
+        # rebuilt draft is told so when it loads (AdapterProposer.from_folder)
         draft = load_model(str(store.identity["draft"]), device=device, dtype="float32")
-        draft_lm_head = draft.language_model.lm_head
+        draft_weights = {"draft_weights_sha256": weights_sha256(draft.trainable_module)}
+        if "draft_logits" in ADAPTERS[config.adapter].reads:
+            draft_lm_head = draft.language_model.lm_head
     sizes = head_config(config, store, embedding, lm_head, draft_lm_head)
     identity = {**config.identity(), "store_identity": store.identity,
                 "store_shards_sha256": store.fingerprint,
                 "target": store.identity.get("target"),
-                "target_weights_sha256": weights_sha256(embedding, lm_head, draft_lm_head), "head_config": asdict(sizes)}
+                "target_weights_sha256": weights_sha256(embedding, lm_head, draft_lm_head), **draft_weights,
+                "head_config": asdict(sizes)}
     torch.manual_seed(config.loop.seed)  # the head's initial weights
     head = build_adapter(config.adapter, sizes, embedding, lm_head).to(device)
     return AlignTask(config, store, head, train_rows, eval_rows, out, device, draft_lm_head), identity

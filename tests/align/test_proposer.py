@@ -500,3 +500,24 @@ def test_a_run_over_other_target_weights_warns_and_still_drafts(trained_run: Pat
     with pytest.warns(EvspecWarning, match="trained over other target weights"):
         proposer = AdapterProposer.from_folder(trained_run, target, draft=draft)
     assert proposer.head.name == "L5F"
+
+
+
+def test_a_run_over_other_draft_weights_warns_and_still_drafts(trained_run: Path) -> None:
+    """L5F reads the draft's hidden states: the run records the draft's weights too, and a rebuilt
+    draft (the demo pair's event model retrained, say) is told in one warning."""
+    from evspec.errors import EvspecWarning
+    from evspec.models.registry import load_model
+
+    identity = json.loads((trained_run / "config.json").read_text())["identity"]
+    assert len(identity["draft_weights_sha256"]) == 64
+    target, draft = load_model("tiny-videollava"), load_model("tiny-eventgpt")
+    with torch.no_grad():
+        next(draft.trainable_module.parameters()).view(-1)[0] += 1e-3
+    with pytest.warns(EvspecWarning, match="read another draft model") as caught:
+        proposer = AdapterProposer.from_folder(trained_run, target, draft=draft)
+    assert not any("target weights" in str(w.message) for w in caught)
+    assert proposer.head.name == "L5F"
+    from evspec.align.heads import ADAPTERS  # a head of the target alone records no draft: B1 reads none, EC its events
+
+    assert not ADAPTERS["B1"].reads_draft_model() and ADAPTERS["EC"].reads_draft_model()
