@@ -146,9 +146,8 @@ def dataset_config(args: argparse.Namespace) -> SynthConfig:
 
 def build(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     from evspec.data.synth.builder import build_dataset
-    from evspec.run.rundir import environment
-
     from evspec.errors import ConfigError
+    from evspec.run.rundir import environment
 
     work = Path(args.workdir)
     kept = set(args.keep)
