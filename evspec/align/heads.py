@@ -726,7 +726,8 @@ def collate_rows(rows: Sequence[AlignRow], head: Head, *, draft_lm_head: nn.Line
 
 
 def weights_sha256(*modules: nn.Module | None) -> str:
-    """sha256 of the modules' weights (the target's embedding and LM head): which target a run used."""
+    """sha256 of the modules' weights, in float32: which target (its embedding and LM head) and which
+    draft (its whole trainable module, for a head that reads it) an alignment run used."""
     digest = hashlib.sha256()
     for module in modules:
         if module is None:
