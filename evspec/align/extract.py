@@ -29,11 +29,13 @@ from evspec.align.store import (
     STORE_OUTPUTS,
     AlignRow,
     RankWriter,
+    check_store_weights,
     claim_store,
     merge_index,
     read_parts,
     sample_ranks,
 )
+from evspec.align.heads import weights_sha256
 from evspec.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -394,11 +396,14 @@ def extract_store(
         started = time.perf_counter()
         target, draft = load_pair(config, torch_device, dtype, models)
         model_load_s = time.perf_counter() - started
+        weights = {"target_weights_sha256": weights_sha256(target.trainable_module),
+                   "draft_weights_sha256": weights_sha256(draft.trainable_module)}
+        check_store_weights(out, weights)
         layers = resolve_layers(config.layers, n_layers(target))
         bridge = pair_bridge(draft, target)
         full_config = {**asdict(config), "layers": list(layers), "target_layers": n_layers(target),
                        "n_samples": len(samples), "bridge": bridge.kind, "device": str(torch_device),
-                       "fields": field_shapes(target, draft, config.store_dtype, config.target_visual)}
+                       "fields": field_shapes(target, draft, config.store_dtype, config.target_visual), **weights}
         if rank == 0:
             write_run_config(out, identity=identity, config=full_config, device=str(torch_device), command=command)
         writer = RankWriter(out, rank, world_size, identity, full_config, config.shard_rows)

@@ -725,16 +725,21 @@ def collate_rows(rows: Sequence[AlignRow], head: Head, *, draft_lm_head: nn.Line
                      visual=visual, visual_mask=visual_mask)
 
 
-def weights_sha256(*modules: nn.Module | None) -> str:
+def weights_sha256(*modules: nn.Module | None, rounded_to: torch.dtype | None = None) -> str:
     """sha256 of the modules' weights, in float32: which target (its embedding and LM head) and which
-    draft (its whole trainable module, for a head that reads it) an alignment run used."""
+    draft (its whole trainable module, for a head that reads it) an alignment run used, and which
+    models made a store's rows. ``rounded_to``: first round to that dtype, so that float32 weights
+    hash as the same checkpoint loaded in 16-bit does."""
     digest = hashlib.sha256()
     for module in modules:
         if module is None:
             continue
         for name, tensor in sorted(module.state_dict().items()):
+            value = tensor.detach().to("cpu")
+            if rounded_to is not None and value.is_floating_point():
+                value = value.to(rounded_to)
             digest.update(name.encode())
-            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            digest.update(value.to(torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 

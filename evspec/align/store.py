@@ -294,7 +294,7 @@ def merge_index(folder: str | Path, *, n_samples: int | None = None, extra: dict
         raise InputError("no index parts: nothing was extracted into this folder yet", folder)
     identity, config = parts[0].identity, parts[0].config
     for part in parts[1:]:
-        detail = identity_difference(identity, part.identity)
+        detail = identity_difference(identity, part.identity) or weights_difference(config, part.config)
         if detail:
             raise InputError(f"index parts of rank {parts[0].rank} and {part.rank} come from different configs ({detail})", folder)
     shards = sorted((s for p in parts for s in p.shards), key=lambda s: (s.rank, s.number))
@@ -375,6 +375,28 @@ def claim_store(out: Path, identity: dict[str, Any], *, force: bool) -> list[str
         if path.name not in listed:
             path.unlink()  # written by a run killed before its index part listed it (not reported: a normal kill)
     return dropped
+
+
+WEIGHTS_KEYS = ("target_weights_sha256", "draft_weights_sha256")
+
+
+def weights_difference(recorded: dict[str, Any], weights: dict[str, Any]) -> str | None:
+    """Which model's weights differ between a part's config and ``weights`` (a key either lacks,
+    as in stores written before weights were recorded, is not compared). Why weights and not only
+    names: the demo models are rebuilt under the same names, and a resumed extraction over rebuilt
+    weights would mix the rows of two models."""
+    changed = [k.removesuffix("_weights_sha256") for k in WEIGHTS_KEYS
+               if recorded.get(k) is not None and weights.get(k) is not None and recorded[k] != weights[k]]
+    return f"other weights of the {' and the '.join(changed)} ({', '.join(f'{k}_weights_sha256' for k in changed)})" if changed else None
+
+
+def check_store_weights(out: Path, weights: dict[str, str]) -> None:
+    """A :class:`ConfigError` if rows already in ``out`` were extracted with other model weights."""
+    for part in read_parts(out):
+        detail = weights_difference(part.config, weights)
+        if detail:
+            raise ConfigError(f"{out} holds rows extracted with {detail}: the models were rebuilt under the same "
+                              "names; use another folder or force=True to discard them", parameters=["force"])
 
 
 class RankWriter:

@@ -38,7 +38,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -60,6 +60,9 @@ from evspec.align.simulate import LABEL, SimulatedAcceptance, simulate_batch
 from evspec.align.store import AlignStore
 from evspec.errors import ConfigError
 from evspec.training.loop import LoopConfig, TrainProgress, TrainResult
+
+if TYPE_CHECKING:
+    from evspec.models.base import VisionLanguageModel
 
 RowSource = AlignStore | OnlineRows  # where a run's rows come from: a store, or computed as asked
 HEAD_FOLDER = "head"
@@ -312,6 +315,20 @@ def claim_run(out: Path, identity: dict[str, Any], force: bool) -> None:
         _start_over(out)
 
 
+def require_store_weights(store: RowSource, role: str, model: VisionLanguageModel) -> None:
+    """A :class:`ConfigError` if the store's rows were extracted with other weights of its target or
+    draft than ``model`` (loaded here in float32; compared at the extraction's compute dtype): a head
+    would learn the states of one model and draft through the embedding and LM head of another."""
+    recorded = store.config.get(f"{role}_weights_sha256") if isinstance(store, AlignStore) else None
+    if recorded is None:  # a store from before weights were recorded, or rows computed online now
+        return
+    compute_dtype = getattr(torch, str(store.identity.get("dtype", "float32")))
+    if weights_sha256(model.trainable_module, rounded_to=compute_dtype) != recorded:
+        raise ConfigError(f"{store.path} was extracted with other weights of {store.identity.get(role)} than those loaded "
+                          f"now ({role}_weights_sha256 differs: rebuilt since?); extract it again",
+                          parameters=["store"])
+
+
 def prepare_align_task(config: AlignTrainConfig, out: Path, device: torch.device) -> tuple[AlignTask, dict[str, Any]]:
     """The store, its split, the target's embedding and LM head (and the draft's LM head for the
     TokenAdapter), a freshly initialised head (seeded by ``config.loop.seed``) -> (task, run identity)."""
@@ -320,12 +337,14 @@ def prepare_align_task(config: AlignTrainConfig, out: Path, device: torch.device
     store: RowSource = AlignStore(config.store) if config.online is None else OnlineRows(ExtractConfig(**config.online), device)
     train_rows, eval_rows = holdout_split(len(store), config.holdout, config.holdout_seed)
     target = load_model(str(store.identity["target"]), device=device, dtype="float32")
+    require_store_weights(store, "target", target)
     embedding, lm_head = target.language_model.embed_tokens, target.language_model.lm_head
     draft_lm_head, draft_weights = None, {}
     if ADAPTERS[config.adapter].reads_draft_model():
         # which draft weights made the store's draft states and event features: a head over a
         # rebuilt draft is told so when it loads (AdapterProposer.from_folder)
         draft = load_model(str(store.identity["draft"]), device=device, dtype="float32")
+        require_store_weights(store, "draft", draft)
         draft_weights = {"draft_weights_sha256": weights_sha256(draft.trainable_module)}
         if "draft_logits" in ADAPTERS[config.adapter].reads:
             draft_lm_head = draft.language_model.lm_head

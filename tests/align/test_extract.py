@@ -281,6 +281,39 @@ def test_two_gloo_processes_under_torchrun_merge_to_the_rows_of_one(tmp_path: Pa
     assert_same_rows(store, AlignStore(reference), exact=False)
 
 
+def test_a_resume_over_rebuilt_weights_is_refused(tmp_path: Path, dataset: Path, models, reference: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same model names, other weights (a rebuilt demo pair): resuming would mix two models' rows."""
+    import copy
+
+    real, calls = extract_module.extract_sample, []
+
+    def dying(*args, **kwargs) -> AlignRow:
+        if len(calls) == 2:
+            raise Killed
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    target, draft = models
+    out = tmp_path / "store"
+    monkeypatch.setattr(extract_module, "extract_sample", dying)
+    with pytest.raises(Killed):  # killed after one whole shard (shard_rows=2)
+        extract_store(config_for(dataset), out, device="cpu", models=models)
+    monkeypatch.undo()
+    part = (out / "index.rank000.json").read_bytes()
+    rebuilt = copy.deepcopy(draft)
+    with torch.no_grad():
+        next(rebuilt.trainable_module.parameters()).add_(1e-3)
+    with pytest.raises(ConfigError, match=r"other weights of the draft \(draft_weights_sha256\)") as error:
+        extract_store(config_for(dataset), out, device="cpu", models=(target, rebuilt))
+    assert "force" in str(error.value)
+    assert (out / "index.rank000.json").read_bytes() == part  # nothing written
+    summary = extract_store(config_for(dataset), out, device="cpu", models=models)  # the same weights resume
+    assert (summary.already_done, summary.extracted) == (2, 1)
+    assert AlignStore(out).config["draft_weights_sha256"] == AlignStore(reference).config["draft_weights_sha256"]
+    assert_same_rows(AlignStore(out), AlignStore(reference))
+
+
 def test_a_dataset_edited_at_the_same_path_is_another_store(tmp_path: Path, dataset: Path, models) -> None:
     import json
 

@@ -311,6 +311,20 @@ def test_bad_input_is_one_clear_error(store: Path, tmp_path: Path, capsys, monke
     assert main(args(tmp_path / "x", "B1", tmp_path / "no-store")) == 1
     assert "not an alignment store" in _error_line(capsys)
 
+    rebuilt = tmp_path / "rebuilt-store"  # rows of models rebuilt since under the same names
+    shutil.copytree(store, rebuilt)
+    index = json.loads((rebuilt / "index.json").read_text())
+    assert len(index["config"]["target_weights_sha256"]) == 64 and len(index["config"]["draft_weights_sha256"]) == 64
+    for role, adapter in (("target", "B1"), ("draft", "EC")):
+        edited = json.loads(json.dumps(index))
+        edited["config"][f"{role}_weights_sha256"] = "0" * 64
+        (rebuilt / "index.json").write_text(json.dumps(edited))
+        assert main(args(tmp_path / f"rebuilt-{role}", adapter, rebuilt)) == 1
+        line = _error_line(capsys)
+        assert f"other weights of tiny-{'videollava' if role == 'target' else 'eventgpt'}" in line
+        assert f"{role}_weights_sha256" in line and "extract it again" in line
+        assert not (tmp_path / f"rebuilt-{role}" / "state.pt").exists()
+
     monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun --nproc_per_node 2: checked before any work
     assert main([*args(tmp_path / "y"), "--batch-size", "3"]) == 1
     line = _error_line(capsys)
