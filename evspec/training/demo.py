@@ -157,6 +157,8 @@ def build(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     if kept >= set(DEMO_MODELS):
         raise ConfigError("keep names every model: nothing would be trained", parameters=["keep"])
     init = earlier_build(Path(args.init_from)) if args.init_from else None
+    # the code that runs is the code at the start: a commit made during a long build is not it
+    provenance = {**_git_commit(), "source_sha256": source_sha256()}
     work.mkdir(parents=True, exist_ok=True)
     synth_config = dataset_config(args)
     began = time.time()
@@ -201,7 +203,7 @@ def build(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "dataset": {"synth_config": synth_config.model_dump(mode="json"), "seconds": synth_s},
         "trainings": {name: trainings[name] for name in DEMO_MODELS},
         **({"init": init} if init else {}),
-        "evspec": {**_git_commit(), "source_sha256": source_sha256()},
+        "evspec": provenance,
         "machine": environment(args.device),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": time.time() - began,

@@ -114,11 +114,14 @@ def test_greedy_answers_on_three_fixed_clips_are_the_recorded_ones(name: str, cl
     assert got == RECORDED[name]
 
 
-def test_the_demo_command_runs_on_a_cpu_at_a_tiny_size(tmp_path: Path) -> None:
+def test_the_demo_command_runs_on_a_cpu_at_a_tiny_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The manifest's command, shrunk: synthesis, both trainings, the shipped folders, the manifest."""
+    import evspec.training.demo as demo
     from evspec.training.demo import main
 
+    # a commit made while the build runs is not the code that ran: the manifest names the one at the start
     out = tmp_path / "shipped"
+    monkeypatch.setattr(demo, "_git_commit", lambda: {"commit": "later" if out.exists() else "at-start", "dirty": False})
     assert main(["--workdir", str(tmp_path / "work"), "--out", str(out), "--clips", "4", "--test-fraction", "0",
                  "--target-size", "tiny", "--draft-size", "tiny", "--target-steps", "2", "--draft-steps", "2",
                  "--batch-size", "2", "--warmup-steps", "1", "--checkpoint-every", "1", "--workers", "2",
@@ -128,6 +131,7 @@ def test_the_demo_command_runs_on_a_cpu_at_a_tiny_size(tmp_path: Path) -> None:
     assert {p.split("/")[0] for p in manifest["files"]} == set(DEMO_MODELS)
     assert not any("training" in p for p in manifest["files"])  # the runs' own files are not shipped
     assert manifest["evspec"]["source_sha256"] and manifest["trainings"]["demo-eventgpt"]["identity"]["event_canvas"] == "sensor"
+    assert manifest["evspec"]["commit"] == "at-start"
     for training in manifest["trainings"].values():
         # the shipped recipe's defaults: four views of each clip, the clips kept in float16
         assert training["identity"]["mirror"] is True and training["identity"]["reverse"] is True
