@@ -48,6 +48,7 @@ from evspec.models.base import (
     VisualFeatures,
     VisualInput,
 )
+from evspec.models.clip_pixels import clip_pixel_values
 from evspec.models.generation import read_generation_config
 from evspec.models.loading import (
     LOADER_ERRORS,
@@ -329,8 +330,8 @@ class EventGPT(VisionLanguageModel):
         ids = tokenizer_event_token(self.prompt(query), self.tokenizer)
         n_prompt = len(ids) - 1 + self.n_visual_tokens(len(visual.frames))
         ensure_prompt_fits(n_prompt, min(self.model.prompt_limit, self.language_model.context_length), self.name)
-        # one call for all frames: what upstream's call per frame gives (tested), with less overhead
-        pixels = self.image_processor(list(visual.frames), return_tensors="pt")["pixel_values"]
+        # all frames at once: what upstream's call per frame gives (tested), with less overhead
+        pixels = clip_pixel_values(self.image_processor, visual.frames)
         return Prepared(
             input_ids=torch.tensor([ids], dtype=torch.long, device=self.device),
             pixel_values=pixels.to(self.device, self.dtype),
