@@ -469,9 +469,20 @@ def resolve_visual_tower(name: str, folder: Path) -> Path:
     )
 
 
-def _image_processor(folder: Path, tower_folder: Path, tower: CLIPVisionConfig):  # -> CLIPImageProcessor
+def clip_image_processor_class() -> type:
+    """transformers' CLIP image processor on its PIL backend: upstream's preprocessing, the same
+    pixels on every machine. transformers >= 5.10 gives ``CLIPImageProcessor`` the torchvision
+    backend wherever torchvision is installed (another resize: other pixels, so a model trained on
+    one machine would read slightly different frames on another); its PIL twin is
+    ``CLIPImageProcessorPil``. Before the split, ``CLIPImageProcessor`` was the PIL one."""
+    import transformers
+
+    return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+
+
+def _image_processor(folder: Path, tower_folder: Path, tower: CLIPVisionConfig):  # -> CLIPImageProcessorPil
     """From the checkpoint folder, else the tower's folder, else CLIP's defaults at the tower's size."""
-    from transformers import CLIPImageProcessor
+    CLIPImageProcessor = clip_image_processor_class()
 
     for where in (folder, tower_folder):
         config_file = where / "preprocessor_config.json"

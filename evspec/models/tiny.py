@@ -105,9 +105,9 @@ def _frame_sizes(size: int, full_frame: bool) -> dict[str, Any]:
 
 
 def _clip_image_processor(size: int = IMAGE_SIZE, full_frame: bool = False):
-    from transformers import CLIPImageProcessor
+    from evspec.models.eventgpt import clip_image_processor_class
 
-    return CLIPImageProcessor(**_frame_sizes(size, full_frame))
+    return clip_image_processor_class()(**_frame_sizes(size, full_frame))
 
 
 def _eventgpt_tokenizer():

@@ -55,3 +55,25 @@ def test_inputs_it_does_not_cover_go_through_the_processor() -> None:
     frames = [rng.integers(0, 256, size=(30, 40, 3), dtype=np.uint8)]
     assert not fast_path_applies(no_normalise, frames)
     assert torch.equal(clip_pixel_values(no_normalise, frames), no_normalise(frames, return_tensors="pt")["pixel_values"])
+
+
+def test_eventgpt_keeps_the_pil_backend_where_transformers_would_pick_torchvision(monkeypatch) -> None:
+    """With torchvision installed, transformers' ``CLIPImageProcessor`` is the torchvision backend
+    (other pixels than the training machine's); EventGPT loads the PIL twin by name instead."""
+    _pil_processor()  # skips where transformers has no separate PIL backend
+
+    class TorchvisionStandIn:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("the torchvision-backed CLIPImageProcessor was used")
+
+        from_pretrained = classmethod(__init__)
+
+    import sys
+
+    from evspec.models.registry import load_model
+
+    load_model("tiny-eventgpt")  # transformers swaps its lazy module object on first use: patch the live one
+    monkeypatch.setattr(sys.modules["transformers"], "CLIPImageProcessor", TorchvisionStandIn)
+    for name in ("demo-eventgpt", "tiny-eventgpt"):
+        processor = load_model(name).image_processor
+        assert processor.backend == "pil", name
