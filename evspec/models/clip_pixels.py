@@ -1,7 +1,7 @@
 """CLIP pixel values of a few uint8 frames: transformers' PIL image processor's exact output, faster.
 
 Why our own step: on a 2-core CPU, ``CLIPImageProcessor`` (its PIL backend, upstream EventGPT's
-preprocessing) took 5.7 ms for the demo draft's five 160x120 event frames, paid at every
+preprocessing) took 3-6 ms for the demo draft's five 160x120 event frames, paid at every
 speculative prefill. A third of it was the float rescale and normalisation (numpy broadcasting
 over a channel axis of 3), the rest per-image conversions around the PIL resize. Here the
 geometry is the processor's own (its ``resize`` and ``center_crop`` on each frame, PIL bicubic as
@@ -47,10 +47,7 @@ def clip_pixel_values(processor: Any, frames: Sequence[np.ndarray]) -> torch.Ten
     where :func:`fast_path_applies` (module docstring)."""
     if not fast_path_applies(processor, frames):
         return processor(list(frames), return_tensors="pt")["pixel_values"]
-    table = getattr(processor, "_evspec_value_table", None)
-    if table is None:  # processors are not re-configured after loading; one table each
-        table = _value_table(processor)
-        processor._evspec_value_table = table
+    table = _value_table(processor)  # 30 us: built per call, so it always follows the processor's settings
     images = []
     for frame in frames:
         image = np.moveaxis(frame, -1, 0)  # CHW, as the processor's process_image makes it
