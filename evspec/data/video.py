@@ -200,7 +200,7 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 20, crf: int = 23
     with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": str(crf)}
+        stream.options = {"crf": str(crf), "threads": "1"}
         for i in range(n):
             frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
             frame.pts = i
