@@ -17,8 +17,11 @@ from evspec.training.demo import DEMO_DIR, DEMO_MODELS, MANIFEST_NAME, manifest_
 # least 2.2 logits (a clip's video can differ in its last bits between dataset builds, and a near tie
 # would flip: one of seed 11's clips did, with a 0.12 margin). The draft answers the row question of
 # SynthConfig(clips=3, size=(160, 120), seed=11) (margins of 9 logits or more).
-TARGET_CLIPS = {"clips": 3, "size": (160, 120), "seed": 12, "min_objects": 3, "pan_probability": 1.0}
-DRAFT_CLIPS = {"clips": 3, "size": (160, 120), "seed": 11}
+# each model's clips (SynthConfig fields) and question type (None: each row's own question)
+QUESTIONS = {
+    "demo-videollava": ({"clips": 3, "size": (160, 120), "seed": 12, "min_objects": 3, "pan_probability": 1.0}, "describe"),
+    "demo-eventgpt": ({"clips": 3, "size": (160, 120), "seed": 11}, None),
+}
 RECORDED = {
     "demo-videollava": [[274, 552, 497, 330, 410, 273, 311, 270, 436, 867, 267, 553, 486, 330, 454, 410, 273, 311, 270,
                          428, 273, 267, 551, 485, 425, 423, 857, 290, 424, 451, 410, 273, 311, 270, 428, 857, 2],
@@ -120,8 +123,7 @@ def _questions(tmp_path: Path, clips: dict, qtype: str | None) -> list:
 def test_greedy_answers_on_three_fixed_clips_are_the_recorded_ones(name: str, tmp_path: Path) -> None:
     from evspec.models.registry import load_model
 
-    questions = (_questions(tmp_path, TARGET_CLIPS, "describe") if name == "demo-videollava"
-                 else _questions(tmp_path, DRAFT_CLIPS, None))
+    questions = _questions(tmp_path, *QUESTIONS[name])
     assert len(questions) == 3
     model = load_model(name)
     got = [model.generate(model.preprocess(model.load(q.sample), q.query), max_new_tokens=40).token_ids for q in questions]
