@@ -23,6 +23,17 @@ import numpy as np
 import torch
 
 
+def clip_image_processor_class() -> type:
+    """transformers' CLIP image processor on its PIL backend: upstream's preprocessing, the same
+    pixels on every machine. transformers >= 5.10 gives ``CLIPImageProcessor`` the torchvision
+    backend wherever torchvision is installed (another resize: other pixels, so a model trained on
+    one machine would read slightly different frames on another); its PIL twin is
+    ``CLIPImageProcessorPil``. Before the split, ``CLIPImageProcessor`` was the PIL one."""
+    import transformers
+
+    return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+
+
 def fast_path_applies(processor: Any, frames: Sequence[Any]) -> bool:
     """Whether :func:`clip_pixel_values` may replace the processor call for these frames."""
     if getattr(processor, "backend", None) != "pil" or getattr(processor, "do_pad", False):

@@ -48,7 +48,7 @@ from evspec.models.base import (
     VisualFeatures,
     VisualInput,
 )
-from evspec.models.clip_pixels import clip_pixel_values
+from evspec.models.clip_pixels import clip_image_processor_class, clip_pixel_values
 from evspec.models.generation import read_generation_config
 from evspec.models.loading import (
     LOADER_ERRORS,
@@ -467,17 +467,6 @@ def resolve_visual_tower(name: str, folder: Path) -> Path:
         f"{folder}: the CLIP tower '{name}' (config mm_visual_tower) is not available locally; tried "
         f"{', '.join(tried)}. Put the CLIP folder there, or set {VISUAL_TOWER_ENV}=/path/to/clip"
     )
-
-
-def clip_image_processor_class() -> type:
-    """transformers' CLIP image processor on its PIL backend: upstream's preprocessing, the same
-    pixels on every machine. transformers >= 5.10 gives ``CLIPImageProcessor`` the torchvision
-    backend wherever torchvision is installed (another resize: other pixels, so a model trained on
-    one machine would read slightly different frames on another); its PIL twin is
-    ``CLIPImageProcessorPil``. Before the split, ``CLIPImageProcessor`` was the PIL one."""
-    import transformers
-
-    return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
 
 
 def _image_processor(folder: Path, tower_folder: Path, tower: CLIPVisionConfig):  # -> CLIPImageProcessorPil

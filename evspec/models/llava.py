@@ -15,7 +15,7 @@ Preprocessing:
   since its video processor needs it; the image processor gives the pixel values Video-LLaVA
   was trained with.)
 - LLaVA-1.5: ``LlavaProcessor`` (prompt expansion and pixels) on one image per sample: the middle
-  frame of the clip's video.
+  frame of the clip's video; its CLIP image processor on the PIL backend, whatever is installed.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from evspec.models.base import (
     VisualFeatures,
     VisualInput,
 )
+from evspec.models.clip_pixels import clip_image_processor_class
 from evspec.models.eventgpt import greedy_generation_config
 from evspec.models.loading import (
     LOADER_ERRORS,
@@ -284,6 +285,10 @@ def load_llava(folder: str | Path, options: LoadOptions, *, name: str | None = N
     load_tokenizer(folder)  # a clear error when the tokenizer files are missing
     try:
         processor = LlavaProcessor.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+        # LLaVA-1.5's image processor is CLIP's: the PIL backend, as EventGPT's, so the pixels do not
+        # depend on whether torchvision is installed (see clip_image_processor_class)
+        processor.image_processor = clip_image_processor_class().from_pretrained(
+            str(folder), local_files_only=True, trust_remote_code=False)
     except LOADER_ERRORS as error:
         raise ModelError(f"{folder}: cannot load the LlavaProcessor ({type(error).__name__}: {error})") from None
     check_processor_size(processor.image_processor, int(model.config.vision_config.image_size), folder / "processor_config.json")

@@ -105,7 +105,7 @@ def _frame_sizes(size: int, full_frame: bool) -> dict[str, Any]:
 
 
 def _clip_image_processor(size: int = IMAGE_SIZE, full_frame: bool = False):
-    from evspec.models.eventgpt import clip_image_processor_class
+    from evspec.models.clip_pixels import clip_image_processor_class
 
     return clip_image_processor_class()(**_frame_sizes(size, full_frame))
 

@@ -76,3 +76,25 @@ def test_eventgpt_keeps_the_pil_backend_where_transformers_would_pick_torchvisio
     for name in ("demo-eventgpt", "tiny-eventgpt"):
         processor = load_model(name).image_processor
         assert processor.backend == "pil", name
+
+
+def test_llava_keeps_the_pil_backend_where_transformers_would_pick_torchvision(monkeypatch) -> None:
+    """``LlavaProcessor.from_pretrained`` takes the image processor transformers picks (torchvision's
+    where it is installed); LLaVA-1.5 is loaded with the PIL twin in its place, its sizes the folder's."""
+    _pil_processor()
+    from transformers import LlavaProcessor
+
+    from evspec.models.registry import load_model
+
+    expected = load_model("tiny-llava").processor.image_processor
+    original = LlavaProcessor.from_pretrained.__func__
+
+    def with_torchvision_backend(cls, *args, **kwargs):
+        processor = original(cls, *args, **kwargs)
+        processor.image_processor = type("TorchvisionStandIn", (), {"backend": "torchvision"})()
+        return processor
+
+    monkeypatch.setattr(LlavaProcessor, "from_pretrained", classmethod(with_torchvision_backend))
+    processor = load_model("tiny-llava").processor.image_processor
+    assert processor.backend == "pil"
+    assert processor.to_dict() == expected.to_dict()
