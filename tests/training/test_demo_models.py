@@ -16,7 +16,9 @@ from evspec.training.demo import DEMO_DIR, DEMO_MODELS, MANIFEST_NAME, manifest_
 # that build 3's target and build 6's answer differently, each chosen token ahead of the next by at
 # least 2.2 logits (a clip's video can differ in its last bits between dataset builds, and a near tie
 # would flip: one of seed 11's clips did, with a 0.12 margin). The draft answers the row question of
-# SynthConfig(clips=3, size=(160, 120), seed=11) (margins of 9 logits or more).
+# SynthConfig(clips=3, size=(160, 120), seed=11) (margins of 9 logits or more): the drafts of builds 5
+# and 8 answer these alike (on the clips where they differ, a token leads by less than 1.3 logits),
+# so here they check the draft's preprocessing; the manifest's hashes tell the weights apart.
 # each model's clips (SynthConfig fields) and question type (None: each row's own question)
 QUESTIONS = {
     "demo-videollava": ({"clips": 3, "size": (160, 120), "seed": 12, "min_objects": 3, "pan_probability": 1.0}, "describe"),
@@ -41,6 +43,21 @@ def test_the_shipped_files_are_the_manifests() -> None:
     assert sum(f["bytes"] for f in manifest["files"].values() if f) <= 16 * 2**20
     assert set(manifest["trainings"]) == set(DEMO_MODELS)
     assert manifest["command"].startswith("python -m evspec.training.demo")
+
+
+def test_the_shipped_processor_configs_hold_only_the_processors_own_settings() -> None:
+    """Nothing evspec attaches to a processor object may reach a shipped checkpoint: at 901aec5 a
+    lookup table cached on the CLIP processor was written by save_pretrained, and loaded and saved
+    again by each build that started from it."""
+    import transformers
+
+    from evspec.models.clip_pixels import clip_image_processor_class
+
+    processors = {"demo-eventgpt/clip_tower": clip_image_processor_class(),
+                  "demo-videollava": transformers.VideoLlavaImageProcessor}
+    for folder, cls in processors.items():
+        saved = json.loads((DEMO_DIR / folder / "preprocessor_config.json").read_text())
+        assert set(saved) <= set(cls().to_dict()), folder
 
 
 def test_the_manifests_command_still_makes_the_shipped_trainings() -> None:
