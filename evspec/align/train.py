@@ -315,15 +315,22 @@ def claim_run(out: Path, identity: dict[str, Any], force: bool) -> None:
         _start_over(out)
 
 
-def require_store_weights(store: RowSource, role: str, model: VisionLanguageModel) -> None:
+def require_store_weights(store: RowSource, role: str, model: VisionLanguageModel, *,
+                          loaded_sha256: str | None = None) -> None:
     """A :class:`ConfigError` if the store's rows were extracted with other weights of its target or
     draft than ``model`` (loaded here in float32; compared at the extraction's compute dtype): a head
-    would learn the states of one model and draft through the embedding and LM head of another."""
+    would learn the states of one model and draft through the embedding and LM head of another.
+    ``loaded_sha256``: the model's ``weights_sha256`` as loaded, when the caller has it (a float32
+    store compares it as it is: hashing 7B weights twice costs tens of seconds)."""
     recorded = store.config.get(f"{role}_weights_sha256") if isinstance(store, AlignStore) else None
     if recorded is None:  # a store from before weights were recorded, or rows computed online now
         return
     compute_dtype = getattr(torch, str(store.identity.get("dtype", "float32")))
-    if weights_sha256(model.trainable_module, rounded_to=compute_dtype) != recorded:
+    if loaded_sha256 is not None and compute_dtype == torch.float32:
+        at_compute_dtype = loaded_sha256
+    else:
+        at_compute_dtype = weights_sha256(model.trainable_module, rounded_to=compute_dtype)
+    if at_compute_dtype != recorded:
         raise ConfigError(f"{store.path} was extracted with other weights of {store.identity.get(role)} than those loaded "
                           f"now ({role}_weights_sha256 differs: rebuilt since?); extract it again",
                           parameters=["store"])
@@ -344,8 +351,9 @@ def prepare_align_task(config: AlignTrainConfig, out: Path, device: torch.device
         # which draft weights made the store's draft states and event features: a head over a
         # rebuilt draft is told so when it loads (AdapterProposer.from_folder)
         draft = load_model(str(store.identity["draft"]), device=device, dtype="float32")
-        require_store_weights(store, "draft", draft)
-        draft_weights = {"draft_weights_sha256": weights_sha256(draft.trainable_module)}
+        draft_sha256 = weights_sha256(draft.trainable_module)
+        require_store_weights(store, "draft", draft, loaded_sha256=draft_sha256)
+        draft_weights = {"draft_weights_sha256": draft_sha256}
         if "draft_logits" in ADAPTERS[config.adapter].reads:
             draft_lm_head = draft.language_model.lm_head
     sizes = head_config(config, store, embedding, lm_head, draft_lm_head)
